@@ -1,0 +1,58 @@
+"""Conveyor: a distributed task queue for Python with Celery's API.
+
+    from conveyor import Celery
+
+    app = Celery("task")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.delay(1, 2).get()  # 3
+"""
+
+__version__ = "0.1.0"
+
+from conveyor import exceptions, states  # noqa: E402
+from conveyor.app import Celery, Conveyor, current_app  # noqa: E402
+from conveyor.canvas import Signature, signature  # noqa: E402
+from conveyor.exceptions import (  # noqa: E402
+    BrokerConnectionError,
+    ConveyorError,
+    ImproperlyConfigured,
+    MaxRetriesExceededError,
+    NotRegistered,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from conveyor.result import AsyncResult  # noqa: E402
+from conveyor.routing import Exchange, Queue  # noqa: E402
+from conveyor.task import Task  # noqa: E402
+
+__all__ = [
+    "AsyncResult",
+    "BrokerConnectionError",
+    "Celery",
+    "Conveyor",
+    "ConveyorError",
+    "Exchange",
+    "ImproperlyConfigured",
+    "MaxRetriesExceededError",
+    "NotRegistered",
+    "Queue",
+    "Retry",
+    "Signature",
+    "SoftTimeLimitExceeded",
+    "Task",
+    "TaskRevokedError",
+    "TimeLimitExceeded",
+    "WorkerLostError",
+    "__version__",
+    "current_app",
+    "exceptions",
+    "signature",
+    "states",
+]

@@ -1,0 +1,333 @@
+"""The application: settings, the task registry, and the wiring to broker and backend.
+
+`Conveyor` (also exported as `Celery`) is what `conveyor -A module` finds. It
+creates its broker and result backend on first use, from `app.conf`, so a
+module can build the app, load its configuration and define tasks in any
+order before anything connects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+
+from conveyor import messages
+from conveyor.backends import ResultBackend, backend_from_url
+from conveyor.brokers import Broker, broker_from_url
+from conveyor.brokers.base import Outgoing, check_priority
+from conveyor.canvas import Signature
+from conveyor.config import Settings, settings_from_object
+from conveyor.exceptions import BrokerConnectionError, ImproperlyConfigured
+from conveyor.result import AsyncResult
+from conveyor.routing import Router
+from conveyor.sqlitedb import DEFAULT_URL
+from conveyor.task import Task, _as_list, _current_request
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_current_app: Conveyor | None = None
+
+
+def current_app() -> Conveyor:
+    """The most recently created app (a default one if none exists)."""
+    global _current_app
+    if _current_app is None:
+        _current_app = Conveyor()
+    return _current_app
+
+
+class Conveyor:
+    """A Conveyor application: `app = Conveyor('task')` or, as in Celery, `Celery('task')`."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Sequence[str] | None = None,
+        config_source: Any = None,
+        **settings: Any,
+    ) -> None:
+        global _current_app
+        self.main = main
+        self.conf = Settings()
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._router: tuple[tuple[int, ...], Router] | None = None
+        self._lock = threading.Lock()
+        if config_source is not None:
+            self.config_from_object(config_source)
+        initial: dict[str, Any] = dict(settings)
+        if broker is not None:
+            initial["broker_url"] = broker
+        if backend is not None:
+            initial["result_backend"] = backend
+        if include is not None:
+            initial["include"] = include
+        self.conf.update(initial)
+        _current_app = self
+
+    # -- configuration -------------------------------------------------------------------
+    def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Load settings from a class, an object, or a module given by dotted name.
+
+        `'package.module'` or `'package.module:attribute'` are imported. Unknown
+        setting names and bad values raise `ImproperlyConfigured` naming them.
+        """
+        if isinstance(obj, str):
+            module_name, _, attribute = obj.partition(":")
+            try:
+                obj = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ImproperlyConfigured(f"cannot import configuration module {module_name!r}: {exc}") from exc
+            if attribute:
+                obj = getattr(obj, attribute)
+        self.conf.update(settings_from_object(obj, namespace))
+
+    def import_modules(self) -> None:
+        """Import `imports` and `include` modules, where tasks are defined."""
+        for name in (*self.conf.imports, *self.conf.include):
+            importlib.import_module(name)
+
+    # -- tasks -------------------------------------------------------------------------------
+    @overload
+    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, *, bind: Literal[True], name: str | None = None, **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    @overload
+    def task(
+        self, *, bind: Literal[False] = False, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: `@app.task` or `@app.task(name=..., bind=True, ...)`.
+
+        The name defaults to `<module>.<function>`.
+        """
+
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
+            name = options.pop("name", None) or self.task_name(function)
+            task: Task[Any, Any] = Task(self, function, name, **options)
+            self.tasks[name] = task
+            return task
+
+        return register(fun) if fun is not None else register
+
+    def task_name(self, function: Callable[..., Any]) -> str:
+        module = function.__module__
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{function.__qualname__}"
+
+    def annotate_tasks(self) -> None:
+        """Apply `task_annotations` (by exact name, then '*') to registered tasks."""
+        annotations = self.conf.task_annotations
+        if not annotations:
+            return
+        for mapping in annotations if isinstance(annotations, (list, tuple)) else [annotations]:
+            for task in self.tasks.values():
+                for key in ("*", task.name):
+                    for attribute, value in (mapping.get(key) or {}).items():
+                        setattr(task, attribute, value)
+
+    # -- wiring --------------------------------------------------------------------------------
+    @property
+    def broker(self) -> Broker:
+        """The broker, created from `broker_url` on first use."""
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = broker_from_url(self.broker_url, self.conf.broker_transport_options)
+        return self._broker
+
+    @property
+    def broker_url(self) -> str:
+        return self.conf.broker_url or DEFAULT_URL
+
+    @property
+    def backend(self) -> ResultBackend:
+        """The result backend, created from `result_backend` on first use.
+
+        With no `result_backend`, the embedded stores (SQLite, memory) keep
+        results beside the broker's queues; other brokers get no backend.
+        """
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    url = self.conf.result_backend
+                    if url is None and self.broker_url.split(":", 1)[0] in ("sqlite", "memory"):
+                        url = self.broker_url
+                    self._backend = backend_from_url(
+                        url,
+                        self.conf.result_backend_transport_options,
+                        serializer=self.conf.result_serializer,
+                        accept=self.conf.result_accept_content or self.conf.accept_content,
+                        expires=self.conf.result_expires,
+                    )
+        return self._backend
+
+    @property
+    def router(self) -> Router:
+        conf = self.conf
+        key = (id(conf.task_queues), id(conf.task_routes), hash(conf.task_default_queue))
+        if self._router is None or self._router[0] != key:
+            self._router = (key, Router(conf.task_queues or (), conf.task_routes, conf.task_default_queue))
+        return self._router[1]
+
+    def default_queues(self) -> list[str]:
+        """Queues a worker consumes without -Q: every queue in task_queues, else the default."""
+        if self.conf.task_queues:
+            return [q.name for q in self.conf.task_queues]
+        return [self.conf.task_default_queue]
+
+    def close(self) -> None:
+        """Close the broker and backend connections (they reopen on next use)."""
+        with self._lock:
+            for resource in (self._broker, self._backend):
+                if resource is not None:
+                    resource.close()
+            self._broker = self._backend = None
+
+    # -- sending -------------------------------------------------------------------------------
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        link: Signature | Sequence[Signature] | None = None,
+        link_error: Signature | Sequence[Signature] | None = None,
+        shadow: str | None = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name (it need not be registered here); an AsyncResult."""
+        message, queue = self.build_message(
+            name, args, kwargs, task_id=task_id, link=link, link_error=link_error,
+            shadow=shadow, task=task, **options,
+        )  # fmt: skip
+        conf = self.conf
+        serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
+        compression = options.get("compression") or (task and task.compression) or conf.task_compression
+        body = message.encode(serializer, compression)
+        outgoing = Outgoing(queue, body, message.priority, message.eta.timestamp() if message.eta else None)
+        retry = options.get("retry", conf.task_publish_retry)
+        policy = {**conf.task_publish_retry_policy, **(options.get("retry_policy") or {})}
+        self.publish_with_retry([outgoing], retry, policy)
+        return AsyncResult(message.id, self, task_name=name, ignored=message.ignore_result)
+
+    def build_message(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        link: Signature | Sequence[Signature] | None = None,
+        link_error: Signature | Sequence[Signature] | None = None,
+        shadow: str | None = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> tuple[messages.Message, str]:
+        """The message for one call and the queue it goes to (options as in apply_async)."""
+        conf = self.conf
+        now = messages.utcnow()
+        eta = options.get("eta")
+        if options.get("countdown") is not None:
+            # As in Celery, countdown wins when both are given.
+            eta = now + timedelta(seconds=float(options["countdown"]))
+        expires = options.get("expires", task.expires if task else None)
+        if isinstance(expires, (int, float)):
+            expires = now + timedelta(seconds=float(expires))
+        hard = options.get("time_limit", task.time_limit if task else None)
+        soft = options.get("soft_time_limit", task.soft_time_limit if task else None)
+        if hard is not None and soft is not None and soft > hard:
+            raise ValueError(f"soft_time_limit ({soft}) must not be greater than time_limit ({hard})")
+        priority = options.get("priority")
+        if priority is None:
+            priority = task.priority if task and task.priority is not None else conf.task_default_priority
+        ignore_result = options.get("ignore_result")
+        if ignore_result is None:
+            ignore_result = task.ignore_result if task and task.ignore_result is not None else conf.task_ignore_result
+        parent = _current_request.get()
+        message = messages.Message(
+            task=name,
+            id=task_id or messages.new_id(),
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            root_id=options.get("root_id") or (parent.root_id if parent else None),
+            parent_id=options.get("parent_id") or (parent.id if parent else None),
+            group=options.get("group_id"),
+            group_index=options.get("group_index"),
+            shadow=shadow,
+            eta=_aware(eta),
+            expires=_aware(expires),
+            retries=int(options.get("retries") or 0),
+            time_limit=hard,
+            soft_time_limit=soft,
+            ignore_result=bool(ignore_result),
+            callbacks=[dict(s) for s in _as_list(link)] or None,
+            errbacks=[dict(s) for s in _as_list(link_error)] or None,
+            headers=dict(options.get("headers") or {}),
+            priority=check_priority(int(priority or 0)),
+            reply_to=options.get("reply_to"),
+        )
+        queue = self.router.route(
+            name, message.args, message.kwargs,
+            queue=options.get("queue"), exchange=options.get("exchange"),
+            routing_key=options.get("routing_key"), task_queue=task.queue if task else None,
+        )  # fmt: skip
+        return message, queue
+
+    def publish_with_retry(self, outgoing: Sequence[Outgoing], retry: bool, policy: Mapping[str, Any]) -> None:
+        """Publish; on connection errors retry per `policy`, then raise BrokerConnectionError."""
+        max_retries = policy.get("max_retries", 3)
+        interval = float(policy.get("interval_start", 0))
+        attempt = 0
+        while True:
+            try:
+                self.broker.publish(outgoing)
+                return
+            except BrokerConnectionError as exc:
+                if not retry or (max_retries is not None and attempt >= max_retries):
+                    raise BrokerConnectionError(
+                        f"cannot publish to {self.broker_url} after {attempt + 1} attempt(s): {exc}"
+                    ) from exc
+                time.sleep(min(interval, float(policy.get("interval_max", 1))))
+                interval += float(policy.get("interval_step", 0.2))
+                attempt += 1
+
+    def signature(self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+        return Signature(name, args, kwargs, options, app=self)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        """A handle on a task's result by id."""
+        return AsyncResult(task_id, self)
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.main or '__main__'}>"
+
+
+def _aware(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, seconds or an ISO string, not {value!r}")
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+Celery = Conveyor

@@ -1,0 +1,61 @@
+"""Result backends by URL scheme. Each implementation is imported only when used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from conveyor.backends.base import ResultBackend, StateUpdate, Waiter
+from conveyor.exceptions import ImproperlyConfigured
+
+
+class DisabledBackend(ResultBackend):
+    """Used when no result backend is configured: writes nothing, and says so when read."""
+
+    def write(self, updates: Sequence[StateUpdate]) -> None:
+        pass
+
+    def read(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        raise ImproperlyConfigured(
+            "no result backend is configured: set result_backend to read task results"
+        )
+
+    def read_history(self, task_id: str) -> list[bytes]:
+        return self.read([task_id]) and []
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        pass
+
+
+def _memory(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
+    from conveyor.backends.memory import MemoryBackend
+
+    return MemoryBackend(url, options, **kwargs)
+
+
+def _sqlite(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
+    from conveyor.backends.sqlite import SQLiteBackend
+
+    return SQLiteBackend(url, options, **kwargs)
+
+
+SCHEMES: dict[str, Callable[..., ResultBackend]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
+
+def backend_from_url(url: str | None, options: Mapping[str, Any] | None = None, **kwargs: Any) -> ResultBackend:
+    """Create the result backend a URL names; None gives a DisabledBackend."""
+    if url is None:
+        return DisabledBackend("disabled://", options, **kwargs)
+    scheme = urlsplit(url).scheme
+    factory = SCHEMES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        raise ImproperlyConfigured(f"result_backend {url!r}: unsupported scheme {scheme!r} (supported: {known})")
+    return factory(url, options or {}, **kwargs)
+
+
+__all__ = ["SCHEMES", "DisabledBackend", "ResultBackend", "StateUpdate", "Waiter", "backend_from_url"]

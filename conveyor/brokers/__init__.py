@@ -1,0 +1,41 @@
+"""Brokers by URL scheme. Each implementation is imported only when used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing
+from conveyor.exceptions import ImproperlyConfigured
+
+
+def _memory(url: str, options: Mapping[str, Any]) -> Broker:
+    from conveyor.brokers.memory import MemoryBroker
+
+    return MemoryBroker(url, options)
+
+
+def _sqlite(url: str, options: Mapping[str, Any]) -> Broker:
+    from conveyor.brokers.sqlite import SQLiteBroker
+
+    return SQLiteBroker(url, options)
+
+
+SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], Broker]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
+
+def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broker:
+    """Create the broker a URL names (`sqlite:///conveyor.db`, `memory://`, ...)."""
+    scheme = urlsplit(url).scheme
+    factory = SCHEMES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        raise ImproperlyConfigured(f"broker_url {url!r}: unsupported scheme {scheme!r} (supported: {known})")
+    return factory(url, options or {})
+
+
+__all__ = ["SCHEMES", "Broker", "DeadLetter", "Delivery", "Outgoing", "broker_from_url"]

@@ -1,0 +1,159 @@
+"""The broker interface: a few operations on opaque message bytes.
+
+A broker holds messages in named queues and hands each out under a *lease*:
+a delivery belongs to one consumer until it is acknowledged, given back, or
+its lease lapses without renewal, when it becomes deliverable again (at-least-
+once). Every delivery carries a token; acking or renewing with a token whose
+lease was reclaimed does nothing (fencing), so a stale worker cannot complete
+work another worker now owns.
+
+Serialization, routing and task semantics live above this interface; each
+implementation uses its own store's native model below it.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Seconds a delivery stays leased without renewal (transport option `lease_timeout`).
+DEFAULT_LEASE_SECONDS = 30.0
+#: Priorities are 0-255, 0 the highest, on every broker.
+MAX_PRIORITY = 255
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to publish."""
+
+    queue: str
+    body: bytes
+    priority: int = 0
+    not_before: float | None = None
+    """Unix time before which the message is not delivered (countdown/eta)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message handed to a consumer under a lease."""
+
+    queue: str
+    body: bytes
+    tag: Any
+    """The broker's handle on this delivery, lease token included."""
+    attempts: int = 1
+    """How many times this message has been delivered, this time included."""
+
+    @property
+    def redelivered(self) -> bool:
+        return self.attempts > 1
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    queue: str
+    body: bytes
+    reason: str
+    failed_at: float
+
+
+def check_priority(priority: int) -> int:
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be between 0 (highest) and {MAX_PRIORITY}, not {priority}")
+    return priority
+
+
+class Broker(ABC):
+    """Holds messages; leases them to consumers. Thread-safe."""
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.options = dict(options or {})
+        self.lease_seconds = float(self.options.get("lease_timeout", DEFAULT_LEASE_SECONDS))
+
+    @abstractmethod
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Store messages atomically as one batch (one round trip where the store allows)."""
+
+    @abstractmethod
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Lease up to `limit` due messages from `queues`, highest priority first.
+
+        Blocks up to `timeout` seconds while none is due, waking as soon as one
+        is published or comes due. Returns an empty list on timeout.
+        """
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove delivered messages for good. Stale leases are ignored."""
+
+    @abstractmethod
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Give deliveries back: deliverable again at once, to any consumer."""
+
+    @abstractmethod
+    def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Extend the leases; return the deliveries whose lease was already lost."""
+
+    @abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a delivery that can never be processed aside, with the reason."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    @abstractmethod
+    def purge(self, queues: Sequence[str]) -> int:
+        """Delete every message waiting in the queues; return how many."""
+
+    @abstractmethod
+    def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
+        """Messages held per queue (ready, delayed and leased); all queues when None."""
+
+    @abstractmethod
+    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
+        """Announce a live worker for `ttl` seconds (repeated as a heartbeat)."""
+
+    @abstractmethod
+    def unregister_worker(self, hostname: str) -> None:
+        """Remove a worker's announcement at shutdown."""
+
+    @abstractmethod
+    def workers(self) -> dict[str, bytes]:
+        """Live workers' announcements, by hostname."""
+
+    def interrupt(self) -> None:  # noqa: B027 - optional for brokers that never block long
+        """Wake any `fetch` blocked in this process (used at shutdown)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections."""
+
+    def publish_one(self, queue: str, body: bytes, priority: int = 0, not_before: float | None = None) -> None:
+        self.publish([Outgoing(queue, body, check_priority(priority), not_before)])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+def now() -> float:
+    return time.time()
+
+
+def deadline_wait(deadline: float) -> float:
+    """Seconds left until a monotonic deadline, never negative."""
+    return max(0.0, deadline - time.monotonic())
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

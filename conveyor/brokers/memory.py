@@ -1,0 +1,195 @@
+"""An in-process broker with the same lease semantics as the real ones.
+
+Used by tests and `task_always_eager`; brokers with the same `memory://name`
+URL in one process share their queues, so a producer and a worker thread can
+talk through it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing, deadline_wait
+
+
+@dataclass
+class _Record:
+    queue: str
+    priority: int
+    seq: int
+    body: bytes
+    visible_at: float = 0.0
+    lease: str | None = None
+    attempts: int = 0
+
+
+class _Store:
+    """The queues behind every MemoryBroker of one URL."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.records: dict[int, _Record] = {}
+        self.ready: dict[str, list[tuple[int, int]]] = {}  # queue -> heap of (priority, seq)
+        self.waiting: list[tuple[float, int, str | None]] = []  # (visible_at, seq, lease)
+        self.dead: list[DeadLetter] = []
+        self.workers: dict[str, tuple[float, bytes]] = {}
+        self.seq = itertools.count()
+
+
+_STORES: weakref.WeakValueDictionary[str, _Store] = weakref.WeakValueDictionary()
+_STORES_LOCK = threading.Lock()
+
+
+class MemoryBroker(Broker):
+    def __init__(self, url: str = "memory://", options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        with _STORES_LOCK:
+            store = _STORES.get(url)
+            if store is None:
+                store = _STORES[url] = _Store()
+        self._store = store
+
+    def _make_ready(self, record: _Record) -> None:
+        record.lease, record.visible_at = None, 0.0
+        heapq.heappush(self._store.ready.setdefault(record.queue, []), (record.priority, record.seq))
+
+    def _promote_due(self, now: float) -> None:
+        waiting = self._store.waiting
+        while waiting and waiting[0][0] <= now:
+            visible_at, seq, lease = heapq.heappop(waiting)
+            record = self._store.records.get(seq)
+            # Skip entries made stale by an ack, a renewal or a requeue.
+            if record and record.lease == lease and record.visible_at == visible_at:
+                self._make_ready(record)
+
+    def _hold(self, record: _Record, until: float, lease: str | None) -> None:
+        record.visible_at, record.lease = until, lease
+        heapq.heappush(self._store.waiting, (until, record.seq, lease))
+
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        now = time.time()
+        with self._store.lock:
+            for out in messages:
+                seq = next(self._store.seq)
+                record = _Record(out.queue, out.priority, seq, out.body)
+                self._store.records[seq] = record
+                if out.not_before is not None and out.not_before > now:
+                    self._hold(record, out.not_before, None)
+                else:
+                    self._make_ready(record)
+            self._store.lock.notify_all()
+
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        store = self._store
+        with store.lock:
+            while True:
+                now = time.time()
+                self._promote_due(now)
+                taken = self._take(queues, limit, now)
+                if taken or deadline_wait(deadline) <= 0:
+                    return taken
+                wait = deadline_wait(deadline)
+                if store.waiting:
+                    wait = min(wait, max(0.0, store.waiting[0][0] - now))
+                store.lock.wait(wait)
+
+    def _take(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
+        heaps = [(q, self._store.ready.get(q)) for q in queues]
+        lease = uuid.uuid4().hex
+        taken: list[Delivery] = []
+        while len(taken) < limit:
+            # The highest priority (lowest number), then the oldest, across the queues.
+            best = min(((h[0], q) for q, h in heaps if h), default=None)
+            if best is None:
+                break
+            (_, seq), queue = best
+            heapq.heappop(self._store.ready[queue])
+            record = self._store.records[seq]
+            record.attempts += 1
+            self._hold(record, now + self.lease_seconds, lease)
+            taken.append(Delivery(queue, record.body, (seq, lease), record.attempts))
+        return taken
+
+    def _owned(self, delivery: Delivery) -> _Record | None:
+        seq, lease = delivery.tag
+        record = self._store.records.get(seq)
+        return record if record is not None and record.lease == lease else None
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with self._store.lock:
+            for delivery in deliveries:
+                if self._owned(delivery):
+                    del self._store.records[delivery.tag[0]]
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        with self._store.lock:
+            for delivery in deliveries:
+                record = self._owned(delivery)
+                if record:
+                    self._make_ready(record)
+            self._store.lock.notify_all()
+
+    def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        lost = []
+        with self._store.lock:
+            until = time.time() + self.lease_seconds
+            for delivery in deliveries:
+                record = self._owned(delivery)
+                if record:
+                    self._hold(record, until, record.lease)
+                else:
+                    lost.append(delivery)
+        return lost
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        with self._store.lock:
+            if self._owned(delivery):
+                del self._store.records[delivery.tag[0]]
+                self._store.dead.append(DeadLetter(delivery.queue, delivery.body, reason, time.time()))
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._store.lock:
+            return list(reversed(self._store.dead[-limit:]))
+
+    def purge(self, queues: Sequence[str]) -> int:
+        with self._store.lock:
+            doomed = [s for s, r in self._store.records.items() if r.queue in queues and r.lease is None]
+            for seq in doomed:
+                del self._store.records[seq]
+            for queue in queues:
+                self._store.ready.pop(queue, None)
+            return len(doomed)
+
+    def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
+        with self._store.lock:
+            sizes = dict.fromkeys(queues or (), 0)
+            for record in self._store.records.values():
+                if queues is None or record.queue in sizes:
+                    sizes[record.queue] = sizes.get(record.queue, 0) + 1
+            return sizes
+
+    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
+        with self._store.lock:
+            self._store.workers[hostname] = (time.time() + ttl, info)
+
+    def unregister_worker(self, hostname: str) -> None:
+        with self._store.lock:
+            self._store.workers.pop(hostname, None)
+
+    def workers(self) -> dict[str, bytes]:
+        now = time.time()
+        with self._store.lock:
+            return {h: info for h, (until, info) in self._store.workers.items() if until > now}
+
+    def interrupt(self) -> None:
+        with self._store.lock:
+            self._store.lock.notify_all()

@@ -1,0 +1,219 @@
+"""The embedded SQLite broker: the default, no server needed.
+
+One row per message (see `conveyor.sqlitedb.SCHEMA`). A row is *ready*
+(deliverable now) or *waiting* until `visible_at`: a delayed message waits for
+its eta, a leased one for its lease to lapse. So delays are held in the
+database, not in worker memory, and a dead worker's deliveries come back with
+no extra machinery: whichever consumer fetches next promotes every waiting row
+that is due. Fetching claims rows inside one `BEGIN IMMEDIATE` transaction and
+stamps them with a fresh lease token; ack and renew match on that token.
+
+Idle consumers sleep on a local wake-up socket (`conveyor.wakeup`), signalled
+by every publish and requeue; they also wake when the earliest waiting row
+falls due, and at worst every `polling_interval` seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from conveyor import wakeup
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing
+from conveyor.exceptions import BrokerError
+from conveyor.sqlitedb import Database, path_from_url
+
+#: Longest sleep of an idle consumer between checks, should a signal be lost.
+DEFAULT_POLLING_INTERVAL = 1.0
+
+
+class SQLiteBroker(Broker):
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        self.db = Database(path_from_url(url), BrokerError)
+        self.polling_interval = float(self.options.get("polling_interval", DEFAULT_POLLING_INTERVAL))
+        self._wake_dir = wakeup.channel_directory(self.db.path, "queues")
+        self._notifier = wakeup.Notifier(self._wake_dir)
+        self._local = threading.local()
+
+    def _listener(self) -> wakeup.Listener:
+        listener: wakeup.Listener | None = getattr(self._local, "listener", None)
+        if listener is None:
+            listener = self._local.listener = wakeup.Listener(self._wake_dir)
+        return listener
+
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        now = time.time()
+        rows = [
+            (m.queue, m.priority, m.body, 0 if (m.not_before or 0) > now else 1, m.not_before or 0.0)
+            for m in messages
+        ]
+        with self.db.transaction() as db:
+            db.executemany(
+                "INSERT INTO conveyor_messages (queue, priority, body, ready, visible_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        self._notifier.notify()
+
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        listener = self._listener()
+        while True:
+            # Drain before looking: a signal sent after the look wakes the wait below.
+            listener.drain()
+            taken, next_due = self._claim(queues, limit)
+            remaining = deadline - time.monotonic()
+            if taken or remaining <= 0:
+                return taken
+            wait = min(remaining, self.polling_interval)
+            if next_due is not None:
+                wait = min(wait, max(0.0, next_due - time.time()))
+            listener.wait(wait)
+
+    def _claim(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], float | None]:
+        now = time.time()
+        with self.db.transaction() as db:
+            db.execute(
+                "UPDATE conveyor_messages SET ready = 1, lease = NULL"
+                " WHERE ready = 0 AND visible_at <= ?",
+                (now,),
+            )
+            # Top `limit` of each queue by its index, merged: the best across all.
+            candidates = heapq.nsmallest(
+                limit,
+                (
+                    row
+                    for queue in queues
+                    for row in db.execute(
+                        "SELECT priority, id FROM conveyor_messages"
+                        " WHERE ready = 1 AND queue = ? ORDER BY priority, id LIMIT ?",
+                        (queue, limit),
+                    )
+                ),
+            )
+            if not candidates:
+                row = db.execute(
+                    "SELECT MIN(visible_at) FROM conveyor_messages WHERE ready = 0"
+                ).fetchone()
+                return [], row[0]
+            lease = uuid.uuid4().hex
+            ids = [row_id for _, row_id in candidates]
+            claimed = db.execute(
+                "UPDATE conveyor_messages SET ready = 0, visible_at = ?, lease = ?,"
+                " attempts = attempts + 1"
+                f" WHERE id IN ({','.join('?' * len(ids))})"
+                " RETURNING id, queue, priority, body, attempts",
+                (now + self.lease_seconds, lease, *ids),
+            ).fetchall()
+        claimed.sort(key=lambda row: (row[2], row[0]))
+        return [Delivery(queue, body, (row_id, lease), attempts) for row_id, queue, _, body, attempts in claimed], None
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self.db.transaction() as db:
+            db.executemany(
+                "DELETE FROM conveyor_messages WHERE id = ? AND lease = ?",
+                [d.tag for d in deliveries],
+            )
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self.db.transaction() as db:
+            db.executemany(
+                "UPDATE conveyor_messages SET ready = 1, lease = NULL, visible_at = 0"
+                " WHERE id = ? AND lease = ?",
+                [d.tag for d in deliveries],
+            )
+        self._notifier.notify()
+
+    def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        lost = []
+        until = time.time() + self.lease_seconds
+        with self.db.transaction() as db:
+            for delivery in deliveries:
+                cursor = db.execute(
+                    "UPDATE conveyor_messages SET visible_at = ?"
+                    " WHERE id = ? AND lease = ? AND ready = 0",
+                    (until, *delivery.tag),
+                )
+                if cursor.rowcount == 0:
+                    lost.append(delivery)
+        return lost
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        with self.db.transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM conveyor_messages WHERE id = ? AND lease = ?", delivery.tag
+            )
+            if cursor.rowcount:
+                db.execute(
+                    "INSERT INTO conveyor_dead_letters (queue, body, reason, failed_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (delivery.queue, delivery.body, reason, time.time()),
+                )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self.db.translate():
+            rows = self.db.connection().execute(
+                "SELECT queue, body, reason, failed_at FROM conveyor_dead_letters"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def purge(self, queues: Sequence[str]) -> int:
+        if not queues:
+            return 0
+        with self.db.transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM conveyor_messages WHERE lease IS NULL"
+                f" AND queue IN ({','.join('?' * len(queues))})",
+                tuple(queues),
+            )
+            return cursor.rowcount
+
+    def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
+        with self.db.translate():
+            rows = self.db.connection().execute(
+                "SELECT queue, COUNT(*) FROM conveyor_messages GROUP BY queue"
+            ).fetchall()
+        sizes = dict(rows)
+        if queues is None:
+            return sizes
+        return {queue: sizes.get(queue, 0) for queue in queues}
+
+    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
+        with self.db.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO conveyor_workers (hostname, expires_at, info) VALUES (?, ?, ?)",
+                (hostname, time.time() + ttl, info),
+            )
+
+    def unregister_worker(self, hostname: str) -> None:
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM conveyor_workers WHERE hostname = ?", (hostname,))
+
+    def workers(self) -> dict[str, bytes]:
+        with self.db.translate():
+            rows = self.db.connection().execute(
+                "SELECT hostname, info FROM conveyor_workers WHERE expires_at > ?", (time.time(),)
+            ).fetchall()
+        return dict(rows)
+
+    def interrupt(self) -> None:
+        self._notifier.notify()
+
+    def close(self) -> None:
+        listener = getattr(self._local, "listener", None)
+        if listener is not None:
+            listener.close()
+            self._local.listener = None
+        self._notifier.close()
+        self.db.close()

@@ -1,0 +1,265 @@
+"""The `conveyor` command: worker, call, result, purge, status."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from conveyor import __version__, states
+from conveyor.app import Conveyor
+from conveyor.config import POOL_NAMES
+from conveyor.exceptions import ConveyorError, TimeoutError
+
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+LEVEL_COLOURS = {"DEBUG": "blue", "INFO": None, "WARNING": "yellow", "ERROR": "red", "CRITICAL": "magenta"}
+STATE_COLOURS = {states.SUCCESS: "green", states.FAILURE: "red", states.REVOKED: "magenta", states.RETRY: "yellow"}
+
+
+class _ColourFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        colour = LEVEL_COLOURS.get(record.levelname)
+        return click.style(text, fg=colour) if colour else text
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter_class = _ColourFormatter if sys.stderr.isatty() and not os.environ.get("NO_COLOR") else logging.Formatter
+    handler.setFormatter(formatter_class(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def find_app(spec: str) -> Conveyor:
+    """`module`, `module:attribute` or `package.module.attribute` to the app inside."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name.split(".")[0] or exc.name == module_name:
+            raise click.UsageError(f"-A {spec}: no module named {exc.name!r} (run from the directory that holds it)") from None
+        raise click.UsageError(f"-A {spec}: importing {module_name!r} failed: {exc}") from None
+    except Exception as exc:
+        raise click.UsageError(f"-A {spec}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    if attribute:
+        candidates = [getattr(module, attribute, None)]
+    else:
+        candidates = [getattr(module, "app", None), getattr(module, "celery", None)]
+        candidates += [value for value in vars(module).values() if isinstance(value, Conveyor)]
+    for candidate in candidates:
+        if isinstance(candidate, Conveyor):
+            return candidate
+    what = f"attribute {attribute!r}" if attribute else "any Conveyor/Celery app"
+    raise click.UsageError(f"-A {spec}: module {module_name!r} has no {what} (found {type(candidates[0]).__name__})")
+
+
+class _Context:
+    def __init__(self, app_spec: str | None, broker: str | None, backend: str | None) -> None:
+        self.app_spec, self.broker, self.backend = app_spec, broker, backend
+        self._app: Conveyor | None = None
+
+    @property
+    def app(self) -> Conveyor:
+        if self._app is None:
+            app = find_app(self.app_spec) if self.app_spec else Conveyor()
+            try:
+                if self.broker:
+                    app.conf.broker_url = self.broker
+                if self.backend:
+                    app.conf.result_backend = self.backend
+            except ConveyorError as exc:
+                raise click.UsageError(str(exc)) from None
+            self._app = app
+        return self._app
+
+
+pass_context = click.make_pass_decorator(_Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-A", "--app", "app_spec", metavar="MODULE[:APP]", help="Module holding the app, e.g. -A task.")
+@click.option("-b", "--broker", help="Broker URL (overrides broker_url).")
+@click.option("--result-backend", help="Result backend URL (overrides result_backend).")
+@click.version_option(__version__, prog_name="conveyor")
+@click.pass_context
+def main(ctx: click.Context, app_spec: str | None, broker: str | None, result_backend: str | None) -> None:
+    """Conveyor: a distributed task queue with Celery's API."""
+    ctx.obj = _Context(app_spec, broker, result_backend)
+
+
+@main.command()
+@click.option("-l", "--loglevel", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Pool size [default: CPU count].")
+@click.option("-P", "--pool", type=click.Choice(POOL_NAMES), help="Pool type [default: prefork]; gevent and eventlet run on threads.")
+@click.option("-Q", "--queues", help="Comma-separated queues [default: every queue in task_queues].")
+@click.option("-n", "--hostname", help="Worker name [default: conveyor@<host>].")
+@click.option("--prefetch-multiplier", type=click.IntRange(min=0), help="Prefetch = concurrency x this (0: unlimited).")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle a prefork child after this many tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), help="Recycle a prefork child above this RSS in KiB.")
+@pass_context
+def worker(
+    obj: _Context, loglevel: str, concurrency: int | None, pool: str | None, queues: str | None,
+    hostname: str | None, prefetch_multiplier: int | None, max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+) -> None:  # fmt: skip
+    """Start a worker that runs tasks from the queues."""
+    from conveyor.worker import Worker
+
+    setup_logging(loglevel)
+    app = obj.app
+    if max_tasks_per_child is not None:
+        app.conf.worker_max_tasks_per_child = max_tasks_per_child
+    if max_memory_per_child is not None:
+        app.conf.worker_max_memory_per_child = max_memory_per_child
+    if pool in ("gevent", "eventlet"):
+        logging.getLogger("conveyor.worker").warning(
+            "-P %s runs on the threads pool: Conveyor does not monkey-patch; use async def tasks for many I/O waits", pool
+        )
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        instance = Worker(
+            app, queues=chosen, concurrency=concurrency, pool=pool, hostname=hostname,
+            prefetch_multiplier=prefetch_multiplier,
+        )  # fmt: skip
+        _banner(instance)
+        instance.run()
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _banner(worker: Any) -> None:
+    app = worker.app
+    tasks = sorted(name for name in app.tasks)
+    lines = [
+        click.style(f" -------------- {worker.hostname} v{__version__}", bold=True),
+        f"- ** app:         {app.main or '__main__'}",
+        f"- ** transport:   {app.broker_url}",
+        f"- ** results:     {app.conf.result_backend or app.broker_url}",
+        f"- ** concurrency: {worker.concurrency} ({worker.pool_name})",
+        f"- ** queues:      {', '.join(worker.queues)}",
+        "",
+        "[tasks]",
+        *(f"  . {name}" for name in tasks),
+        "",
+    ]
+    click.echo("\n".join(lines), err=True)
+
+
+def _json_option(value: str | None, what: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{what} must be JSON: {exc}") from None
+
+
+@main.command()
+@click.argument("name")
+@click.option("-a", "--args", help='Positional arguments as a JSON list, e.g. "[1, 2]".')
+@click.option("-k", "--kwargs", help='Keyword arguments as a JSON object, e.g. \'{"x": 1}\'.')
+@click.option("--countdown", type=float, help="Run no sooner than this many seconds from now.")
+@click.option("--eta", help="Run no sooner than this ISO-8601 time.")
+@click.option("--expires", type=float, help="Seconds after which the task is not run.")
+@click.option("--queue", help="Queue to send to.")
+@click.option("--priority", type=click.IntRange(0, 255), help="0 (highest) to 255.")
+@pass_context
+def call(
+    obj: _Context, name: str, args: str | None, kwargs: str | None, countdown: float | None,
+    eta: str | None, expires: float | None, queue: str | None, priority: int | None,
+) -> None:  # fmt: skip
+    """Send task NAME; prints its id."""
+    positional = _json_option(args, "--args") or []
+    keywords = _json_option(kwargs, "--kwargs") or {}
+    if not isinstance(positional, list) or not isinstance(keywords, dict):
+        raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
+    options = {"countdown": countdown, "eta": eta, "expires": expires, "queue": queue, "priority": priority}
+    app = obj.app
+    try:
+        task = app.tasks.get(name)
+        clean = {k: v for k, v in options.items() if v is not None}
+        result = task.apply_async(positional, keywords, **clean) if task else app.send_task(name, positional, keywords, **clean)
+    except (ConveyorError, TypeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.id)
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Wait until the task is ready.")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Print the traceback of a failed task.")
+@pass_context
+def result(obj: _Context, task_id: str, wait: bool, timeout: float | None, show_traceback: bool) -> None:
+    """Show the state and result of task TASK_ID."""
+    handle = obj.app.AsyncResult(task_id)
+    try:
+        if wait:
+            handle.get(timeout=timeout, propagate=False)
+        state = handle.state
+        value = handle.traceback if show_traceback else handle.result
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{click.style(state, fg=STATE_COLOURS.get(state), bold=True)}: {value!r}" if not show_traceback else value or "")
+
+
+@main.command()
+@click.option("-Q", "--queues", help="Comma-separated queues [default: the app's queues].")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+def purge(obj: _Context, queues: str | None, force: bool) -> None:
+    """Delete every message waiting in the queues."""
+    app = obj.app
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else app.default_queues()
+    sizes = app.broker.queue_sizes(names)
+    total = sum(sizes.values())
+    if not force:
+        click.confirm(f"Delete {total} waiting message(s) from {', '.join(names)}? This cannot be undone", abort=True)
+    removed = app.broker.purge(names)
+    click.echo(f"Purged {removed} message(s) from {len(names)} queue(s).")
+
+
+@main.command()
+@pass_context
+def status(obj: _Context) -> None:
+    """Show live workers and queue depths."""
+    from rich.console import Console
+    from rich.table import Table
+
+    app = obj.app
+    console = Console()
+    workers = app.broker.workers()
+    table = Table(title=f"Workers on {app.broker_url}")
+    for column in ("worker", "pool", "concurrency", "active", "processed", "queues"):
+        table.add_column(column)
+    for hostname, raw in sorted(workers.items()):
+        info = json.loads(raw)
+        table.add_row(hostname, str(info.get("pool")), str(info.get("concurrency")), str(info.get("active")),
+                      str(info.get("processed")), ", ".join(info.get("queues", [])))  # fmt: skip
+    console.print(table)
+    queues = Table(title="Queues")
+    queues.add_column("queue")
+    queues.add_column("messages", justify="right")
+    sizes = app.broker.queue_sizes()
+    for name in sorted(set(sizes) | set(app.default_queues())):
+        queues.add_row(name, str(sizes.get(name, 0)))
+    console.print(queues)
+    console.print(f"{len(workers)} node(s) online." if workers else "[red]No workers online.[/red]")
+    if not workers:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Every setting Conveyor understands, with its default and its check, in one place.
+
+`Settings` is the object behind `app.conf`: attribute and item access,
+`update()`, and a check on every assignment. An unknown name is an error that
+suggests the nearest valid one; a bad value is an error naming the setting and
+what it expects. Defaults are Celery's except where the comment says why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from typing import Any
+
+from conveyor.exceptions import ImproperlyConfigured
+from conveyor.routing import Queue
+
+Check = Callable[[Any], Any]
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
+
+
+def parse_rate(value: Any) -> float | None:
+    """`10`, `"10/s"`, `"10/m"`, `"10/h"` -> tasks per second (None: no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rate = float(value)
+    else:
+        match = _RATE.match(str(value))
+        if not match:
+            raise ValueError(f"a rate such as 10, '10/s', '10/m' or '10/h', not {value!r}")
+        per = {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2) or "s"]
+        rate = float(match.group(1)) / per
+    return rate or None
+
+
+# Checks: each returns the normalised value or raises ValueError("<what it expects>").
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("True or False")
+    return value
+
+
+def _optional(check: Check) -> Check:
+    def optional(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return optional
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+def _int(minimum: int) -> Check:
+    def integer(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+
+    return integer
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("a number of seconds >= 0 or a timedelta")
+    return float(value)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
+        raise ValueError("a list of strings")
+    return tuple(value)
+
+
+def _serializer(value: Any) -> str:
+    from conveyor import serialization
+
+    try:
+        serialization.serializer(_str(value))
+    except ImproperlyConfigured as exc:
+        raise ValueError(f"a serializer name ({exc})") from None
+    return value  # type: ignore[no-any-return]
+
+
+def _accept(value: Any) -> tuple[str, ...]:
+    names = _names(value)
+    for name in names:
+        _serializer(name)
+    return names
+
+
+def _compression(value: Any) -> str:
+    from conveyor import serialization
+
+    try:
+        serialization.codec(_str(value))
+    except ImproperlyConfigured as exc:
+        raise ValueError(f"a compression name ({exc})") from None
+    return value  # type: ignore[no-any-return]
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError("a dict")
+    return dict(value)
+
+
+def _timezone(value: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(_str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"an IANA time zone name such as 'Asia/Shanghai', not {value!r}") from None
+    return value  # type: ignore[no-any-return]
+
+
+def _queues(value: Any) -> tuple[Queue, ...]:
+    if isinstance(value, Queue):
+        value = [value]
+    if not isinstance(value, Iterable) or isinstance(value, (str, Mapping)):
+        raise ValueError("a list of Queue(name, Exchange(name), routing_key=...)")
+    items = tuple(value)
+    if not all(isinstance(q, Queue) for q in items):
+        raise ValueError("a list of Queue(name, Exchange(name), routing_key=...)")
+    return items
+
+
+def _routes(value: Any) -> Any:
+    from conveyor.routing import _routers
+
+    try:
+        _routers(value)
+    except ImproperlyConfigured as exc:
+        raise ValueError(f"a dict, a router function or a list of them ({exc})") from None
+    return value
+
+
+def _annotations(value: Any) -> Any:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ValueError("a dict of {task name or '*': {attribute: value}} (or a list of them)")
+        for name, attrs in item.items():
+            if not isinstance(attrs, Mapping):
+                raise ValueError(f"a dict of attributes for {name!r}, not {attrs!r}")
+            if "rate_limit" in attrs:
+                parse_rate(attrs["rate_limit"])
+    return value
+
+
+def _rate(value: Any) -> Any:
+    parse_rate(value)
+    return value
+
+
+def _retry_policy(value: Any) -> dict[str, Any]:
+    policy = _dict(value)
+    allowed = {"max_retries", "interval_start", "interval_step", "interval_max", "retry_errors"}
+    unknown = set(policy) - allowed
+    if unknown:
+        raise ValueError(f"a dict with keys among {sorted(allowed)} (unknown: {sorted(unknown)})")
+    return policy
+
+
+#: Pool names `-P/--pool` accepts (gevent and eventlet run on threads: see worker/pools.py).
+POOL_NAMES = ("prefork", "processes", "threads", "solo", "gevent", "eventlet")
+
+
+def _pool(value: Any) -> str:
+    if value not in POOL_NAMES:
+        raise ValueError(f"one of {', '.join(POOL_NAMES)}")
+    return value  # type: ignore[no-any-return]
+
+
+def _setting(default: Any, check: Check, doc: str = "") -> Any:
+    # A default that is mutable gets a fresh copy per Settings object.
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": check, "doc": doc})
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+@dataclass
+class Settings:
+    """All of an app's settings. Read `app.conf.name` or `app.conf['name']`."""
+
+    # Broker and result backend
+    broker_url: str | None = _setting(None, _optional(_str), "broker URL; none means sqlite:///conveyor.db")
+    broker_transport_options: dict[str, Any] = _setting({}, _dict, "options for the broker transport")
+    result_backend: str | None = _setting(None, _optional(_str), "result backend URL; none means the broker's embedded store")
+    result_backend_transport_options: dict[str, Any] = _setting({}, _dict, "options for the result backend")
+    # Serialization
+    task_serializer: str = _setting("json", _serializer, "serializer of task messages")
+    result_serializer: str = _setting("json", _serializer, "serializer of results")
+    accept_content: tuple[str, ...] = _setting(("json",), _accept, "serializers a worker accepts")
+    result_accept_content: tuple[str, ...] | None = _setting(None, _optional(_accept), "serializers accepted for results; none means accept_content")
+    task_compression: str | None = _setting(None, _optional(_compression), "compression of task messages")
+    # Time
+    timezone: str | None = _setting(None, _optional(_timezone), "time zone for schedules and dates shown")
+    enable_utc: bool = _setting(True, _bool, "keep dates in UTC")
+    # Routing
+    task_queues: tuple[Queue, ...] | None = _setting(None, _optional(_queues), "queues workers consume by default")
+    task_routes: Any = _setting(None, _optional(_routes), "task name -> queue rules")
+    task_default_queue: str = _setting("celery", _str, "queue of tasks no route sends elsewhere")
+    task_default_priority: int | None = _setting(None, _optional(_int(0)), "priority when a call gives none (0 is the highest)")
+    task_create_missing_queues: bool = _setting(True, _bool, "allow queues not listed in task_queues")
+    # Calling
+    task_publish_retry: bool = _setting(True, _bool, "retry a publish when the broker is unreachable")
+    task_publish_retry_policy: dict[str, Any] = _setting(
+        {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1},
+        _retry_policy,
+        "how publishes are retried",
+    )
+    task_always_eager: bool = _setting(False, _bool, "run tasks in the caller's process")
+    task_eager_propagates: bool = _setting(False, _bool, "eager tasks re-raise their exceptions")
+    task_annotations: Any = _setting(None, _optional(_annotations), "override task attributes by name or '*'")
+    task_default_rate_limit: Any = _setting(None, _optional(_rate), "rate limit of every task")
+    # Execution
+    task_acks_late: bool = _setting(False, _bool, "acknowledge after the task ran, not before")
+    task_reject_on_worker_lost: bool | None = _setting(None, _optional(_bool), "requeue an acks_late task whose process died")
+    task_acks_on_failure_or_timeout: bool = _setting(True, _bool, "acknowledge failed and timed-out acks_late tasks")
+    task_time_limit: float | None = _setting(None, _optional(_seconds), "hard time limit in seconds")
+    task_soft_time_limit: float | None = _setting(None, _optional(_seconds), "soft time limit in seconds")
+    # Conveyor records STARTED by default: the dashboard and scoreboard want it.
+    task_track_started: bool = _setting(True, _bool, "record the STARTED state")
+    task_ignore_result: bool = _setting(False, _bool, "store no results")
+    task_store_errors_even_if_ignored: bool = _setting(False, _bool, "store failures of tasks that ignore results")
+    # Results
+    result_expires: float | None = _setting(86400.0, _optional(_seconds), "seconds results are kept")
+    result_extended: bool = _setting(False, _bool, "also store name, args, kwargs, worker, retries, queue")
+    # Worker
+    worker_concurrency: int | None = _setting(None, _optional(_int(1)), "pool size; none means the CPU count")
+    worker_pool: str = _setting("prefork", _pool, "pool: prefork, threads, solo (gevent, eventlet accepted)")
+    worker_prefetch_multiplier: int = _setting(4, _int(0), "prefetch = concurrency x this; 0 means unlimited")
+    worker_max_tasks_per_child: int | None = _setting(None, _optional(_int(1)), "recycle a prefork child after this many tasks")
+    worker_max_memory_per_child: int | None = _setting(None, _optional(_int(1)), "recycle a prefork child above this RSS (KiB)")
+    worker_disable_rate_limits: bool = _setting(False, _bool, "ignore rate limits")
+    # Beat
+    beat_schedule: dict[str, Any] = _setting({}, _dict, "periodic tasks")
+    # Modules
+    imports: tuple[str, ...] = _setting((), _names, "modules the worker imports")
+    include: tuple[str, ...] = _setting((), _names, "modules the worker imports (as Celery(include=...))")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        spec = _FIELDS.get(name)
+        if spec is None:
+            raise ImproperlyConfigured(unknown_setting_message(name))
+        try:
+            value = spec.metadata["check"](value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"setting {name!r} expects {exc}; got {value!r}"
+            ) from None
+        object.__setattr__(self, name, value)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in _FIELDS:
+            raise KeyError(unknown_setting_message(name))
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        setattr(self, name, value)
+
+    def __contains__(self, name: object) -> bool:
+        return name in _FIELDS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name) if name in _FIELDS else default
+
+    def update(self, other: Mapping[str, Any] | None = None, **values: Any) -> None:
+        """Set many settings; all are checked before any is changed."""
+        merged = {**(other or {}), **values}
+        trial = Settings(**{f: getattr(self, f) for f in _FIELDS})
+        for name, value in merged.items():
+            setattr(trial, name, value)
+        for name in merged:
+            object.__setattr__(self, name, getattr(trial, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def unknown_setting_message(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), _FIELDS, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {name!r}{hint}"
+
+
+def settings_from_object(obj: Any, namespace: str | None = None) -> dict[str, Any]:
+    """Pick the settings out of a class, an instance or a module.
+
+    Lower-case public names are settings (so a misspelt one is caught);
+    imported modules, classes and functions are skipped. With a namespace
+    (`'CELERY'`), only `CELERY_*` names are read, lower-cased, as Django does.
+    """
+    import inspect
+
+    found: dict[str, Any] = {}
+    for name in dir(obj):
+        if name.startswith("_"):
+            continue
+        value = getattr(obj, name)
+        if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
+            continue
+        if namespace:
+            prefix = namespace.rstrip("_") + "_"
+            if name.startswith(prefix):
+                found[name[len(prefix) :].lower()] = value
+        elif name.islower():
+            found[name] = value
+    return found

@@ -1,0 +1,113 @@
+"""Every exception Conveyor raises, in one tree.
+
+    ConveyorError
+    ├── ImproperlyConfigured            bad settings or URLs
+    ├── NotRegistered                   unknown task name
+    ├── ContentDisallowed               serializer not in accept_content
+    ├── DecodeError                     a message or result that cannot be decoded
+    ├── EncodeError                     a result that cannot be serialized
+    ├── BrokerError
+    │   └── BrokerConnectionError       the broker cannot be reached
+    ├── BackendError                    the result backend failed
+    ├── TimeoutError (also builtins.TimeoutError)
+    ├── TaskError                       base of errors reported for a task
+    │   ├── TaskRevokedError
+    │   ├── TimeLimitExceeded
+    │   ├── WorkerLostError
+    │   └── MaxRetriesExceededError
+    ├── SoftTimeLimitExceeded           raised inside a task: catchable
+    └── Retry                           control flow: the task asked to be retried
+
+Foreign errors (sqlite3, redis, ...) are translated into these at the boundary of
+the module that talks to that library.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class ConveyorError(Exception):
+    """Base class of every Conveyor error."""
+
+
+class ImproperlyConfigured(ConveyorError, ValueError):
+    """A setting, URL or option has a value Conveyor cannot use."""
+
+
+class NotRegistered(ConveyorError, KeyError):
+    """No task is registered under this name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not registered"
+
+
+class ContentDisallowed(ConveyorError):
+    """A message uses a serializer that `accept_content` does not list."""
+
+
+class DecodeError(ConveyorError):
+    """A message or stored result could not be decoded."""
+
+
+class EncodeError(ConveyorError):
+    """A value (such as a task's return value) cannot be serialized."""
+
+
+class BrokerError(ConveyorError):
+    """The broker failed an operation."""
+
+
+class BrokerConnectionError(BrokerError, ConnectionError):
+    """The broker could not be reached (after any configured retries)."""
+
+
+class BackendError(ConveyorError):
+    """The result backend failed an operation."""
+
+
+class TimeoutError(ConveyorError, builtins.TimeoutError):  # noqa: A001 - Celery's name
+    """`AsyncResult.get` waited longer than its timeout. The task keeps running."""
+
+
+class TaskError(ConveyorError):
+    """Base class of errors recorded as a task's outcome."""
+
+
+class TaskRevokedError(TaskError):
+    """The task was revoked (or expired) and did not complete."""
+
+
+class TimeLimitExceeded(TaskError):
+    """The task ran past its hard time limit and was killed."""
+
+
+class WorkerLostError(TaskError):
+    """The process running the task died."""
+
+
+class MaxRetriesExceededError(TaskError):
+    """The task asked to retry but has used all of its retries."""
+
+
+class SoftTimeLimitExceeded(ConveyorError):
+    """Raised inside a task when it passes its soft time limit."""
+
+
+class Retry(ConveyorError):
+    """Raised by `Task.retry()` to end this attempt; the worker records RETRY."""
+
+    def __init__(
+        self, message: str | None = None, exc: BaseException | None = None, when: Any = None
+    ) -> None:
+        self.message = message
+        self.exc = exc
+        self.when = when
+        super().__init__(message, exc, when)
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        reason = f"{self.exc!r}" if self.exc is not None else "retry requested"
+        return f"Retry in {self.when}s: {reason}" if self.when is not None else reason

@@ -1,0 +1,248 @@
+"""The task message, and the only code that knows its wire format.
+
+A message follows Celery's task protocol version 2 (see docs/protocol.md): the
+headers name the task and carry its metadata, the body is
+`[args, kwargs, {callbacks, errbacks, chain, chord}]` serialized with the task
+serializer, and the envelope around both is kombu's JSON envelope with a
+base64 body. Brokers only ever see the envelope as opaque bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from reprlib import Repr
+from typing import Any
+
+from conveyor import serialization
+from conveyor.exceptions import DecodeError
+
+_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
+_REPR = Repr()
+_REPR.maxstring = _REPR.maxother = 1024
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 64
+
+
+def new_id() -> str:
+    """A new task id: a random UUID, as Celery uses."""
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_iso(value: Any, header: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise DecodeError(f"header {header!r} is not an ISO-8601 time: {value!r}") from None
+    # Protocol 2: a time without an offset is UTC.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task call. Frozen: change it with `dataclasses.replace`."""
+
+    task: str
+    id: str = field(default_factory=new_id)
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    shadow: str | None = None
+    eta: datetime | None = None
+    expires: datetime | None = None
+    retries: int = 0
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool = False
+    origin: str = _ORIGIN
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    """Custom headers given to `apply_async(headers=...)`."""
+    priority: int = 0
+    reply_to: str | None = None
+    content_type: str = "application/json"
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.root_id is None:
+            object.__setattr__(self, "root_id", self.id)
+
+    @property
+    def display_name(self) -> str:
+        """The name shown in logs and monitoring: the shadow name when set."""
+        return self.shadow or self.task
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires is not None and (now or utcnow()) >= self.expires
+
+    def encode(self, serializer: str = "json", compression: str | None = None) -> bytes:
+        """The message as the bytes a broker stores (kombu's JSON envelope)."""
+        embed = {
+            "callbacks": self.callbacks,
+            "errbacks": self.errbacks,
+            "chain": self.chain,
+            "chord": self.chord,
+        }
+        body, content_type = serialization.dumps(
+            [list(self.args), self.kwargs, embed], serializer, compression
+        )
+        headers: dict[str, Any] = {
+            **self.headers,
+            "lang": "py",
+            "task": self.task,
+            "id": self.id,
+            "shadow": self.shadow,
+            "eta": _iso(self.eta),
+            "expires": _iso(self.expires),
+            "group": self.group,
+            "group_index": self.group_index,
+            "retries": self.retries,
+            "timelimit": [self.time_limit, self.soft_time_limit],
+            "root_id": self.root_id,
+            "parent_id": self.parent_id,
+            "argsrepr": _REPR.repr(tuple(self.args)),
+            "kwargsrepr": _REPR.repr(self.kwargs),
+            "origin": self.origin,
+            "ignore_result": self.ignore_result,
+        }
+        if compression:
+            headers["compression"] = serialization.codec(compression).content_type
+        envelope = {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "binary" if content_type != "application/json" else "utf-8",
+            "content-type": content_type,
+            "headers": headers,
+            "properties": {
+                "correlation_id": self.id,
+                "reply_to": self.reply_to,
+                "delivery_mode": 2,
+                "priority": self.priority,
+                "body_encoding": "base64",
+            },
+        }
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A received message before its body is decoded.
+
+    The headers are readable even when the body's content type is refused, so
+    the worker can still record a FAILURE for the task id.
+    """
+
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    body: bytes
+    content_type: str
+
+    @property
+    def task_id(self) -> str | None:
+        value = self.headers.get("id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def task_name(self) -> str | None:
+        value = self.headers.get("task")
+        return value if isinstance(value, str) else None
+
+    @classmethod
+    def parse(cls, data: bytes) -> Envelope:
+        """Read the envelope; a DecodeError says what is wrong with it."""
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DecodeError(f"message is not a JSON envelope: {exc}") from None
+        if not isinstance(raw, dict):
+            raise DecodeError("message envelope is not a JSON object")
+        headers, properties = raw.get("headers"), raw.get("properties") or {}
+        if not isinstance(headers, dict) or not isinstance(properties, dict):
+            raise DecodeError("message envelope has no headers")
+        for required in ("task", "id"):
+            if not isinstance(headers.get(required), str):
+                raise DecodeError(f"message header {required!r} is missing or not a string")
+        body = raw.get("body", "")
+        try:
+            if properties.get("body_encoding") == "base64":
+                body = base64.b64decode(body, validate=True)
+            elif isinstance(body, str):
+                body = body.encode()
+        except ValueError as exc:
+            raise DecodeError(f"message body is not valid base64: {exc}") from None
+        content_type = raw.get("content-type") or "application/json"
+        return cls(headers, properties, body, content_type)
+
+    def message(self, accept: frozenset[str] | None = None) -> Message:
+        """Decode the body into a Message (ContentDisallowed or DecodeError on failure)."""
+        compression = self.headers.get("compression")
+        payload = serialization.loads(
+            self.body, self.content_type, accept=accept, compression=compression
+        )
+        if not (isinstance(payload, (list, tuple)) and len(payload) == 3):
+            raise DecodeError("message body is not [args, kwargs, embed]")
+        args, kwargs, embed = payload
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise DecodeError("message body has args that are not a list or kwargs not a dict")
+        embed = embed if isinstance(embed, dict) else {}
+        h = self.headers
+        hard, soft = (list(h.get("timelimit") or [None, None]) + [None, None])[:2]
+        known = {
+            "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index",
+            "retries", "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr",
+            "origin", "ignore_result", "compression",
+        }  # fmt: skip
+        return Message(
+            task=h["task"],
+            id=h["id"],
+            args=tuple(args),
+            kwargs=kwargs,
+            root_id=h.get("root_id") or h["id"],
+            parent_id=h.get("parent_id"),
+            group=h.get("group"),
+            group_index=h.get("group_index"),
+            shadow=h.get("shadow"),
+            eta=_parse_iso(h.get("eta"), "eta"),
+            expires=_parse_iso(h.get("expires"), "expires"),
+            retries=int(h.get("retries") or 0),
+            time_limit=hard,
+            soft_time_limit=soft,
+            ignore_result=bool(h.get("ignore_result")),
+            origin=h.get("origin") or "",
+            callbacks=embed.get("callbacks"),
+            errbacks=embed.get("errbacks"),
+            chain=embed.get("chain"),
+            chord=embed.get("chord"),
+            headers={k: v for k, v in h.items() if k not in known},
+            priority=int(self.properties.get("priority") or 0),
+            reply_to=self.properties.get("reply_to"),
+            content_type=self.content_type,
+            compression=compression,
+        )
+
+
+def decode(data: bytes, accept: frozenset[str] | None = None) -> Message:
+    """Envelope bytes to a Message."""
+    return Envelope.parse(data).message(accept)
+
+
+__all__ = ["Envelope", "Message", "decode", "new_id", "replace", "utcnow"]

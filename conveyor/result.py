@@ -1,0 +1,211 @@
+"""AsyncResult: a handle on one task's state and result in the result backend."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from conveyor import states
+from conveyor.backends.base import result_value
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+R = TypeVar("R")
+
+#: Set while a worker runs a task, so `get()` can refuse to block inside one.
+in_task: ContextVar[bool] = ContextVar("conveyor_in_task", default=False)
+
+
+class AsyncResult(Generic[R]):
+    """The state and result of a task, fetched from the result backend on access."""
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - Celery's name
+        app: Conveyor | None = None,
+        *,
+        task_name: str | None = None,
+        ignored: bool = False,
+    ) -> None:
+        if app is None:
+            from conveyor.app import current_app
+
+            app = current_app()
+        self.id = id
+        self.app = app
+        self.task_name = task_name
+        self.ignored = ignored
+        self._ready_meta: dict[str, Any] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    def _meta(self) -> dict[str, Any]:
+        if self._ready_meta is not None:
+            return self._ready_meta
+        meta = self.app.backend.get_meta(self.id)
+        if meta["status"] in states.READY_STATES:
+            self._ready_meta = meta  # a ready result never changes again
+        return meta
+
+    @property
+    def state(self) -> str:
+        """PENDING, STARTED, SUCCESS, FAILURE, RETRY, REVOKED or a custom state."""
+        return str(self._meta()["status"])
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value; the exception for FAILURE; the meta dict for custom states."""
+        return result_value(self._meta())
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        value = self._meta().get("traceback")
+        return str(value) if value is not None else None
+
+    @property
+    def date_done(self) -> datetime | None:
+        value = self._meta().get("date_done")
+        return datetime.fromisoformat(value) if value else None
+
+    @property
+    def name(self) -> str | None:
+        """The task name (stored when `result_extended` is on)."""
+        return self._meta().get("name") or self.task_name
+
+    @property
+    def args(self) -> Any:
+        return self._meta().get("args")
+
+    @property
+    def kwargs(self) -> Any:
+        return self._meta().get("kwargs")
+
+    @property
+    def worker(self) -> str | None:
+        return self._meta().get("worker")
+
+    @property
+    def retries(self) -> int | None:
+        return self._meta().get("retries")
+
+    @property
+    def queue(self) -> str | None:
+        return self._meta().get("queue")
+
+    def ready(self) -> bool:
+        """True once the task ended: SUCCESS, FAILURE or REVOKED."""
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> R:
+        """Wait for the task to finish and return its result.
+
+        Raises `conveyor.exceptions.TimeoutError` after `timeout` seconds (the
+        task keeps running). A failed or revoked task re-raises its exception
+        unless `propagate=False`, when the exception is returned. `interval`
+        is accepted for Celery compatibility: Conveyor's backends wake the
+        caller when the result is written instead of polling.
+        """
+        if disable_sync_subtasks and in_task.get():
+            raise RuntimeError(
+                "Never call result.get() within a task: it can deadlock the worker "
+                "(pass disable_sync_subtasks=False if you must)"
+            )
+        if self.ignored:
+            return None  # type: ignore[return-value]
+        meta = self._ready_meta or self.app.backend.wait_for(self.id, timeout)
+        self._ready_meta = meta
+        value = result_value(meta)
+        if propagate and meta["status"] in states.PROPAGATE_STATES and isinstance(value, BaseException):
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    wait = get
+
+    def forget(self) -> None:
+        """Delete the stored result and history."""
+        self._ready_meta = None
+        self.app.backend.delete([self.id])
+
+    @property
+    def scoreboard(self) -> dict[str, Any]:
+        """The task's recorded history, for debugging.
+
+        `history` lists every state with its timestamp (and worker, pid,
+        retries, runtime where known); the summary keys come from the latest
+        entries.
+        """
+        meta = self._meta()
+        history = self.app.backend.get_history(self.id)
+        board: dict[str, Any] = {
+            "task_id": self.id,
+            "name": meta.get("name") or self.task_name,
+            "state": meta["status"],
+            "result": meta.get("result"),
+            "traceback": meta.get("traceback"),
+            "date_done": meta.get("date_done"),
+            "worker": None,
+            "retries": 0,
+            "runtime": None,
+            "history": history,
+        }
+        for entry in history:
+            for key in ("worker", "retries", "runtime", "name", "shadow"):
+                if entry.get(key) is not None:
+                    board[key] = entry[key]
+        return board
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return self.id == other.id
+        return isinstance(other, str) and self.id == other
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class EagerResult(AsyncResult[R]):
+    """The result of a task run in the caller's process (`apply`, `task_always_eager`)."""
+
+    def __init__(self, id: str, app: Conveyor, meta: dict[str, Any], task_name: str | None = None) -> None:  # noqa: A002
+        super().__init__(id, app, task_name=task_name)
+        self._ready_meta = meta
+        self._eager_meta = meta
+
+    def _meta(self) -> dict[str, Any]:
+        return self._eager_meta
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, disable_sync_subtasks: bool = True) -> R:
+        return super().get(timeout, propagate, interval, disable_sync_subtasks=False)
+
+    @property
+    def scoreboard(self) -> dict[str, Any]:
+        return {"task_id": self.id, "name": self.task_name, "state": self.state, "history": self._eager_meta.get("history", [])}
+
+    def forget(self) -> None:
+        pass

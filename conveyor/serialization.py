@@ -1,0 +1,190 @@
+"""Serializers and compression codecs, looked up by name or content type.
+
+A serializer turns Python data into bytes and names the result with a content
+type (`application/json`); a codec compresses those bytes and is named in the
+message's `compression` header. Both tables follow kombu's names and content
+types, so messages stay readable by Celery deployments.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import pickle
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class Serializer:
+    name: str
+    content_type: str
+    dumps: Callable[[Any], bytes]
+    loads: Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    content_type: str
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes], bytes]
+
+
+def _json_dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    # The same conveniences Celery's JSON encoder gives: dates, UUIDs, sets, Decimals.
+    import datetime
+    import decimal
+    import uuid
+
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _msgpack() -> Serializer:
+    import msgpack
+
+    return Serializer(
+        "msgpack",
+        "application/x-msgpack",
+        lambda value: msgpack.packb(value, use_bin_type=True),
+        lambda data: msgpack.unpackb(data, raw=False),
+    )
+
+
+def _yaml() -> Serializer:
+    import yaml
+
+    return Serializer(
+        "yaml",
+        "application/x-yaml",
+        lambda value: yaml.safe_dump(value).encode(),
+        lambda data: yaml.safe_load(data),
+    )
+
+
+def _zstd() -> Codec:
+    import zstandard
+
+    return Codec(
+        "zstd",
+        "application/zstd",
+        zstandard.ZstdCompressor().compress,
+        zstandard.ZstdDecompressor().decompress,
+    )
+
+
+_SERIALIZERS: dict[str, Serializer] = {}
+_CODECS: dict[str, Codec] = {}
+
+
+def register_serializer(serializer: Serializer) -> None:
+    """Make a serializer available by its name and its content type."""
+    _SERIALIZERS[serializer.name] = serializer
+    _SERIALIZERS[serializer.content_type] = serializer
+
+
+def register_codec(codec: Codec) -> None:
+    """Make a compression codec available by its name and its content type."""
+    _CODECS[codec.name] = codec
+    _CODECS[codec.content_type] = codec
+
+
+register_serializer(
+    Serializer("json", "application/json", _json_dumps, lambda data: json.loads(data))
+)
+register_serializer(
+    Serializer(
+        "pickle",
+        "application/x-python-serialize",
+        lambda value: pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL),
+        pickle.loads,
+    )
+)
+for _factory in (_msgpack, _yaml):
+    try:
+        register_serializer(_factory())
+    except ImportError:  # optional dependency not installed
+        pass
+
+# kombu calls zlib output "application/x-gzip"; true gzip gets its own type.
+register_codec(Codec("zlib", "application/x-gzip", zlib.compress, zlib.decompress))
+register_codec(Codec("gzip", "application/gzip", gzip.compress, gzip.decompress))
+register_codec(Codec("bzip2", "application/x-bz2", bz2.compress, bz2.decompress))
+register_codec(Codec("lzma", "application/x-lzma", lzma.compress, lzma.decompress))
+try:
+    register_codec(_zstd())
+except ImportError:
+    pass
+
+
+def serializer(name: str) -> Serializer:
+    """Return the serializer registered under a name or content type."""
+    try:
+        return _SERIALIZERS[name]
+    except KeyError:
+        known = ", ".join(sorted(s for s in _SERIALIZERS if "/" not in s))
+        raise ImproperlyConfigured(f"unknown serializer {name!r} (known: {known})") from None
+
+
+def codec(name: str) -> Codec:
+    """Return the compression codec registered under a name or content type."""
+    try:
+        return _CODECS[name]
+    except KeyError:
+        known = ", ".join(sorted(c for c in _CODECS if "/" not in c))
+        raise ImproperlyConfigured(f"unknown compression {name!r} (known: {known})") from None
+
+
+def accepted_content_types(accept: Iterable[str]) -> frozenset[str]:
+    """Turn `accept_content` (names or content types) into a set of content types."""
+    return frozenset(serializer(item).content_type for item in accept)
+
+
+def dumps(value: Any, serializer_name: str, compression: str | None = None) -> tuple[bytes, str]:
+    """Serialize (and compress) a value; return the bytes and their content type."""
+    chosen = serializer(serializer_name)
+    data = chosen.dumps(value)
+    if compression:
+        data = codec(compression).compress(data)
+    return data, chosen.content_type
+
+
+def loads(
+    data: bytes,
+    content_type: str,
+    *,
+    accept: frozenset[str] | None = None,
+    compression: str | None = None,
+) -> Any:
+    """Decompress and deserialize, refusing content types outside `accept`."""
+    if accept is not None and content_type not in accept:
+        raise ContentDisallowed(
+            f"refusing to deserialize content of type {content_type!r}: "
+            f"it is not in accept_content ({', '.join(sorted(accept))})"
+        )
+    try:
+        if compression:
+            data = codec(compression).decompress(data)
+        return serializer(content_type).loads(data)
+    except ImproperlyConfigured as exc:
+        raise DecodeError(str(exc)) from exc
+    except Exception as exc:
+        raise DecodeError(f"cannot decode {content_type} content: {exc}") from exc

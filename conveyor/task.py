@@ -1,0 +1,281 @@
+"""Task: a registered function that can be called, sent, retried and traced.
+
+`@app.task` turns a function into a `Task[P, R]`: calling it runs the function
+here, `delay(*args)` sends it to a worker and returns an `AsyncResult[R]`. The
+ParamSpec makes `add.delay("x")` a type error when `add` takes ints.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.exceptions import MaxRetriesExceededError, Retry
+from conveyor.result import AsyncResult
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.canvas import Signature
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class Context:
+    """`self.request`: what a running task knows about its call."""
+
+    id: str | None = None
+    task: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    eta: datetime | None = None
+    expires: datetime | None = None
+    hostname: str | None = None
+    delivery_info: dict[str, Any] = field(default_factory=dict)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    shadow: str | None = None
+    timelimit: tuple[float | None, float | None] = (None, None)
+    origin: str | None = None
+    reply_to: str | None = None
+    is_eager: bool = False
+    called_directly: bool = True
+    ignore_result: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+
+
+_current_request: ContextVar[Context | None] = ContextVar("conveyor_request", default=None)
+
+#: The options `apply_async` understands (beyond args, kwargs, task_id, link, link_error, shadow).
+CALL_OPTIONS = frozenset(
+    {
+        "countdown", "eta", "expires", "queue", "exchange", "routing_key", "priority",
+        "serializer", "compression", "ignore_result", "headers", "time_limit",
+        "soft_time_limit", "retry", "retry_policy", "parent_id", "root_id", "group_id",
+        "group_index", "retries", "reply_to",
+    }
+)  # fmt: skip
+
+
+class Task(Generic[P, R]):
+    """A task type. Attributes are the task's options, with Celery's defaults."""
+
+    name: str
+    bind: bool = False
+    max_retries: int | None = 3
+    default_retry_delay: float = 180
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600
+    retry_jitter: bool = True
+    rate_limit: str | float | None = None
+    ignore_result: bool | None = None
+    store_errors_even_if_ignored: bool | None = None
+    track_started: bool | None = None
+    acks_late: bool | None = None
+    reject_on_worker_lost: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    serializer: str | None = None
+    compression: str | None = None
+    queue: str | None = None
+    priority: int | None = None
+    expires: float | datetime | None = None
+    throws: tuple[type[BaseException], ...] = ()
+    typing: bool = True
+
+    def __init__(self, app: Conveyor, fun: Callable[..., R], name: str, **options: Any) -> None:
+        for key, value in options.items():
+            if not hasattr(type(self), key) or key.startswith("_"):
+                from difflib import get_close_matches
+
+                close = get_close_matches(key, [a for a in dir(Task) if not a.startswith("_")], 1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise TypeError(f"@app.task got an unknown option {key!r}{hint}")
+            setattr(self, key, value)
+        self.app = app
+        self.fun = fun
+        self.name = name
+        self.__doc__ = fun.__doc__
+        self.__wrapped__ = fun
+        self.__module__ = fun.__module__
+        self._signature = inspect.signature(fun)
+
+    # -- running here ----------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the task in this process, as a plain function call."""
+        if self.bind:
+            return self.fun(self, *args, **kwargs)
+        return self.fun(*args, **kwargs)
+
+    @property
+    def request(self) -> Context:
+        """The current call's context (empty when called directly)."""
+        return _current_request.get() or Context()
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise TypeError, naming the task, when the arguments do not fit its signature."""
+        bound_args = (None, *args) if self.bind else tuple(args)
+        try:
+            self._signature.bind(*bound_args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}{self._signature}: {exc}") from None
+
+    # -- sending -----------------------------------------------------------------------
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments; a handle on its result."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        task_id: str | None = None,
+        link: Signature | Sequence[Signature] | None = None,
+        link_error: Signature | Sequence[Signature] | None = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Send the task with options: countdown, eta, expires, queue, priority, ...
+
+        With `task_always_eager`, the task runs here instead (see `apply`).
+        """
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        unknown = set(options) - CALL_OPTIONS
+        if unknown:
+            from difflib import get_close_matches
+
+            name = sorted(unknown)[0]
+            close = get_close_matches(name, CALL_OPTIONS, 1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"apply_async got an unknown option {name!r}{hint}")
+        if self.typing:
+            self.check_arguments(args, kwargs)
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error, shadow=shadow, **options)
+        return self.app.send_task(
+            self.name, args, kwargs, task_id=task_id, link=link, link_error=link_error,
+            shadow=shadow, task=self, **options,
+        )  # fmt: skip
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        task_id: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Run the task in this process now, as a worker would; an EagerResult."""
+        from conveyor.worker.execution import run_eagerly
+
+        return run_eagerly(self, tuple(args or ()), dict(kwargs or {}), task_id, options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments (a callback receives the parent's result first)."""
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, args, kwargs, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a callback gets exactly these arguments."""
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, args, kwargs, immutable=True, app=self.app)
+
+    def signature(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+        from conveyor.canvas import Signature
+
+        return Signature(self.name, tuple(args or ()), dict(kwargs or {}), options=options, app=self.app)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        return AsyncResult(task_id, self.app, task_name=self.name)
+
+    # -- inside a running task -----------------------------------------------------------
+    def retry(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """End this attempt and send the task again, with the same id and retries + 1.
+
+        Raises `Retry` (the worker records RETRY); once `max_retries` is used
+        up, re-raises `exc` or raises `MaxRetriesExceededError`.
+        """
+        request = self.request
+        if request.id is None or request.called_directly:
+            raise RuntimeError(f"task {self.name}: retry() works only inside a worker-run task")
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}"
+            )
+        if eta is None and countdown is None:
+            countdown = self.retry_delay(request.retries)
+        send_options: dict[str, Any] = {
+            "countdown": countdown, "eta": eta, "retries": request.retries + 1,
+            "root_id": request.root_id, "parent_id": request.parent_id,
+            "queue": request.delivery_info.get("routing_key"),
+            "priority": request.delivery_info.get("priority"),
+            **options,
+        }  # fmt: skip
+        if request.is_eager:
+            # Eager retries run at once, in this process.
+            send_options = {"retries": request.retries + 1}
+        self.apply_async(
+            request.args if args is None else args,
+            request.kwargs if kwargs is None else kwargs,
+            task_id=request.id,
+            shadow=request.shadow,
+            **{k: v for k, v in send_options.items() if v is not None},
+        )
+        signal = Retry(exc=exc, when=eta.isoformat() if eta else countdown)
+        if throw:
+            raise signal
+        return signal
+
+    def retry_delay(self, retries: int) -> float:
+        """Seconds before the next attempt: `default_retry_delay`, or exponential backoff."""
+        if not self.retry_backoff:
+            return float(self.default_retry_delay)
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(factor * (2**retries), float(self.retry_backoff_max))
+        return random.uniform(0, delay) if self.retry_jitter else delay
+
+    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None) -> None:
+        """Record a state (e.g. 'PROGRESS' with meta {'done': 3, 'total': 10})."""
+        task_id = task_id or self.request.id
+        if task_id is None:
+            raise RuntimeError(f"task {self.name}: update_state() needs a task id outside a worker")
+        self.app.backend.store(task_id, state or "PENDING", meta, history={"worker": self.request.hostname})
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

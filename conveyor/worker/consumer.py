@@ -1,0 +1,88 @@
+"""The fetcher: keeps a worker's prefetch window full from the broker.
+
+One thread asks the broker for as many messages as the window has free slots
+(`concurrency x prefetch_multiplier`), blocking in the broker while nothing is
+due, so an idle worker wakes the moment a message arrives and a busy one takes
+messages in batches. Slots are given back by the worker as deliveries are
+acknowledged, requeued or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from conveyor.brokers.base import Broker, Delivery
+from conveyor.exceptions import BrokerError
+
+logger = logging.getLogger("conveyor.worker")
+
+#: How long one fetch blocks before the fetcher checks whether it should stop.
+FETCH_TIMEOUT = 1.0
+MAX_BACKOFF = 10.0
+
+
+class Fetcher:
+    def __init__(
+        self,
+        broker: Broker,
+        queues: Sequence[str],
+        window: int,
+        deliver: Callable[[list[Delivery]], None],
+    ) -> None:
+        self.broker = broker
+        self.queues = list(queues)
+        self.window = window
+        self.deliver = deliver
+        self._free = window
+        self._changed = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="conveyor-fetcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def release(self, slots: int = 1) -> None:
+        """Give back window slots (a delivery was acked, requeued or dead-lettered)."""
+        with self._changed:
+            self._free = min(self.window, self._free + slots)
+            self._changed.notify()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+        self.broker.interrupt()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._changed:
+                while self._free <= 0 and not self._stopped:
+                    self._changed.wait()
+                if self._stopped:
+                    return
+                wanted = self._free
+                self._free = 0
+            try:
+                deliveries = self.broker.fetch(self.queues, wanted, FETCH_TIMEOUT)
+            except BrokerError as exc:
+                deliveries = []
+                failures += 1
+                delay = min(MAX_BACKOFF, 0.1 * 2**failures)
+                if failures == 1:
+                    logger.error("Cannot fetch from broker %s: %s; retrying with backoff", self.broker.url, exc)
+                time.sleep(delay)
+            else:
+                if failures:
+                    logger.warning("Broker %s is reachable again after %d failed fetches", self.broker.url, failures)
+                    failures = 0
+            self.release(wanted - len(deliveries))
+            if deliveries:
+                self.deliver(deliveries)

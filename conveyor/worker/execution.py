@@ -1,0 +1,250 @@
+"""Running one task: the same steps in a pool thread, a prefork child, or eagerly.
+
+`execute` sets up `self.request`, reports the start, calls the function
+(retrying per `autoretry_for`), and returns an `Outcome`: the final state with
+its result already encoded for the backend, so an unserializable result
+becomes a FAILURE here, where it happened, and the worker's main loop only
+writes bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conveyor import messages, states
+from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
+from conveyor.backends.memory import MemoryBackend
+from conveyor.canvas import Signature
+from conveyor.exceptions import EncodeError, Retry
+from conveyor.result import EagerResult, in_task
+from conveyor.task import Context, Task, _current_request
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.result import AsyncResult
+
+logger = logging.getLogger("conveyor.worker")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A task message accepted by a worker, on its way to a pool."""
+
+    id: int
+    message: messages.Message
+    queue: str
+    hostname: str
+    redelivered: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run of a task ended."""
+
+    job_id: int
+    task_id: str
+    state: str
+    runtime: float
+    summary: str
+    """What the log line shows: the result's repr, or the exception."""
+    updates: tuple[StateUpdate, ...] = ()
+    traceback: str | None = None
+    expected: bool = False
+    """True for exceptions listed in the task's `throws` (logged without traceback)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def context_for(job: Job, *, eager: bool = False) -> Context:
+    m = job.message
+    return Context(
+        id=m.id, task=m.task, args=m.args, kwargs=m.kwargs, retries=m.retries,
+        eta=m.eta, expires=m.expires, hostname=job.hostname,
+        delivery_info={"routing_key": job.queue, "priority": m.priority, "redelivered": job.redelivered, "exchange": ""},
+        root_id=m.root_id, parent_id=m.parent_id, group=m.group, group_index=m.group_index,
+        shadow=m.shadow, timelimit=(m.time_limit, m.soft_time_limit), origin=m.origin,
+        reply_to=m.reply_to, is_eager=eager, called_directly=False, ignore_result=m.ignore_result,
+        headers=m.headers, callbacks=m.callbacks, errbacks=m.errbacks, chain=m.chain, chord=m.chord,
+    )  # fmt: skip
+
+
+def _call(task: Task[Any, Any], message: messages.Message) -> Any:
+    """Call the task function, turning `autoretry_for` exceptions into `self.retry`."""
+    try:
+        return task(*message.args, **message.kwargs)
+    except Retry:
+        raise
+    except Exception as exc:
+        if task.autoretry_for and isinstance(exc, task.autoretry_for) and not (
+            task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for)
+        ):
+            retry_kwargs = dict(task.retry_kwargs)
+            if task.retry_backoff and "countdown" not in retry_kwargs:
+                retry_kwargs["countdown"] = task.retry_delay(task.request.retries)
+            task.retry(exc=exc, **retry_kwargs)
+        raise
+
+
+def extended_meta(job: Job) -> dict[str, Any]:
+    m = job.message
+    return {
+        "name": m.task, "args": list(m.args), "kwargs": m.kwargs, "worker": job.hostname,
+        "retries": m.retries, "queue": job.queue,
+    }  # fmt: skip
+
+
+def history_entry(job: Job, **extra: Any) -> dict[str, Any]:
+    entry = {"worker": job.hostname, "retries": job.message.retries, "pid": os.getpid()}
+    if job.message.shadow:
+        entry["shadow"] = job.message.shadow
+    return {**entry, **extra}
+
+
+def execute(
+    app: Conveyor,
+    job: Job,
+    on_started: Callable[[int], None],
+    *,
+    eager: bool = False,
+    backend: ResultBackend | None = None,
+) -> Outcome:
+    """Run a job's task and encode how it ended. Never raises for task errors."""
+    backend = backend or app.backend
+    message = job.message
+    task = app.tasks[message.task]
+    request_token = _current_request.set(context_for(job, eager=eager))
+    in_task_token = in_task.set(True)
+    on_started(os.getpid())
+    started = time.monotonic()
+    try:
+        try:
+            value = _call(task, message)
+        except Retry as retry:
+            return _finish(app, backend, task, job, states.RETRY, retry.exc or retry, started, exc=retry)
+        except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is
+            _run_callbacks(app, message.errbacks, (message.id,))
+            return _finish(app, backend, task, job, states.FAILURE, exc, started, exc=exc)
+        outcome = _finish(app, backend, task, job, states.SUCCESS, value, started)
+        if outcome.state == states.SUCCESS:
+            _run_callbacks(app, message.callbacks, (value,))
+        return outcome
+    finally:
+        in_task.reset(in_task_token)
+        _current_request.reset(request_token)
+
+
+def _finish(
+    app: Conveyor,
+    backend: ResultBackend,
+    task: Task[Any, Any],
+    job: Job,
+    state: str,
+    value: Any,
+    started: float,
+    exc: BaseException | None = None,
+) -> Outcome:
+    runtime = time.monotonic() - started
+    tb = "".join(traceback.format_exception(exc)) if exc is not None and not isinstance(exc, Retry) else None
+    if isinstance(exc, Retry) and exc.exc is not None:
+        tb = "".join(traceback.format_exception(exc.exc))
+    try:
+        updates = result_updates(app, backend, task, job, state, value, runtime, tb)
+    except Exception as encode_exc:  # the result cannot be serialized: that is the task's failure
+        error = EncodeError(
+            f"result of {job.message.task}[{job.message.id}] cannot be serialized"
+            f" with {backend.serializer.name}: {encode_exc}"
+        )
+        tb = "".join(traceback.format_exception(error))
+        updates = result_updates(app, backend, task, job, states.FAILURE, error, runtime, tb)
+        return Outcome(job.id, job.message.id, states.FAILURE, runtime, repr(error), updates, tb)
+    summary = short_repr(value) if state == states.SUCCESS else repr(value)
+    expected = exc is not None and bool(task.throws) and isinstance(exc, task.throws)
+    return Outcome(job.id, job.message.id, state, runtime, summary, updates, tb, expected)
+
+
+def result_updates(
+    app: Conveyor,
+    backend: ResultBackend,
+    task: Task[Any, Any] | None,
+    job: Job,
+    state: str,
+    value: Any,
+    runtime: float,
+    tb: str | None = None,
+) -> tuple[StateUpdate, ...]:
+    """The backend writes for a final state (none when results are ignored)."""
+    conf = app.conf
+    ignored = job.message.ignore_result or _option(task, "ignore_result", conf.task_ignore_result)
+    store_errors = _option(task, "store_errors_even_if_ignored", conf.task_store_errors_even_if_ignored)
+    if ignored and not (store_errors and state in states.EXCEPTION_STATES):
+        return ()
+    if isinstance(value, BaseException):
+        value = encode_exception(value)
+    extended = extended_meta(job) if app.conf.result_extended else None
+    update = backend.make_update(
+        job.message.id, state, value, traceback=tb,
+        history=history_entry(job, runtime=round(runtime, 6), name=job.message.task),
+        extended=extended,
+    )  # fmt: skip
+    return (update,)
+
+
+def _option(task: Task[Any, Any] | None, name: str, default: Any) -> Any:
+    """A task attribute, or the app-wide default when the task leaves it unset."""
+    value = getattr(task, name, None) if task is not None else None
+    return default if value is None else value
+
+
+def failure_outcome(app: Conveyor, job: Job, error: BaseException, runtime: float = 0.0) -> Outcome:
+    """A FAILURE decided outside the task: unknown name, refused content, time limit, lost process."""
+    task = app.tasks.get(job.message.task)
+    tb = "".join(traceback.format_exception(error))
+    updates = result_updates(app, app.backend, task, job, states.FAILURE, error, runtime, tb)
+    return Outcome(job.id, job.message.id, states.FAILURE, runtime, repr(error), updates, tb)
+
+
+def _run_callbacks(app: Conveyor, callbacks: list[dict[str, Any]] | None, args: tuple[Any, ...]) -> None:
+    for data in callbacks or ():
+        try:
+            Signature.from_dict(data, app).apply_async(args)
+        except Exception:
+            logger.exception("Could not send callback %s", data.get("task"))
+
+
+def run_eagerly(
+    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None, options: dict[str, Any]
+) -> AsyncResult[Any]:
+    """`Task.apply`: run in this process with the arguments round-tripped through the serializer."""
+    app = task.app
+    options = {k: v for k, v in options.items() if k not in ("retry", "retry_policy")}
+    message, queue = app.build_message(task.name, args, kwargs, task_id=task_id, task=task, **options)
+    serializer = options.get("serializer") or task.serializer or app.conf.task_serializer
+    message = messages.decode(message.encode(serializer), None)
+    job = Job(0, message, queue, hostname="eager", redelivered=False)
+    # Eager results are encoded as a worker would, but kept in the result object only.
+    backend = MemoryBackend(
+        f"memory://eager-{message.id}",
+        serializer=app.conf.result_serializer,
+        accept=app.conf.result_accept_content or app.conf.accept_content,
+    )
+    outcome = execute(app, job, lambda pid: None, eager=True, backend=backend)
+    meta: dict[str, Any] = {"status": outcome.state, "task_id": message.id, "traceback": outcome.traceback}
+    if outcome.updates:
+        meta = backend.decode(outcome.updates[-1].meta)
+    else:
+        meta["result"] = None
+    if outcome.state == states.FAILURE and app.conf.task_eager_propagates:
+        from conveyor.backends.base import result_value
+
+        raise result_value(meta)
+    return EagerResult(message.id, app, meta, task_name=task.name)

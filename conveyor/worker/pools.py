@@ -1,0 +1,156 @@
+"""Execution pools: where a worker runs its tasks.
+
+Every pool implements `Pool`: it takes jobs, runs them with
+`execution.execute`, and reports through one callback:
+
+- `Started(job_id, pid)` when a task begins (the worker records STARTED and,
+  without acks_late, acknowledges);
+- `Finished(outcome)` when it ends;
+- `Lost(job_id, error)` when the process running it died or was killed.
+
+`threads` runs tasks on threads of the worker process; `solo` is one such
+thread (one task at a time); `prefork` (`worker/prefork.py`) runs them in
+child processes. `gevent` and `eventlet` are accepted names for `threads`:
+Conveyor does not monkey-patch the interpreter, so green-thread pools would
+silently block; threads give the same I/O concurrency without patching.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Union
+
+from conveyor.config import POOL_NAMES
+from conveyor.worker.execution import Job, Outcome, execute
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Lost:
+    job_id: int
+    error: BaseException
+
+
+PoolEvent = Union[Started, Finished, Lost]
+Emit = Callable[[PoolEvent], None]
+
+
+class Pool(Protocol):
+    """What the worker needs of a pool."""
+
+    concurrency: int
+
+    def start(self, emit: Emit) -> None:
+        """Start the pool's threads or processes; events go to `emit`."""
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; it runs when a slot is free."""
+
+    def shutdown(self) -> list[Job]:
+        """Stop taking jobs: return those not started; running ones finish."""
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for running jobs to finish."""
+
+    def terminate(self) -> None:
+        """Stop now: kill what can be killed (cold shutdown)."""
+
+
+_STOP = object()
+
+
+class ThreadPool:
+    """Tasks run on `concurrency` threads of the worker process."""
+
+    def __init__(self, app: Conveyor, concurrency: int) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._emit: Emit | None = None
+
+    def start(self, emit: Emit) -> None:
+        self._emit = emit
+        for index in range(self.concurrency):
+            thread = threading.Thread(target=self._run, name=f"conveyor-pool-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _run(self) -> None:
+        emit = self._emit
+        assert emit is not None
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
+            assert isinstance(job, Job)
+            try:
+                outcome = execute(self.app, job, lambda pid, job_id=job.id: emit(Started(job_id, pid)))
+            except BaseException as exc:  # a bug of ours, not the task's: never lose the job silently
+                logger.exception("Internal error running %s[%s]", job.message.task, job.message.id)
+                emit(Lost(job.id, exc))
+            else:
+                emit(Finished(outcome))
+
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    def shutdown(self) -> list[Job]:
+        pending: list[Job] = []
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Job):
+                pending.append(item)
+        for _ in self._threads:
+            self._jobs.put(_STOP)
+        return pending
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def terminate(self) -> None:
+        # Threads cannot be killed; they are daemons and end with the process.
+        self.shutdown()
+
+
+class SoloPool(ThreadPool):
+    """One task at a time, in the worker process."""
+
+    def __init__(self, app: Conveyor, concurrency: int = 1) -> None:
+        super().__init__(app, 1)
+
+
+def create_pool(name: str, app: Conveyor, concurrency: int) -> Pool:
+    """The pool a `-P/--pool` name selects."""
+    if name in ("prefork", "processes"):
+        from conveyor.worker.prefork import PreforkPool
+
+        return PreforkPool(app, concurrency)
+    if name == "solo":
+        return SoloPool(app)
+    if name in ("threads", "gevent", "eventlet"):
+        return ThreadPool(app, concurrency)
+    raise ValueError(f"unknown pool {name!r}: choose one of {', '.join(POOL_NAMES)}")

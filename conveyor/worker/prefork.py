@@ -1,0 +1,261 @@
+"""The prefork pool: tasks run in child processes forked from the worker.
+
+A supervisor thread in the worker owns the children: it hands each idle child
+one job at a time over a pipe, relays the child's Started/Finished reports,
+kills a child whose task passes its hard time limit (the task ends FAILURE
+with TimeLimitExceeded), and replaces children that die or retire. A child
+retires after `worker_max_tasks_per_child` tasks, or when its resident memory
+passes `worker_max_memory_per_child` KiB, after finishing its task, so
+recycling loses nothing. The soft time limit is a timer signal inside the
+child that raises SoftTimeLimitExceeded in the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from conveyor.worker.execution import Job, execute, failure_outcome
+from conveyor.worker.pools import Emit, Finished, Lost, Started
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+
+def resident_kib() -> int:
+    """This process's resident memory in KiB."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _raise_soft_limit(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded("soft time limit exceeded")
+
+
+def _child_main(app: Conveyor, conn: Connection, max_tasks: int | None, max_memory_kib: int | None) -> None:
+    # Ctrl-C reaches the whole process group: only the worker decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, _raise_soft_limit)
+    done = 0
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            break
+        if job is None:
+            break
+        task = app.tasks.get(job.message.task)
+        soft = job.message.soft_time_limit or (task.soft_time_limit if task else None) or app.conf.task_soft_time_limit
+        if soft:
+            signal.setitimer(signal.ITIMER_REAL, soft)
+        try:
+            outcome = execute(app, job, lambda pid, job_id=job.id: conn.send(Started(job_id, pid)))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        conn.send(Finished(outcome))
+        done += 1
+        if max_tasks and done >= max_tasks:
+            logger.info("Child %d retiring after %d tasks", os.getpid(), done)
+            break
+        if max_memory_kib and resident_kib() > max_memory_kib:
+            logger.info("Child %d retiring: %d KiB resident > %d KiB", os.getpid(), resident_kib(), max_memory_kib)
+            break
+    conn.close()
+    os._exit(0)
+
+
+@dataclass
+class _Child:
+    process: BaseProcess
+    conn: Connection
+    job: Job | None = None
+    deadline: float | None = None
+    killed_for_time: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class PreforkPool:
+    def __init__(self, app: Conveyor, concurrency: int) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self._context = multiprocessing.get_context("fork")
+        self._children: list[_Child] = []
+        self._pending: deque[Job] = deque()
+        self._lock = threading.RLock()
+        self._stopping = False
+        self._emit: Emit | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._supervisor: threading.Thread | None = None
+
+    # -- children ----------------------------------------------------------------------
+    def _spawn(self) -> _Child:
+        parent_conn, child_conn = self._context.Pipe()
+        conf = self.app.conf
+        process = self._context.Process(
+            target=_child_main,
+            args=(self.app, child_conn, conf.worker_max_tasks_per_child, conf.worker_max_memory_per_child),
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        child = _Child(process, parent_conn)
+        self._children.append(child)
+        return child
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            for child in self._children:
+                if not self._pending:
+                    return
+                if child.job is None and child.process.is_alive():
+                    job = self._pending.popleft()
+                    child.job, child.deadline, child.killed_for_time = job, None, False
+                    try:
+                        child.conn.send(job)
+                    except OSError:
+                        self._pending.appendleft(job)
+                        child.job = None
+
+    def _hard_limit(self, job: Job) -> float | None:
+        task = self.app.tasks.get(job.message.task)
+        return job.message.time_limit or (task.time_limit if task else None) or self.app.conf.task_time_limit
+
+    # -- Pool interface ------------------------------------------------------------------
+    def start(self, emit: Emit) -> None:
+        self._emit = emit
+        with self._lock:
+            for _ in range(self.concurrency):
+                self._spawn()
+        self._supervisor = threading.Thread(target=self._supervise, name="conveyor-prefork", daemon=True)
+        self._supervisor.start()
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            self._pending.append(job)
+        self._dispatch()
+
+    def shutdown(self) -> list[Job]:
+        with self._lock:
+            self._stopping = True
+            pending = list(self._pending)
+            self._pending.clear()
+        self._wake_w.send(b"!")
+        return pending
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._supervisor is not None:
+            self._supervisor.join(timeout)
+
+    def terminate(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for child in self._children:
+                with contextlib.suppress(OSError):
+                    child.process.kill()  # type: ignore[attr-defined]
+        self._wake_w.send(b"!")
+
+    # -- supervisor ------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        emit = self._emit
+        assert emit is not None
+        while True:
+            with self._lock:
+                if self._stopping and all(c.job is None for c in self._children):
+                    break
+                children = list(self._children)
+            now = time.monotonic()
+            deadlines = [c.deadline for c in children if c.deadline is not None]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else 1.0
+            ready = wait([self._wake_r, *(c.conn for c in children), *(c.process.sentinel for c in children)], timeout)
+            if self._wake_r in ready:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(4096)
+            for child in children:
+                if child.conn in ready:
+                    self._receive(child, emit)
+            for child in children:
+                if child.process.sentinel in ready and not child.process.is_alive():
+                    self._reap(child, emit)
+            self._enforce_time_limits(emit)
+            self._dispatch()
+        self._stop_children()
+
+    def _receive(self, child: _Child, emit: Emit) -> None:
+        try:
+            while child.conn.poll():
+                event = child.conn.recv()
+                if isinstance(event, Started) and child.job is not None:
+                    limit = self._hard_limit(child.job)
+                    child.deadline = time.monotonic() + limit if limit else None
+                    emit(event)
+                elif isinstance(event, Finished):
+                    with self._lock:
+                        child.job, child.deadline = None, None
+                    emit(event)
+        except (EOFError, OSError):
+            pass  # the child died: its sentinel reports it
+
+    def _reap(self, child: _Child, emit: Emit) -> None:
+        child.process.join(0)
+        with self._lock:
+            if child in self._children:
+                self._children.remove(child)
+            job, child.job = child.job, None
+            if not self._stopping:
+                self._spawn()
+        child.conn.close()
+        if job is not None and not child.killed_for_time:
+            code = child.process.exitcode
+            reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            emit(Lost(job.id, WorkerLostError(f"worker process {child.process.pid} exited with {reason}")))
+
+    def _enforce_time_limits(self, emit: Emit) -> None:
+        now = time.monotonic()
+        with self._lock:
+            overdue = [c for c in self._children if c.deadline is not None and c.deadline <= now and not c.killed_for_time]
+        for child in overdue:
+            job = child.job
+            if job is None:
+                continue
+            limit = self._hard_limit(job)
+            child.killed_for_time, child.deadline = True, None
+            logger.error(
+                "Hard time limit (%ss) exceeded for %s[%s]: killing process %s",
+                limit, job.message.display_name, job.message.id, child.process.pid,
+            )  # fmt: skip
+            with contextlib.suppress(OSError):
+                child.process.kill()  # type: ignore[attr-defined]
+            error = TimeLimitExceeded(f"task {job.message.task} exceeded its time limit of {limit}s")
+            emit(Finished(failure_outcome(self.app, job, error, float(limit or 0))))
+
+    def _stop_children(self) -> None:
+        for child in self._children:
+            with contextlib.suppress(OSError):
+                child.conn.send(None)
+        for child in self._children:
+            child.process.join(5)
+            if child.process.is_alive():
+                child.process.kill()  # type: ignore[attr-defined]
+                child.process.join(1)

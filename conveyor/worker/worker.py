@@ -1,0 +1,425 @@
+"""The worker: fetch, decide, run, record, acknowledge.
+
+One thread (`Worker.run`) owns every decision and every write. The fetcher
+thread and the pool report to it through one queue; it drains everything that
+is waiting and handles it as a batch, so results and acks are written in one
+backend round trip and one broker round trip per batch: under load batches
+grow, when idle a batch is a single event and is written at once.
+
+For each delivery: decode (undecodable -> dead letter), refuse content not in
+accept_content (FAILURE), unknown task name (FAILURE), expired (REVOKED), else
+submit to the pool. STARTED is recorded when the pool reports the start; the
+message is acknowledged then (or, with acks_late, after the result is
+written). Leases of unacknowledged deliveries are renewed every third of the
+lease time, so a long task on a live worker is never delivered twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+from conveyor import __version__, states
+from conveyor.backends.base import StateUpdate
+from conveyor.brokers.base import Delivery
+from conveyor.exceptions import (
+    BackendError,
+    BrokerError,
+    ContentDisallowed,
+    DecodeError,
+    NotRegistered,
+    TaskRevokedError,
+)
+from conveyor.messages import Envelope, Message
+from conveyor.serialization import accepted_content_types
+from conveyor.worker.consumer import Fetcher
+from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry
+from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, create_pool
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+HEARTBEAT_SECONDS = 10.0
+CLEANUP_SECONDS = 3600.0
+#: Most events handled (and written) as one batch.
+MAX_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class _Delivered:
+    deliveries: list[Delivery]
+
+
+@dataclass(frozen=True)
+class _Stop:
+    cold: bool
+
+
+_Event = Union[_Delivered, _Stop, PoolEvent]
+
+
+@dataclass
+class _Held:
+    job: Job
+    delivery: Delivery
+    acked: bool = False
+
+
+class Worker:
+    """Consumes queues and runs tasks until stopped (SIGTERM/SIGINT: warm, twice: cold)."""
+
+    def __init__(
+        self,
+        app: Conveyor,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        hostname: str | None = None,
+        prefetch_multiplier: int | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or app.default_queues())
+        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        self.pool_name = pool or conf.worker_pool
+        self.hostname = hostname or f"conveyor@{socket.gethostname()}"
+        multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
+        # 0 means no limit, as in Celery; a bound still keeps one fetch reasonable.
+        self.prefetch = self.concurrency * multiplier if multiplier else 10_000
+        self.accept = accepted_content_types(conf.accept_content)
+        self.events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self.held: dict[int, _Held] = {}
+        self.processed = 0
+        self._job_ids = itertools.count(1)
+        self._updates: list[StateUpdate] = []
+        self._acks: list[Delivery] = []
+        self._stopping = False
+        self._cold = False
+        self.pool: Pool | None = None
+        self.fetcher: Fetcher | None = None
+        self.ready = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def stop(self, cold: bool = False) -> None:
+        """Ask the worker to stop (thread- and signal-safe)."""
+        self.events.put(_Stop(cold))
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.events.put(_Stop(cold=self._stopping))
+
+    def run(self) -> None:
+        """Run until stopped. Installs SIGTERM/SIGINT handlers when on the main thread."""
+        app = self.app
+        app.import_modules()
+        app.annotate_tasks()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self._warn_unconsumed_default_queue()
+        broker, backend = app.broker, app.backend
+        self.pool = create_pool(self.pool_name, app, self.concurrency)
+        self.pool.start(self.events.put)
+        self.fetcher = Fetcher(broker, self.queues, self.prefetch, lambda d: self.events.put(_Delivered(d)))
+        self.fetcher.start()
+        self._heartbeat()
+        self._cleanup_results()
+        logger.info(
+            "%s ready: pool=%s concurrency=%d prefetch=%d queues=%s broker=%s backend=%s",
+            self.hostname, self.pool_name, self.concurrency, self.prefetch,
+            ",".join(self.queues), broker.url, backend.url,
+        )  # fmt: skip
+        self.ready.set()
+        try:
+            self._loop()
+        finally:
+            self._finish()
+
+    def _loop(self) -> None:
+        renew_every = self.app.broker.lease_seconds / 3
+        next_renew = time.monotonic() + renew_every
+        next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        next_cleanup = time.monotonic() + CLEANUP_SECONDS
+        while not (self._stopping and not self.held) and not self._cold:
+            timeout = max(0.0, min(next_renew, next_heartbeat) - time.monotonic())
+            try:
+                batch = [self.events.get(timeout=timeout)]
+            except queue.Empty:
+                batch = []
+            while batch and len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            for event in batch:
+                self._handle(event)
+            self._flush()
+            now = time.monotonic()
+            if now >= next_renew:
+                self._renew_leases()
+                next_renew = now + renew_every
+            if now >= next_heartbeat:
+                self._heartbeat()
+                next_heartbeat = now + HEARTBEAT_SECONDS
+            if now >= next_cleanup:
+                self._cleanup_results()
+                next_cleanup = now + CLEANUP_SECONDS
+
+    def _finish(self) -> None:
+        assert self.pool is not None and self.fetcher is not None
+        if self._cold:
+            logger.warning("Cold shutdown: returning %d unacknowledged tasks to the queue", self._unacked_count())
+            self.fetcher.stop()
+            self.pool.terminate()
+            self._requeue([h.delivery for h in self.held.values() if not h.acked])
+        else:
+            self.pool.join(10)
+        self._flush()
+        self.fetcher.join(2)
+        try:
+            self.app.broker.unregister_worker(self.hostname)
+        except BrokerError:
+            pass
+        logger.info("%s stopped after %d tasks", self.hostname, self.processed)
+
+    def _begin_warm_shutdown(self) -> None:
+        assert self.pool is not None and self.fetcher is not None
+        logger.warning("Warm shutdown: finishing %d running tasks (signal again to stop now)", len(self.held))
+        self._stopping = True
+        self.fetcher.stop()
+        for job in self.pool.shutdown():
+            held = self.held.pop(job.id)
+            self._requeue([held.delivery])
+
+    # -- events -----------------------------------------------------------------------------
+    def _handle(self, event: _Event) -> None:
+        if isinstance(event, _Delivered):
+            for delivery in event.deliveries:
+                if self._stopping:
+                    self._requeue([delivery])
+                else:
+                    self._receive(delivery)
+        elif isinstance(event, Started):
+            self._started(event)
+        elif isinstance(event, Finished):
+            self._finished(event.outcome)
+        elif isinstance(event, Lost):
+            self._lost(event)
+        elif isinstance(event, _Stop):
+            if event.cold or self._stopping:
+                self._cold = True
+            else:
+                self._begin_warm_shutdown()
+
+    def _receive(self, delivery: Delivery) -> None:
+        try:
+            envelope = Envelope.parse(delivery.body)
+        except DecodeError as exc:
+            self._dead_letter(delivery, f"undecodable message: {exc}")
+            return
+        try:
+            message = envelope.message(self.accept)
+        except ContentDisallowed as exc:
+            stub = Message(task=envelope.task_name or "?", id=envelope.task_id or "?")
+            logger.error("Task %s[%s] refused: %s", stub.task, stub.id, exc)
+            self._fail_now(delivery, stub, exc)
+            return
+        except DecodeError as exc:
+            self._dead_letter(delivery, f"task {envelope.task_name}[{envelope.task_id}]: {exc}")
+            return
+        job = Job(next(self._job_ids), message, delivery.queue, self.hostname, delivery.redelivered)
+        logger.info("Task %s[%s] received", message.display_name, message.id)
+        if message.task not in self.app.tasks:
+            error = NotRegistered(
+                f"Task {message.task!r} is not registered in this worker (registered: "
+                f"{', '.join(sorted(self.app.tasks)) or 'none'}); is the module in -A, imports or include?"
+            )
+            logger.error("Received unregistered task of type %r: %s", message.task, error)
+            self._fail_now(delivery, message, error, job)
+            return
+        if message.is_expired():
+            logger.warning("Task %s[%s] expired at %s: not run", message.display_name, message.id, message.expires)
+            error = TaskRevokedError(f"task expired at {message.expires.isoformat() if message.expires else ''}")
+            self._updates.append(self.app.backend.make_update(message.id, states.REVOKED, error, history=history_entry(job)))
+            self._ack(delivery)
+            return
+        self.held[job.id] = _Held(job, delivery)
+        assert self.pool is not None
+        self.pool.submit(job)
+
+    def _started(self, event: Started) -> None:
+        held = self.held.get(event.job_id)
+        if held is None:
+            return
+        job, task = held.job, self.app.tasks.get(held.job.message.task)
+        track = task.track_started if task and task.track_started is not None else self.app.conf.task_track_started
+        if track and not job.message.ignore_result:
+            self._updates.append(
+                self.app.backend.make_update(
+                    job.message.id, states.STARTED, {"pid": event.pid, "hostname": self.hostname},
+                    history=history_entry(job, pid=event.pid, name=job.message.task),
+                )  # fmt: skip
+            )
+        if not self._acks_late(job):
+            self._acks.append(held.delivery)
+            held.acked = True
+
+    def _finished(self, outcome: Outcome) -> None:
+        held = self.held.pop(outcome.job_id, None)
+        if held is None:
+            return
+        self.processed += 1
+        self._log_outcome(held.job.message, outcome)
+        self._updates.extend(outcome.updates)
+        if not held.acked:
+            failed = outcome.state == states.FAILURE
+            if failed and not self.app.conf.task_acks_on_failure_or_timeout:
+                self._dead_letter(held.delivery, f"task failed: {outcome.summary}", log=False)
+            else:
+                self._ack(held.delivery)
+        else:
+            self._release()
+
+    def _lost(self, event: Lost) -> None:
+        held = self.held.pop(event.job_id, None)
+        if held is None:
+            return
+        job = held.job
+        task = self.app.tasks.get(job.message.task)
+        reject = task.reject_on_worker_lost if task and task.reject_on_worker_lost is not None else self.app.conf.task_reject_on_worker_lost
+        if not held.acked and self._acks_late(job) and reject:
+            logger.error("Process running %s[%s] was lost (%s): returning it to the queue", job.message.display_name, job.message.id, event.error)
+            self._requeue([held.delivery])
+            return
+        outcome = failure_outcome(self.app, job, event.error)
+        self._log_outcome(job.message, outcome)
+        self._updates.extend(outcome.updates)
+        if held.acked:
+            self._release()
+        else:
+            self._ack(held.delivery)
+
+    def _log_outcome(self, message: Message, outcome: Outcome) -> None:
+        name, task_id = message.display_name, message.id
+        if outcome.state == states.SUCCESS:
+            logger.info("Task %s[%s] succeeded in %.2fs: %s", name, task_id, outcome.runtime, outcome.summary)
+        elif outcome.state == states.RETRY:
+            logger.info("Task %s[%s] retry: %s", name, task_id, outcome.summary)
+        elif outcome.expected:
+            logger.info("Task %s[%s] raised expected: %s", name, task_id, outcome.summary)
+        else:
+            logger.error(
+                "Task %s[%s] raised unexpected: %s\n%s", name, task_id, outcome.summary, (outcome.traceback or "").rstrip()
+            )
+
+    # -- decisions shared by the handlers --------------------------------------------------------
+    def _acks_late(self, job: Job) -> bool:
+        task = self.app.tasks.get(job.message.task)
+        return bool(task.acks_late if task and task.acks_late is not None else self.app.conf.task_acks_late)
+
+    def _fail_now(self, delivery: Delivery, message: Message, error: BaseException, job: Job | None = None) -> None:
+        job = job or Job(0, message, delivery.queue, self.hostname)
+        self._updates.extend(failure_outcome(self.app, job, error).updates)
+        self._ack(delivery)
+
+    def _ack(self, delivery: Delivery) -> None:
+        self._acks.append(delivery)
+        self._release()
+
+    def _release(self) -> None:
+        assert self.fetcher is not None
+        self.fetcher.release()
+
+    def _requeue(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
+        try:
+            self.app.broker.requeue(deliveries)
+        except BrokerError as exc:
+            logger.error("Could not requeue %d deliveries (their leases will lapse instead): %s", len(deliveries), exc)
+        if self.fetcher is not None:
+            self.fetcher.release(len(deliveries))
+
+    def _dead_letter(self, delivery: Delivery, reason: str, log: bool = True) -> None:
+        if log:
+            logger.error("Moving message from queue %r to the dead-letter store: %s", delivery.queue, reason)
+        try:
+            self.app.broker.dead_letter(delivery, reason)
+        except BrokerError as exc:
+            logger.error("Could not dead-letter a message: %s", exc)
+        self._release()
+
+    # -- I/O ------------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Write results, then acknowledge: a crash between the two reruns, never loses, a task."""
+        if self._updates:
+            try:
+                self.app.backend.write(self._updates)
+                self._updates = []
+            except BackendError as exc:
+                logger.error("Could not store %d results (will retry): %s", len(self._updates), exc)
+                time.sleep(0.5)
+                return
+        if self._acks:
+            try:
+                self.app.broker.ack(self._acks)
+                self._acks = []
+            except BrokerError as exc:
+                logger.error("Could not acknowledge %d messages (will retry): %s", len(self._acks), exc)
+                time.sleep(0.5)
+
+    def _unacked_count(self) -> int:
+        return sum(1 for h in self.held.values() if not h.acked)
+
+    def _renew_leases(self) -> None:
+        mine = [h.delivery for h in self.held.values() if not h.acked]
+        if not mine:
+            return
+        try:
+            lost = self.app.broker.renew(mine)
+        except BrokerError as exc:
+            logger.error("Could not renew %d leases: %s", len(mine), exc)
+            return
+        for delivery in lost:
+            logger.warning("Lease on a message from queue %r was lost: another worker may run it", delivery.queue)
+
+    def _heartbeat(self) -> None:
+        info = {
+            "hostname": self.hostname, "pid": os.getpid(), "pool": self.pool_name,
+            "concurrency": self.concurrency, "queues": self.queues, "active": len(self.held),
+            "processed": self.processed, "version": __version__, "timestamp": time.time(),
+        }  # fmt: skip
+        try:
+            self.app.broker.register_worker(self.hostname, json.dumps(info).encode(), HEARTBEAT_SECONDS * 3)
+        except BrokerError as exc:
+            logger.error("Could not send heartbeat: %s", exc)
+
+    def _cleanup_results(self) -> None:
+        try:
+            removed = self.app.backend.cleanup()
+        except BackendError as exc:
+            logger.error("Could not clean up expired results: %s", exc)
+            return
+        if removed:
+            logger.info("Removed %d expired results", removed)
+
+    def _warn_unconsumed_default_queue(self) -> None:
+        default = self.app.conf.task_default_queue
+        if default not in self.queues:
+            logger.warning(
+                "This worker does not consume the default queue %r (it consumes %s): tasks with no "
+                "route will wait there until a worker consumes it (-Q %s)",
+                default, ", ".join(self.queues), default,
+            )  # fmt: skip
