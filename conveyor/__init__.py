@@ -1,22 +1,22 @@
 """Conveyor: a distributed task queue for Python with Celery's API.
 
-    from conveyor import Celery
+from conveyor import Celery
 
-    app = Celery("task")
+app = Celery("task")
 
-    @app.task
-    def add(x: int, y: int) -> int:
-        return x + y
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
 
-    add.delay(1, 2).get()  # 3
+add.delay(1, 2).get()  # 3
 """
 
 __version__ = "0.1.0"
 
-from conveyor import exceptions, states  # noqa: E402
-from conveyor.app import Celery, Conveyor, current_app  # noqa: E402
-from conveyor.canvas import Signature, signature  # noqa: E402
-from conveyor.exceptions import (  # noqa: E402
+from conveyor import exceptions, states
+from conveyor.app import Celery, Conveyor, current_app
+from conveyor.canvas import Signature, signature
+from conveyor.exceptions import (
     BrokerConnectionError,
     ConveyorError,
     ImproperlyConfigured,
@@ -28,9 +28,9 @@ from conveyor.exceptions import (  # noqa: E402
     TimeLimitExceeded,
     WorkerLostError,
 )
-from conveyor.result import AsyncResult  # noqa: E402
-from conveyor.routing import Exchange, Queue  # noqa: E402
-from conveyor.task import Task  # noqa: E402
+from conveyor.result import AsyncResult
+from conveyor.routing import Exchange, Queue
+from conveyor.task import Task
 
 __all__ = [
     "AsyncResult",

@@ -110,16 +110,17 @@ class Conveyor:
         self, *, bind: Literal[False] = False, name: str | None = None, **options: Any
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(  # type: ignore[misc]  # mypy cannot match ParamSpec overloads to **options
+        self, fun: Callable[..., Any] | None = None, /, *, bind: bool = False, name: str | None = None, **options: Any
+    ) -> Any:
         """Register a function as a task: `@app.task` or `@app.task(name=..., bind=True, ...)`.
 
         The name defaults to `<module>.<function>`.
         """
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
-            name = options.pop("name", None) or self.task_name(function)
-            task: Task[Any, Any] = Task(self, function, name, **options)
-            self.tasks[name] = task
+            task: Task[Any, Any] = Task(self, function, name or self.task_name(function), bind=bind, **options)
+            self.tasks[task.name] = task
             return task
 
         return register(fun) if fun is not None else register
@@ -309,7 +310,9 @@ class Conveyor:
                 interval += float(policy.get("interval_step", 0.2))
                 attempt += 1
 
-    def signature(self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+    def signature(
+        self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Signature:
         return Signature(name, args, kwargs, options, app=self)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name

@@ -14,7 +14,7 @@ import click
 from conveyor import __version__, states
 from conveyor.app import Conveyor
 from conveyor.config import POOL_NAMES
-from conveyor.exceptions import ConveyorError, TimeoutError
+from conveyor.exceptions import ConveyorError
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 LEVEL_COLOURS = {"DEBUG": "blue", "INFO": None, "WARNING": "yellow", "ERROR": "red", "CRITICAL": "magenta"}
@@ -46,7 +46,9 @@ def find_app(spec: str) -> Conveyor:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name.split(".")[0] or exc.name == module_name:
-            raise click.UsageError(f"-A {spec}: no module named {exc.name!r} (run from the directory that holds it)") from None
+            raise click.UsageError(
+                f"-A {spec}: no module named {exc.name!r} (run from the directory that holds it)"
+            ) from None
         raise click.UsageError(f"-A {spec}: importing {module_name!r} failed: {exc}") from None
     except Exception as exc:
         raise click.UsageError(f"-A {spec}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
@@ -97,15 +99,29 @@ def main(ctx: click.Context, app_spec: str | None, broker: str | None, result_ba
 
 
 @main.command()
-@click.option("-l", "--loglevel", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
+@click.option(
+    "-l",
+    "--loglevel",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Pool size [default: CPU count].")
-@click.option("-P", "--pool", type=click.Choice(POOL_NAMES), help="Pool type [default: prefork]; gevent and eventlet run on threads.")
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(POOL_NAMES),
+    help="Pool type [default: prefork]; gevent and eventlet run on threads.",
+)
 @click.option("-Q", "--queues", help="Comma-separated queues [default: every queue in task_queues].")
 @click.option("-n", "--hostname", help="Worker name [default: conveyor@<host>].")
 @click.option("--prefetch-multiplier", type=click.IntRange(min=0), help="Prefetch = concurrency x this (0: unlimited).")
-@click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle a prefork child after this many tasks.")
-@click.option("--max-memory-per-child", type=click.IntRange(min=1), help="Recycle a prefork child above this RSS in KiB.")
+@click.option(
+    "--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle a prefork child after this many tasks."
+)
+@click.option(
+    "--max-memory-per-child", type=click.IntRange(min=1), help="Recycle a prefork child above this RSS in KiB."
+)
 @pass_context
 def worker(
     obj: _Context, loglevel: str, concurrency: int | None, pool: str | None, queues: str | None,
@@ -123,7 +139,8 @@ def worker(
         app.conf.worker_max_memory_per_child = max_memory_per_child
     if pool in ("gevent", "eventlet"):
         logging.getLogger("conveyor.worker").warning(
-            "-P %s runs on the threads pool: Conveyor does not monkey-patch; use async def tasks for many I/O waits", pool
+            "-P %s runs on the threads pool: Conveyor does not monkey-patch; use async def tasks for many I/O waits",
+            pool,
         )
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
@@ -167,7 +184,7 @@ def _json_option(value: str | None, what: str) -> Any:
 @main.command()
 @click.argument("name")
 @click.option("-a", "--args", help='Positional arguments as a JSON list, e.g. "[1, 2]".')
-@click.option("-k", "--kwargs", help='Keyword arguments as a JSON object, e.g. \'{"x": 1}\'.')
+@click.option("-k", "--kwargs", help="Keyword arguments as a JSON object, e.g. '{\"x\": 1}'.")
 @click.option("--countdown", type=float, help="Run no sooner than this many seconds from now.")
 @click.option("--eta", help="Run no sooner than this ISO-8601 time.")
 @click.option("--expires", type=float, help="Seconds after which the task is not run.")
@@ -185,10 +202,14 @@ def call(
         raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
     options = {"countdown": countdown, "eta": eta, "expires": expires, "queue": queue, "priority": priority}
     app = obj.app
+    clean: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     try:
         task = app.tasks.get(name)
-        clean = {k: v for k, v in options.items() if v is not None}
-        result = task.apply_async(positional, keywords, **clean) if task else app.send_task(name, positional, keywords, **clean)
+        result = (
+            task.apply_async(positional, keywords, **clean)
+            if task
+            else app.send_task(name, positional, keywords, **clean)
+        )
     except (ConveyorError, TypeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(result.id)
@@ -208,11 +229,13 @@ def result(obj: _Context, task_id: str, wait: bool, timeout: float | None, show_
             handle.get(timeout=timeout, propagate=False)
         state = handle.state
         value = handle.traceback if show_traceback else handle.result
-    except TimeoutError as exc:
-        raise click.ClickException(str(exc)) from None
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{click.style(state, fg=STATE_COLOURS.get(state), bold=True)}: {value!r}" if not show_traceback else value or "")
+    click.echo(
+        f"{click.style(state, fg=STATE_COLOURS.get(state), bold=True)}: {value!r}"
+        if not show_traceback
+        else value or ""
+    )
 
 
 @main.command()

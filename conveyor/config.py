@@ -198,13 +198,17 @@ class Settings:
     # Broker and result backend
     broker_url: str | None = _setting(None, _optional(_str), "broker URL; none means sqlite:///conveyor.db")
     broker_transport_options: dict[str, Any] = _setting({}, _dict, "options for the broker transport")
-    result_backend: str | None = _setting(None, _optional(_str), "result backend URL; none means the broker's embedded store")
+    result_backend: str | None = _setting(
+        None, _optional(_str), "result backend URL; none means the broker's embedded store"
+    )
     result_backend_transport_options: dict[str, Any] = _setting({}, _dict, "options for the result backend")
     # Serialization
     task_serializer: str = _setting("json", _serializer, "serializer of task messages")
     result_serializer: str = _setting("json", _serializer, "serializer of results")
     accept_content: tuple[str, ...] = _setting(("json",), _accept, "serializers a worker accepts")
-    result_accept_content: tuple[str, ...] | None = _setting(None, _optional(_accept), "serializers accepted for results; none means accept_content")
+    result_accept_content: tuple[str, ...] | None = _setting(
+        None, _optional(_accept), "serializers accepted for results; none means accept_content"
+    )
     task_compression: str | None = _setting(None, _optional(_compression), "compression of task messages")
     # Time
     timezone: str | None = _setting(None, _optional(_timezone), "time zone for schedules and dates shown")
@@ -213,7 +217,9 @@ class Settings:
     task_queues: tuple[Queue, ...] | None = _setting(None, _optional(_queues), "queues workers consume by default")
     task_routes: Any = _setting(None, _optional(_routes), "task name -> queue rules")
     task_default_queue: str = _setting("celery", _str, "queue of tasks no route sends elsewhere")
-    task_default_priority: int | None = _setting(None, _optional(_int(0)), "priority when a call gives none (0 is the highest)")
+    task_default_priority: int | None = _setting(
+        None, _optional(_int(0)), "priority when a call gives none (0 is the highest)"
+    )
     task_create_missing_queues: bool = _setting(True, _bool, "allow queues not listed in task_queues")
     # Calling
     task_publish_retry: bool = _setting(True, _bool, "retry a publish when the broker is unreachable")
@@ -228,7 +234,9 @@ class Settings:
     task_default_rate_limit: Any = _setting(None, _optional(_rate), "rate limit of every task")
     # Execution
     task_acks_late: bool = _setting(False, _bool, "acknowledge after the task ran, not before")
-    task_reject_on_worker_lost: bool | None = _setting(None, _optional(_bool), "requeue an acks_late task whose process died")
+    task_reject_on_worker_lost: bool | None = _setting(
+        None, _optional(_bool), "requeue an acks_late task whose process died"
+    )
     task_acks_on_failure_or_timeout: bool = _setting(True, _bool, "acknowledge failed and timed-out acks_late tasks")
     task_time_limit: float | None = _setting(None, _optional(_seconds), "hard time limit in seconds")
     task_soft_time_limit: float | None = _setting(None, _optional(_seconds), "soft time limit in seconds")
@@ -243,8 +251,12 @@ class Settings:
     worker_concurrency: int | None = _setting(None, _optional(_int(1)), "pool size; none means the CPU count")
     worker_pool: str = _setting("prefork", _pool, "pool: prefork, threads, solo (gevent, eventlet accepted)")
     worker_prefetch_multiplier: int = _setting(4, _int(0), "prefetch = concurrency x this; 0 means unlimited")
-    worker_max_tasks_per_child: int | None = _setting(None, _optional(_int(1)), "recycle a prefork child after this many tasks")
-    worker_max_memory_per_child: int | None = _setting(None, _optional(_int(1)), "recycle a prefork child above this RSS (KiB)")
+    worker_max_tasks_per_child: int | None = _setting(
+        None, _optional(_int(1)), "recycle a prefork child after this many tasks"
+    )
+    worker_max_memory_per_child: int | None = _setting(
+        None, _optional(_int(1)), "recycle a prefork child above this RSS (KiB)"
+    )
     worker_disable_rate_limits: bool = _setting(False, _bool, "ignore rate limits")
     # Beat
     beat_schedule: dict[str, Any] = _setting({}, _dict, "periodic tasks")
@@ -259,9 +271,7 @@ class Settings:
         try:
             value = spec.metadata["check"](value)
         except ValueError as exc:
-            raise ImproperlyConfigured(
-                f"setting {name!r} expects {exc}; got {value!r}"
-            ) from None
+            raise ImproperlyConfigured(f"setting {name!r} expects {exc}; got {value!r}") from None
         object.__setattr__(self, name, value)
 
     def __getitem__(self, name: str) -> Any:

@@ -98,9 +98,7 @@ class SoftTimeLimitExceeded(ConveyorError):
 class Retry(ConveyorError):
     """Raised by `Task.retry()` to end this attempt; the worker records RETRY."""
 
-    def __init__(
-        self, message: str | None = None, exc: BaseException | None = None, when: Any = None
-    ) -> None:
+    def __init__(self, message: str | None = None, exc: BaseException | None = None, when: Any = None) -> None:
         self.message = message
         self.exc = exc
         self.when = when

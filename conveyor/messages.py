@@ -103,9 +103,7 @@ class Message:
             "chain": self.chain,
             "chord": self.chord,
         }
-        body, content_type = serialization.dumps(
-            [list(self.args), self.kwargs, embed], serializer, compression
-        )
+        body, content_type = serialization.dumps([list(self.args), self.kwargs, embed], serializer, compression)
         headers: dict[str, Any] = {
             **self.headers,
             "lang": "py",
@@ -195,9 +193,7 @@ class Envelope:
     def message(self, accept: frozenset[str] | None = None) -> Message:
         """Decode the body into a Message (ContentDisallowed or DecodeError on failure)."""
         compression = self.headers.get("compression")
-        payload = serialization.loads(
-            self.body, self.content_type, accept=accept, compression=compression
-        )
+        payload = serialization.loads(self.body, self.content_type, accept=accept, compression=compression)
         if not (isinstance(payload, (list, tuple)) and len(payload) == 3):
             raise DecodeError("message body is not [args, kwargs, embed]")
         args, kwargs, embed = payload
@@ -205,7 +201,7 @@ class Envelope:
             raise DecodeError("message body has args that are not a list or kwargs not a dict")
         embed = embed if isinstance(embed, dict) else {}
         h = self.headers
-        hard, soft = (list(h.get("timelimit") or [None, None]) + [None, None])[:2]
+        hard, soft = [*(h.get("timelimit") or ()), None, None][:2]
         known = {
             "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index",
             "retries", "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr",

@@ -200,12 +200,23 @@ class EagerResult(AsyncResult[R]):
     def _meta(self) -> dict[str, Any]:
         return self._eager_meta
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, disable_sync_subtasks: bool = True) -> R:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> R:
         return super().get(timeout, propagate, interval, disable_sync_subtasks=False)
 
     @property
     def scoreboard(self) -> dict[str, Any]:
-        return {"task_id": self.id, "name": self.task_name, "state": self.state, "history": self._eager_meta.get("history", [])}
+        return {
+            "task_id": self.id,
+            "name": self.task_name,
+            "state": self.state,
+            "history": self._eager_meta.get("history", []),
+        }
 
     def forget(self) -> None:
         pass

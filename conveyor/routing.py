@@ -128,17 +128,13 @@ def _routers(routes: Routes | None) -> list[RouterFunction]:
         for item in routes:
             result.extend(_routers(item))
         return result
-    raise ImproperlyConfigured(
-        f"task_routes must be a dict, a router function or a list of them, not {routes!r}"
-    )
+    raise ImproperlyConfigured(f"task_routes must be a dict, a router function or a list of them, not {routes!r}")
 
 
 class Router:
     """Resolves the queue for one task call (see the module docstring for the rule)."""
 
-    def __init__(
-        self, queues: Iterable[Queue], routes: Routes | None, default_queue: str
-    ) -> None:
+    def __init__(self, queues: Iterable[Queue], routes: Routes | None, default_queue: str) -> None:
         self.queues = list(queues)
         self.routers = _routers(routes)
         self.default_queue = default_queue

@@ -107,9 +107,7 @@ def register_codec(codec: Codec) -> None:
     _CODECS[codec.content_type] = codec
 
 
-register_serializer(
-    Serializer("json", "application/json", _json_dumps, lambda data: json.loads(data))
-)
+register_serializer(Serializer("json", "application/json", _json_dumps, lambda data: json.loads(data)))
 register_serializer(
     Serializer(
         "pickle",

@@ -72,9 +72,7 @@ def path_from_url(url: str) -> str:
         )
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if not path or path == ":memory:":
-        raise ImproperlyConfigured(
-            f"{url!r} names no file: the SQLite store must be a file that processes share"
-        )
+        raise ImproperlyConfigured(f"{url!r} names no file: the SQLite store must be a file that processes share")
     return path
 
 

@@ -197,7 +197,9 @@ class Task(Generic[P, R]):
 
         return Signature(self.name, args, kwargs, immutable=True, app=self.app)
 
-    def signature(self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+    def signature(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Signature:
         from conveyor.canvas import Signature
 
         return Signature(self.name, tuple(args or ()), dict(kwargs or {}), options=options, app=self.app)

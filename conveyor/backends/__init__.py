@@ -17,12 +17,11 @@ class DisabledBackend(ResultBackend):
         pass
 
     def read(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        raise ImproperlyConfigured(
-            "no result backend is configured: set result_backend to read task results"
-        )
+        raise ImproperlyConfigured("no result backend is configured: set result_backend to read task results")
 
     def read_history(self, task_id: str) -> list[bytes]:
-        return self.read([task_id]) and []
+        self.read([task_id])
+        return []
 
     def delete(self, task_ids: Sequence[str]) -> None:
         pass

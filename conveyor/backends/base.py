@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from conveyor import serialization, states
-from conveyor.exceptions import DecodeError, TimeoutError
+from conveyor import exceptions, serialization, states
+from conveyor.exceptions import DecodeError
 
 #: Seconds between polls for backends that cannot push (and the fallback for those that can).
 DEFAULT_POLLING_INTERVAL = 0.5
@@ -83,10 +83,10 @@ def decode_exception(data: Mapping[str, Any]) -> BaseException:
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         cls = type(name, (Exception,), {"__module__": module})
     try:
-        return cls(*args)
+        instance: BaseException = cls(*args)
     except Exception:
-        fallback = type(name, (Exception,), {"__module__": module})
-        return fallback(*args)
+        instance = type(name, (Exception,), {"__module__": module})(*args)
+    return instance
 
 
 def isoformat(timestamp: float) -> str:
@@ -208,7 +208,7 @@ class ResultBackend(ABC):
                     return meta
                 remaining = 3600.0 if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"task {task_id} was not ready within {timeout} seconds")
+                    raise exceptions.TimeoutError(f"task {task_id} was not ready within {timeout} seconds")
                 waiter.wait(remaining)
 
     def __repr__(self) -> str:

@@ -62,19 +62,25 @@ class SQLiteBackend(ResultBackend):
         if not task_ids:
             return {}
         with self.db.translate():
-            rows = self.db.connection().execute(
-                "SELECT task_id, meta FROM conveyor_results"
-                f" WHERE task_id IN ({','.join('?' * len(task_ids))})"
-                " AND (expires_at IS NULL OR expires_at > ?)",
-                (*task_ids, time.time()),
-            ).fetchall()
+            rows = (
+                self.db.connection()
+                .execute(
+                    "SELECT task_id, meta FROM conveyor_results"
+                    f" WHERE task_id IN ({','.join('?' * len(task_ids))})"
+                    " AND (expires_at IS NULL OR expires_at > ?)",
+                    (*task_ids, time.time()),
+                )
+                .fetchall()
+            )
         return dict(rows)
 
     def read_history(self, task_id: str) -> list[bytes]:
         with self.db.translate():
-            rows = self.db.connection().execute(
-                "SELECT entry FROM conveyor_history WHERE task_id = ? ORDER BY seq", (task_id,)
-            ).fetchall()
+            rows = (
+                self.db.connection()
+                .execute("SELECT entry FROM conveyor_history WHERE task_id = ? ORDER BY seq", (task_id,))
+                .fetchall()
+            )
         return [row[0] for row in rows]
 
     def delete(self, task_ids: Sequence[str]) -> None:
@@ -94,9 +100,7 @@ class SQLiteBackend(ResultBackend):
                 " WHERE expires_at IS NOT NULL AND expires_at <= ?)",
                 (now,),
             )
-            cursor = db.execute(
-                "DELETE FROM conveyor_results WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
-            )
+            cursor = db.execute("DELETE FROM conveyor_results WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
             return cursor.rowcount
 
     def close(self) -> None:

@@ -49,13 +49,11 @@ class SQLiteBroker(Broker):
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now = time.time()
         rows = [
-            (m.queue, m.priority, m.body, 0 if (m.not_before or 0) > now else 1, m.not_before or 0.0)
-            for m in messages
+            (m.queue, m.priority, m.body, 0 if (m.not_before or 0) > now else 1, m.not_before or 0.0) for m in messages
         ]
         with self.db.transaction() as db:
             db.executemany(
-                "INSERT INTO conveyor_messages (queue, priority, body, ready, visible_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO conveyor_messages (queue, priority, body, ready, visible_at) VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
         self._notifier.notify()
@@ -79,8 +77,7 @@ class SQLiteBroker(Broker):
         now = time.time()
         with self.db.transaction() as db:
             db.execute(
-                "UPDATE conveyor_messages SET ready = 1, lease = NULL"
-                " WHERE ready = 0 AND visible_at <= ?",
+                "UPDATE conveyor_messages SET ready = 1, lease = NULL WHERE ready = 0 AND visible_at <= ?",
                 (now,),
             )
             # Top `limit` of each queue by its index, merged: the best across all.
@@ -97,9 +94,7 @@ class SQLiteBroker(Broker):
                 ),
             )
             if not candidates:
-                row = db.execute(
-                    "SELECT MIN(visible_at) FROM conveyor_messages WHERE ready = 0"
-                ).fetchone()
+                row = db.execute("SELECT MIN(visible_at) FROM conveyor_messages WHERE ready = 0").fetchone()
                 return [], row[0]
             lease = uuid.uuid4().hex
             ids = [row_id for _, row_id in candidates]
@@ -127,8 +122,7 @@ class SQLiteBroker(Broker):
             return
         with self.db.transaction() as db:
             db.executemany(
-                "UPDATE conveyor_messages SET ready = 1, lease = NULL, visible_at = 0"
-                " WHERE id = ? AND lease = ?",
+                "UPDATE conveyor_messages SET ready = 1, lease = NULL, visible_at = 0 WHERE id = ? AND lease = ?",
                 [d.tag for d in deliveries],
             )
         self._notifier.notify()
@@ -139,8 +133,7 @@ class SQLiteBroker(Broker):
         with self.db.transaction() as db:
             for delivery in deliveries:
                 cursor = db.execute(
-                    "UPDATE conveyor_messages SET visible_at = ?"
-                    " WHERE id = ? AND lease = ? AND ready = 0",
+                    "UPDATE conveyor_messages SET visible_at = ? WHERE id = ? AND lease = ? AND ready = 0",
                     (until, *delivery.tag),
                 )
                 if cursor.rowcount == 0:
@@ -149,23 +142,23 @@ class SQLiteBroker(Broker):
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         with self.db.transaction() as db:
-            cursor = db.execute(
-                "DELETE FROM conveyor_messages WHERE id = ? AND lease = ?", delivery.tag
-            )
+            cursor = db.execute("DELETE FROM conveyor_messages WHERE id = ? AND lease = ?", delivery.tag)
             if cursor.rowcount:
                 db.execute(
-                    "INSERT INTO conveyor_dead_letters (queue, body, reason, failed_at)"
-                    " VALUES (?, ?, ?, ?)",
+                    "INSERT INTO conveyor_dead_letters (queue, body, reason, failed_at) VALUES (?, ?, ?, ?)",
                     (delivery.queue, delivery.body, reason, time.time()),
                 )
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self.db.translate():
-            rows = self.db.connection().execute(
-                "SELECT queue, body, reason, failed_at FROM conveyor_dead_letters"
-                " ORDER BY id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
+            rows = (
+                self.db.connection()
+                .execute(
+                    "SELECT queue, body, reason, failed_at FROM conveyor_dead_letters ORDER BY id DESC LIMIT ?",
+                    (limit,),
+                )
+                .fetchall()
+            )
         return [DeadLetter(*row) for row in rows]
 
     def purge(self, queues: Sequence[str]) -> int:
@@ -173,17 +166,16 @@ class SQLiteBroker(Broker):
             return 0
         with self.db.transaction() as db:
             cursor = db.execute(
-                "DELETE FROM conveyor_messages WHERE lease IS NULL"
-                f" AND queue IN ({','.join('?' * len(queues))})",
+                f"DELETE FROM conveyor_messages WHERE lease IS NULL AND queue IN ({','.join('?' * len(queues))})",
                 tuple(queues),
             )
             return cursor.rowcount
 
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
         with self.db.translate():
-            rows = self.db.connection().execute(
-                "SELECT queue, COUNT(*) FROM conveyor_messages GROUP BY queue"
-            ).fetchall()
+            rows = (
+                self.db.connection().execute("SELECT queue, COUNT(*) FROM conveyor_messages GROUP BY queue").fetchall()
+            )
         sizes = dict(rows)
         if queues is None:
             return sizes
@@ -202,9 +194,11 @@ class SQLiteBroker(Broker):
 
     def workers(self) -> dict[str, bytes]:
         with self.db.translate():
-            rows = self.db.connection().execute(
-                "SELECT hostname, info FROM conveyor_workers WHERE expires_at > ?", (time.time(),)
-            ).fetchall()
+            rows = (
+                self.db.connection()
+                .execute("SELECT hostname, info FROM conveyor_workers WHERE expires_at > ?", (time.time(),))
+                .fetchall()
+            )
         return dict(rows)
 
     def interrupt(self) -> None:

@@ -70,7 +70,9 @@ def context_for(job: Job, *, eager: bool = False) -> Context:
     return Context(
         id=m.id, task=m.task, args=m.args, kwargs=m.kwargs, retries=m.retries,
         eta=m.eta, expires=m.expires, hostname=job.hostname,
-        delivery_info={"routing_key": job.queue, "priority": m.priority, "redelivered": job.redelivered, "exchange": ""},
+        delivery_info={
+            "routing_key": job.queue, "priority": m.priority, "redelivered": job.redelivered, "exchange": "",
+        },
         root_id=m.root_id, parent_id=m.parent_id, group=m.group, group_index=m.group_index,
         shadow=m.shadow, timelimit=(m.time_limit, m.soft_time_limit), origin=m.origin,
         reply_to=m.reply_to, is_eager=eager, called_directly=False, ignore_result=m.ignore_result,
@@ -85,8 +87,10 @@ def _call(task: Task[Any, Any], message: messages.Message) -> Any:
     except Retry:
         raise
     except Exception as exc:
-        if task.autoretry_for and isinstance(exc, task.autoretry_for) and not (
-            task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for)
+        if (
+            task.autoretry_for
+            and isinstance(exc, task.autoretry_for)
+            and not (task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for))
         ):
             retry_kwargs = dict(task.retry_kwargs)
             if task.retry_backoff and "countdown" not in retry_kwargs:
@@ -184,8 +188,8 @@ def result_updates(
 ) -> tuple[StateUpdate, ...]:
     """The backend writes for a final state (none when results are ignored)."""
     conf = app.conf
-    ignored = job.message.ignore_result or _option(task, "ignore_result", conf.task_ignore_result)
-    store_errors = _option(task, "store_errors_even_if_ignored", conf.task_store_errors_even_if_ignored)
+    ignored = job.message.ignore_result or option(task, "ignore_result", conf.task_ignore_result)
+    store_errors = option(task, "store_errors_even_if_ignored", conf.task_store_errors_even_if_ignored)
     if ignored and not (store_errors and state in states.EXCEPTION_STATES):
         return ()
     if isinstance(value, BaseException):
@@ -199,7 +203,7 @@ def result_updates(
     return (update,)
 
 
-def _option(task: Task[Any, Any] | None, name: str, default: Any) -> Any:
+def option(task: Task[Any, Any] | None, name: str, default: Any) -> Any:
     """A task attribute, or the app-wide default when the task leaves it unset."""
     value = getattr(task, name, None) if task is not None else None
     return default if value is None else value

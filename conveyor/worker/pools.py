@@ -78,6 +78,13 @@ class Pool(Protocol):
 _STOP = object()
 
 
+def _reporter(emit: Emit, job_id: int) -> Callable[[int], None]:
+    def started(pid: int) -> None:
+        emit(Started(job_id, pid))
+
+    return started
+
+
 class ThreadPool:
     """Tasks run on `concurrency` threads of the worker process."""
 
@@ -104,7 +111,7 @@ class ThreadPool:
                 return
             assert isinstance(job, Job)
             try:
-                outcome = execute(self.app, job, lambda pid, job_id=job.id: emit(Started(job_id, pid)))
+                outcome = execute(self.app, job, _reporter(emit, job.id))
             except BaseException as exc:  # a bug of ours, not the task's: never lose the job silently
                 logger.exception("Internal error running %s[%s]", job.message.task, job.message.id)
                 emit(Lost(job.id, exc))

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,13 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
+def _reporter(conn: Connection, job_id: int) -> Callable[[int], None]:
+    def started(pid: int) -> None:
+        conn.send(Started(job_id, pid))
+
+    return started
+
+
 def _child_main(app: Conveyor, conn: Connection, max_tasks: int | None, max_memory_kib: int | None) -> None:
     # Ctrl-C reaches the whole process group: only the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -71,7 +79,7 @@ def _child_main(app: Conveyor, conn: Connection, max_tasks: int | None, max_memo
         if soft:
             signal.setitimer(signal.ITIMER_REAL, soft)
         try:
-            outcome = execute(app, job, lambda pid, job_id=job.id: conn.send(Started(job_id, pid)))
+            outcome = execute(app, job, _reporter(conn, job.id))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         conn.send(Finished(outcome))
@@ -234,7 +242,9 @@ class PreforkPool:
     def _enforce_time_limits(self, emit: Emit) -> None:
         now = time.monotonic()
         with self._lock:
-            overdue = [c for c in self._children if c.deadline is not None and c.deadline <= now and not c.killed_for_time]
+            overdue = [
+                c for c in self._children if c.deadline is not None and c.deadline <= now and not c.killed_for_time
+            ]
         for child in overdue:
             job = child.job
             if job is None:

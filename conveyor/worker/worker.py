@@ -43,7 +43,7 @@ from conveyor.exceptions import (
 from conveyor.messages import Envelope, Message
 from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import Fetcher
-from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry
+from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option
 from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, create_pool
 
 if TYPE_CHECKING:
@@ -251,8 +251,9 @@ class Worker:
             return
         if message.is_expired():
             logger.warning("Task %s[%s] expired at %s: not run", message.display_name, message.id, message.expires)
-            error = TaskRevokedError(f"task expired at {message.expires.isoformat() if message.expires else ''}")
-            self._updates.append(self.app.backend.make_update(message.id, states.REVOKED, error, history=history_entry(job)))
+            expired = TaskRevokedError(f"task expired at {message.expires}")
+            update = self.app.backend.make_update(message.id, states.REVOKED, expired, history=history_entry(job))
+            self._updates.append(update)
             self._ack(delivery)
             return
         self.held[job.id] = _Held(job, delivery)
@@ -264,13 +265,15 @@ class Worker:
         if held is None:
             return
         job, task = held.job, self.app.tasks.get(held.job.message.task)
-        track = task.track_started if task and task.track_started is not None else self.app.conf.task_track_started
+        track = option(task, "track_started", self.app.conf.task_track_started)
         if track and not job.message.ignore_result:
             self._updates.append(
                 self.app.backend.make_update(
-                    job.message.id, states.STARTED, {"pid": event.pid, "hostname": self.hostname},
+                    job.message.id,
+                    states.STARTED,
+                    {"pid": event.pid, "hostname": self.hostname},
                     history=history_entry(job, pid=event.pid, name=job.message.task),
-                )  # fmt: skip
+                )
             )
         if not self._acks_late(job):
             self._acks.append(held.delivery)
@@ -298,9 +301,14 @@ class Worker:
             return
         job = held.job
         task = self.app.tasks.get(job.message.task)
-        reject = task.reject_on_worker_lost if task and task.reject_on_worker_lost is not None else self.app.conf.task_reject_on_worker_lost
+        reject = option(task, "reject_on_worker_lost", self.app.conf.task_reject_on_worker_lost)
         if not held.acked and self._acks_late(job) and reject:
-            logger.error("Process running %s[%s] was lost (%s): returning it to the queue", job.message.display_name, job.message.id, event.error)
+            logger.error(
+                "Process running %s[%s] was lost (%s): returning it to the queue",
+                job.message.display_name,
+                job.message.id,
+                event.error,
+            )
             self._requeue([held.delivery])
             return
         outcome = failure_outcome(self.app, job, event.error)
@@ -321,13 +329,17 @@ class Worker:
             logger.info("Task %s[%s] raised expected: %s", name, task_id, outcome.summary)
         else:
             logger.error(
-                "Task %s[%s] raised unexpected: %s\n%s", name, task_id, outcome.summary, (outcome.traceback or "").rstrip()
+                "Task %s[%s] raised unexpected: %s\n%s",
+                name,
+                task_id,
+                outcome.summary,
+                (outcome.traceback or "").rstrip(),
             )
 
     # -- decisions shared by the handlers --------------------------------------------------------
     def _acks_late(self, job: Job) -> bool:
         task = self.app.tasks.get(job.message.task)
-        return bool(task.acks_late if task and task.acks_late is not None else self.app.conf.task_acks_late)
+        return bool(option(task, "acks_late", self.app.conf.task_acks_late))
 
     def _fail_now(self, delivery: Delivery, message: Message, error: BaseException, job: Job | None = None) -> None:
         job = job or Job(0, message, delivery.queue, self.hostname)
