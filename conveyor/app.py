@@ -129,7 +129,7 @@ class Conveyor:
         module = function.__module__
         if module == "__main__" and self.main:
             module = self.main
-        return f"{module}.{function.__qualname__}"
+        return f"{module}.{function.__name__}"
 
     def annotate_tasks(self) -> None:
         """Apply `task_annotations` (by exact name, then '*') to registered tasks."""

@@ -83,6 +83,8 @@ class Database:
         self.path = os.path.abspath(path)
         self.error = error
         self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         directory = os.path.dirname(self.path)
         if directory and not os.path.isdir(directory):
             raise ImproperlyConfigured(f"the directory of the SQLite store does not exist: {directory}")
@@ -96,6 +98,8 @@ class Database:
             # A forked child must never reuse its parent's connection.
             local.connection = self._connect()
             local.pid = os.getpid()
+            with self._connections_lock:
+                self._connections.append(local.connection)
         connection: sqlite3.Connection = local.connection
         return connection
 
@@ -128,7 +132,9 @@ class Database:
             connection.execute("COMMIT")
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and getattr(self._local, "pid", None) == os.getpid():
-            connection.close()
+        """Close every thread's connection (each reopens on next use)."""
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
         self._local = threading.local()

@@ -39,11 +39,16 @@ class SQLiteBroker(Broker):
         self._wake_dir = wakeup.channel_directory(self.db.path, "queues")
         self._notifier = wakeup.Notifier(self._wake_dir)
         self._local = threading.local()
+        self._listeners: list[wakeup.Listener] = []
+        self._listeners_lock = threading.Lock()
 
     def _listener(self) -> wakeup.Listener:
+        """This thread's wake-up socket (each consuming thread waits on its own)."""
         listener: wakeup.Listener | None = getattr(self._local, "listener", None)
         if listener is None:
             listener = self._local.listener = wakeup.Listener(self._wake_dir)
+            with self._listeners_lock:
+                self._listeners.append(listener)
         return listener
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
@@ -205,9 +210,10 @@ class SQLiteBroker(Broker):
         self._notifier.notify()
 
     def close(self) -> None:
-        listener = getattr(self._local, "listener", None)
-        if listener is not None:
-            listener.close()
-            self._local.listener = None
+        with self._listeners_lock:
+            for listener in self._listeners:
+                listener.close()
+            self._listeners.clear()
+        self._local = threading.local()
         self._notifier.close()
         self.db.close()

@@ -50,6 +50,10 @@ def resident_kib() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+class _Retiring:
+    """Sent by a child before its last Finished: give it no more jobs."""
+
+
 def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
@@ -59,6 +63,16 @@ def _reporter(conn: Connection, job_id: int) -> Callable[[int], None]:
         conn.send(Started(job_id, pid))
 
     return started
+
+
+def _retirement_reason(done: int, max_tasks: int | None, max_memory_kib: int | None) -> str | None:
+    if max_tasks and done >= max_tasks:
+        return f"{done} tasks done (max tasks per child)"
+    if max_memory_kib:
+        resident = resident_kib()
+        if resident > max_memory_kib:
+            return f"{resident} KiB resident > {max_memory_kib} KiB (max memory per child)"
+    return None
 
 
 def _child_main(app: Conveyor, conn: Connection, max_tasks: int | None, max_memory_kib: int | None) -> None:
@@ -82,13 +96,13 @@ def _child_main(app: Conveyor, conn: Connection, max_tasks: int | None, max_memo
             outcome = execute(app, job, _reporter(conn, job.id))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        conn.send(Finished(outcome))
         done += 1
-        if max_tasks and done >= max_tasks:
-            logger.info("Child %d retiring after %d tasks", os.getpid(), done)
-            break
-        if max_memory_kib and resident_kib() > max_memory_kib:
-            logger.info("Child %d retiring: %d KiB resident > %d KiB", os.getpid(), resident_kib(), max_memory_kib)
+        retire = _retirement_reason(done, max_tasks, max_memory_kib)
+        if retire:
+            logger.info("Child %d retiring: %s", os.getpid(), retire)
+            conn.send(_Retiring())
+        conn.send(Finished(outcome))
+        if retire:
             break
     conn.close()
     os._exit(0)
@@ -101,6 +115,8 @@ class _Child:
     job: Job | None = None
     deadline: float | None = None
     killed_for_time: bool = False
+    started: bool = False
+    retiring: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -137,9 +153,9 @@ class PreforkPool:
             for child in self._children:
                 if not self._pending:
                     return
-                if child.job is None and child.process.is_alive():
+                if child.job is None and not child.retiring and child.process.is_alive():
                     job = self._pending.popleft()
-                    child.job, child.deadline, child.killed_for_time = job, None, False
+                    child.job, child.deadline, child.killed_for_time, child.started = job, None, False, False
                     try:
                         child.conn.send(job)
                     except OSError:
@@ -169,7 +185,7 @@ class PreforkPool:
             self._stopping = True
             pending = list(self._pending)
             self._pending.clear()
-        self._wake_w.send(b"!")
+        self._wake()
         return pending
 
     def join(self, timeout: float | None = None) -> None:
@@ -182,7 +198,11 @@ class PreforkPool:
             for child in self._children:
                 with contextlib.suppress(OSError):
                     child.process.kill()  # type: ignore[attr-defined]
-        self._wake_w.send(b"!")
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"!")
 
     # -- supervisor ------------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -214,7 +234,10 @@ class PreforkPool:
         try:
             while child.conn.poll():
                 event = child.conn.recv()
-                if isinstance(event, Started) and child.job is not None:
+                if isinstance(event, _Retiring):
+                    child.retiring = True
+                elif isinstance(event, Started) and child.job is not None:
+                    child.started = True
                     limit = self._hard_limit(child.job)
                     child.deadline = time.monotonic() + limit if limit else None
                     emit(event)
@@ -234,7 +257,10 @@ class PreforkPool:
             if not self._stopping:
                 self._spawn()
         child.conn.close()
-        if job is not None and not child.killed_for_time:
+        if job is not None and not child.started:
+            # It died before the task began: the job is intact, run it elsewhere.
+            self.submit(job)
+        elif job is not None and not child.killed_for_time:
             code = child.process.exitcode
             reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             emit(Lost(job.id, WorkerLostError(f"worker process {child.process.pid} exited with {reason}")))
@@ -269,3 +295,6 @@ class PreforkPool:
             if child.process.is_alive():
                 child.process.kill()  # type: ignore[attr-defined]
                 child.process.join(1)
+            child.conn.close()
+        self._wake_r.close()
+        self._wake_w.close()

@@ -1,0 +1,84 @@
+"""The ResultBackend contract (S1.4, S6): every backend passes the same suite."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conveyor import states
+from conveyor.backends import ResultBackend, backend_from_url
+from conveyor.exceptions import TimeoutError
+from tests.conftest import store_url
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path) -> Iterator[ResultBackend]:  # type: ignore[no-untyped-def]
+    instance = backend_from_url(store_url(request.param, tmp_path), {"polling_interval": 30})
+    yield instance
+    instance.close()
+
+
+def test_unknown_task_is_pending(backend: ResultBackend) -> None:
+    assert backend.get_meta("nope")["status"] == states.PENDING
+
+
+def test_store_and_read(backend: ResultBackend) -> None:
+    backend.store("t1", states.STARTED, {"pid": 1})
+    assert backend.get_meta("t1")["status"] == states.STARTED
+    backend.store("t1", states.SUCCESS, [1, 2])
+    meta = backend.get_meta("t1")
+    assert meta["status"] == states.SUCCESS and meta["result"] == [1, 2] and meta["date_done"]
+
+
+def test_success_is_never_overwritten(backend: ResultBackend) -> None:
+    """A late duplicate (say a redelivered run) never replaces SUCCESS."""
+    backend.store("t1", states.SUCCESS, 3)
+    backend.store("t1", states.STARTED)
+    backend.store("t1", states.FAILURE, ValueError("late"))
+    assert backend.get_meta("t1")["result"] == 3
+    assert [e["state"] for e in backend.get_history("t1")] == [states.SUCCESS, states.STARTED, states.FAILURE]
+
+
+def test_history_is_in_order_with_details(backend: ResultBackend) -> None:
+    backend.write(
+        [
+            backend.make_update("t1", states.STARTED, history={"worker": "w1"}),
+            backend.make_update("t1", states.SUCCESS, 1, history={"worker": "w1", "runtime": 0.5}),
+        ]
+    )
+    history = backend.get_history("t1")
+    assert [h["state"] for h in history] == [states.STARTED, states.SUCCESS]
+    assert history[1]["runtime"] == 0.5 and history[0]["timestamp"] <= history[1]["timestamp"]
+
+
+def test_delete_forgets(backend: ResultBackend) -> None:
+    backend.store("t1", states.SUCCESS, 1)
+    backend.delete(["t1"])
+    assert backend.get_meta("t1")["status"] == states.PENDING
+    assert backend.get_history("t1") == []
+
+
+def test_expired_results_are_gone(backend: ResultBackend) -> None:
+    backend.expires = 0.3
+    backend.store("t1", states.SUCCESS, 1)
+    assert backend.get_meta("t1")["status"] == states.SUCCESS
+    time.sleep(0.5)
+    assert backend.get_meta("t1")["status"] == states.PENDING
+    assert backend.cleanup() >= 0
+    assert backend.get_history("t1") == [] or backend.cleanup() == 0
+
+
+def test_wait_for_is_woken_by_the_write(backend: ResultBackend) -> None:
+    """get() waits without polling: the waiter wakes on the write (polling is set to 30 s)."""
+    threading.Timer(0.3, backend.store, args=("t1", states.SUCCESS, 42)).start()
+    started = time.monotonic()
+    assert backend.wait_for("t1", timeout=20)["result"] == 42
+    assert time.monotonic() - started < 10
+
+
+def test_wait_for_times_out(backend: ResultBackend) -> None:
+    with pytest.raises(TimeoutError):
+        backend.wait_for("never", timeout=0.3)

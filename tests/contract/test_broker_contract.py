@@ -1,0 +1,155 @@
+"""The Broker contract (S1.2, S5.3): every broker passes the same suite."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conveyor.brokers import Broker, Outgoing, broker_from_url
+from tests.conftest import store_url
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def broker(request: pytest.FixtureRequest, tmp_path) -> Iterator[Broker]:  # type: ignore[no-untyped-def]
+    instance = broker_from_url(store_url(request.param, tmp_path), {"lease_timeout": 1.0, "polling_interval": 0.2})
+    yield instance
+    instance.close()
+
+
+def bodies(deliveries) -> list[bytes]:  # type: ignore[no-untyped-def]
+    return [d.body for d in deliveries]
+
+
+def test_publish_then_fetch_is_fifo(broker: Broker) -> None:
+    broker.publish([Outgoing("q", f"m{i}".encode()) for i in range(5)])
+    assert bodies(broker.fetch(["q"], 10, 0)) == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert broker.fetch(["q"], 10, 0) == []
+
+
+def test_fetch_respects_limit_and_queue(broker: Broker) -> None:
+    broker.publish([Outgoing("a", b"a1"), Outgoing("b", b"b1"), Outgoing("a", b"a2")])
+    assert bodies(broker.fetch(["a"], 1, 0)) == [b"a1"]
+    assert bodies(broker.fetch(["b"], 5, 0)) == [b"b1"]
+    assert bodies(broker.fetch(["a", "b"], 5, 0)) == [b"a2"]
+
+
+def test_priority_zero_is_highest_and_fifo_within_priority(broker: Broker) -> None:
+    """S5.3: priorities 0-255, 0 the highest, exact order (no buckets)."""
+    broker.publish([Outgoing("q", b"p9-1", 9), Outgoing("q", b"p255", 255), Outgoing("q", b"p9-2", 9)])
+    broker.publish([Outgoing("q", b"p0", 0), Outgoing("q", b"p1", 1), Outgoing("q", b"p8", 8)])
+    assert bodies(broker.fetch(["q"], 10, 0)) == [b"p0", b"p1", b"p8", b"p9-1", b"p9-2", b"p255"]
+
+
+def test_priority_across_queues(broker: Broker) -> None:
+    broker.publish([Outgoing("low", b"low", 9), Outgoing("high", b"high", 0)])
+    assert bodies(broker.fetch(["low", "high"], 1, 0)) == [b"high"]
+
+
+def test_priority_is_validated(broker: Broker) -> None:
+    with pytest.raises(ValueError, match="0 \\(highest\\)"):
+        broker.publish_one("q", b"x", priority=256)
+
+
+def test_delayed_message_is_held_by_the_broker_until_due(broker: Broker) -> None:
+    """S2.3: countdown/eta wait in the broker, not in a worker."""
+    broker.publish([Outgoing("q", b"later", not_before=time.time() + 0.6), Outgoing("q", b"now")])
+    assert bodies(broker.fetch(["q"], 10, 0)) == [b"now"]
+    assert broker.queue_sizes(["q"]) == {"q": 2}
+    started = time.monotonic()
+    assert bodies(broker.fetch(["q"], 10, 5)) == [b"later"]
+    assert 0.3 < time.monotonic() - started < 3
+
+
+def test_ack_removes_for_good(broker: Broker) -> None:
+    broker.publish_one("q", b"x")
+    [delivery] = broker.fetch(["q"], 1, 0)
+    broker.ack([delivery])
+    assert broker.queue_sizes(["q"]) == {"q": 0}
+    time.sleep(1.2)
+    assert broker.fetch(["q"], 1, 0) == []
+
+
+def test_lapsed_lease_redelivers(broker: Broker) -> None:
+    """At-least-once: a delivery whose holder stops renewing comes back."""
+    broker.publish_one("q", b"x")
+    [first] = broker.fetch(["q"], 1, 0)
+    assert first.attempts == 1 and not first.redelivered
+    assert broker.fetch(["q"], 1, 0) == []
+    [again] = broker.fetch(["q"], 1, 3)
+    assert again.body == b"x" and again.attempts == 2 and again.redelivered
+
+
+def test_renewed_lease_is_kept(broker: Broker) -> None:
+    broker.publish_one("q", b"x")
+    [delivery] = broker.fetch(["q"], 1, 0)
+    for _ in range(4):
+        time.sleep(0.4)
+        assert broker.renew([delivery]) == []
+    assert broker.fetch(["q"], 1, 0) == []
+
+
+def test_stale_holder_cannot_ack_or_renew_a_reclaimed_delivery(broker: Broker) -> None:
+    """Fencing: the old lease token is worthless once another consumer holds the message."""
+    broker.publish_one("q", b"x")
+    [stale] = broker.fetch(["q"], 1, 0)
+    [current] = broker.fetch(["q"], 1, 3)
+    assert broker.renew([stale]) == [stale]
+    broker.ack([stale])
+    assert broker.queue_sizes(["q"]) == {"q": 1}
+    broker.ack([current])
+    assert broker.queue_sizes(["q"]) == {"q": 0}
+
+
+def test_requeue_makes_deliverable_at_once(broker: Broker) -> None:
+    broker.publish_one("q", b"x")
+    [delivery] = broker.fetch(["q"], 1, 0)
+    broker.requeue([delivery])
+    [again] = broker.fetch(["q"], 1, 0)
+    assert again.body == b"x"
+
+
+def test_dead_letter_keeps_the_reason(broker: Broker) -> None:
+    broker.publish_one("q", b"garbage")
+    [delivery] = broker.fetch(["q"], 1, 0)
+    broker.dead_letter(delivery, "undecodable message: not JSON")
+    assert broker.queue_sizes(["q"]) == {"q": 0}
+    [letter] = broker.dead_letters()
+    assert (letter.queue, letter.body, letter.reason) == ("q", b"garbage", "undecodable message: not JSON")
+
+
+def test_purge_deletes_waiting_messages(broker: Broker) -> None:
+    broker.publish([Outgoing("a", b"1"), Outgoing("a", b"2"), Outgoing("b", b"3")])
+    assert broker.purge(["a"]) == 2
+    assert broker.queue_sizes(["a", "b"]) == {"a": 0, "b": 1}
+
+
+def test_blocked_fetch_wakes_when_a_message_is_published(broker: Broker) -> None:
+    """An idle consumer is woken by a publish, not by its polling interval."""
+    broker.options["polling_interval"] = 30
+    if hasattr(broker, "polling_interval"):
+        broker.polling_interval = 30  # type: ignore[attr-defined]
+    result: list[float] = []
+
+    def consume() -> None:
+        deliveries = broker.fetch(["q"], 1, 20)
+        result.append(time.monotonic() if deliveries else 0.0)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    time.sleep(0.3)
+    published = time.monotonic()
+    broker.publish_one("q", b"wake")
+    thread.join(10)
+    assert result and result[0] > 0, "fetch returned nothing"
+    assert result[0] - published < 5, "the consumer slept through the publish"
+
+
+def test_workers_registry(broker: Broker) -> None:
+    broker.register_worker("w1", b"{}", ttl=60)
+    broker.register_worker("w2", b"{}", ttl=-1)
+    assert set(broker.workers()) == {"w1"}
+    broker.unregister_worker("w1")
+    assert broker.workers() == {}

@@ -1,0 +1,284 @@
+"""The worker over every pool and embedded store (S5-S7; issue 2 items 5-7).
+
+A real Worker runs in a background thread of the test process, consuming the
+same broker the test publishes to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conveyor import Celery, states
+from conveyor.exceptions import (
+    ContentDisallowed,
+    EncodeError,
+    NotRegistered,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    TimeoutError,
+)
+from conveyor.worker import Worker
+from tests.conftest import store_url
+
+POOLS = ["threads", "solo", "prefork"]
+
+
+class CustomError(Exception):
+    pass
+
+
+def make_app(url: str) -> Celery:
+    app = Celery("wtests", broker=url, broker_transport_options={"polling_interval": 0.2, "lease_timeout": 3})
+    app.conf.result_backend_transport_options = {"polling_interval": 0.2}
+
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="t.fail")
+    def fail(message: str) -> None:
+        raise CustomError(message)
+
+    @app.task(name="t.sleep")
+    def sleep(seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    @app.task(name="t.unserializable")
+    def unserializable() -> object:
+        return object()
+
+    @app.task(name="t.flaky", bind=True, default_retry_delay=0.1, max_retries=2)
+    def flaky(self, succeed_on: int) -> int:  # type: ignore[no-untyped-def]
+        if self.request.retries < succeed_on:
+            raise self.retry(exc=ValueError(f"attempt {self.request.retries}"))
+        return self.request.retries  # type: ignore[no-any-return]
+
+    @app.task(name="t.pid")
+    def pid() -> int:
+        return os.getpid()
+
+    return app
+
+
+@contextlib.contextmanager
+def running(app: Celery, pool: str, **options: object) -> Iterator[Worker]:
+    worker = Worker(app, pool=pool, concurrency=options.pop("concurrency", 2), hostname="w1@test", **options)  # type: ignore[arg-type]
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert worker.ready.wait(10), "worker did not start"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "worker did not stop"
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
+    application = make_app(store_url(request.param, tmp_path))
+    yield application
+    application.close()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_success_failure_and_scoreboard(app: Celery, pool: str) -> None:
+    """S5.2, S6: get() returns the value; a failure re-raises the same type; the scoreboard tells the story."""
+    with running(app, pool):
+        result = app.tasks["t.add"].delay(1, 2)
+        assert result.get(timeout=10) == 3
+        assert result.successful() and result.ready() and not result.failed()
+        board = result.scoreboard
+        assert [h["state"] for h in board["history"]] == [states.STARTED, states.SUCCESS]
+        assert board["worker"] == "w1@test" and board["runtime"] is not None and board["retries"] == 0
+        assert result.date_done is not None
+
+        failed = app.tasks["t.fail"].delay("boom")
+        with pytest.raises(CustomError, match="boom"):
+            failed.get(timeout=10)
+        assert failed.failed() and failed.state == states.FAILURE
+        assert isinstance(failed.get(propagate=False), CustomError)
+        assert "CustomError: boom" in (failed.traceback or "")
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_bad_input_ends_failure_and_the_worker_goes_on(app: Celery, pool: str) -> None:
+    """Unknown task, arguments that do not fit, unserializable result: FAILURE naming the problem."""
+    with running(app, pool):
+        unknown = app.send_task("t.nope", (1,))
+        with pytest.raises(NotRegistered, match="'t.nope' is not registered"):
+            unknown.get(timeout=10)
+        misfit = app.send_task("t.add", (1,))
+        with pytest.raises(TypeError, match="y"):
+            misfit.get(timeout=10)
+        bad_result = app.tasks["t.unserializable"].delay()
+        with pytest.raises(EncodeError, match="cannot be serialized with json"):
+            bad_result.get(timeout=10)
+        assert app.tasks["t.add"].delay(2, 2).get(timeout=10) == 4
+
+
+def test_undecodable_message_goes_to_dead_letters(app: Celery) -> None:
+    with running(app, "threads"):
+        app.broker.publish_one("celery", b"\x00 this is not a message")
+        deadline = time.monotonic() + 10
+        while not app.broker.dead_letters() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [letter] = app.broker.dead_letters()
+        assert "undecodable message" in letter.reason and letter.body.startswith(b"\x00")
+        assert app.tasks["t.add"].delay(1, 1).get(timeout=10) == 2
+
+
+def test_refused_serializer_ends_failure_naming_the_content_type(app: Celery) -> None:
+    """accept_content is enforced by the worker: pickle is refused unless listed."""
+    with running(app, "threads"):
+        result = app.tasks["t.add"].apply_async((1, 2), serializer="pickle")
+        with pytest.raises(ContentDisallowed, match="application/x-python-serialize"):
+            result.get(timeout=10)
+        assert app.tasks["t.add"].delay(1, 1).get(timeout=10) == 2
+
+
+def test_accepted_pickle_runs(app: Celery) -> None:
+    app.conf.accept_content = ["json", "pickle"]
+    with running(app, "threads"):
+        assert app.tasks["t.add"].apply_async((1, 2), serializer="pickle").get(timeout=10) == 3
+
+
+def test_expired_task_is_not_run_and_ends_revoked(app: Celery) -> None:
+    result = app.tasks["t.add"].apply_async((1, 2), expires=datetime.now(timezone.utc) - timedelta(seconds=1))
+    with running(app, "threads"):
+        with pytest.raises(TaskRevokedError, match="expired"):
+            result.get(timeout=10)
+        assert result.state == states.REVOKED
+        assert [h["state"] for h in result.scoreboard["history"]] == [states.REVOKED]
+
+
+def test_countdown_is_held_by_the_broker(app: Celery) -> None:
+    """S2.3: the task waits in the broker and runs when due."""
+    with running(app, "threads"):
+        sent = time.monotonic()
+        result = app.tasks["t.add"].apply_async((1, 2), countdown=1.0)
+        time.sleep(0.3)
+        assert result.state == states.PENDING
+        assert result.get(timeout=10) == 3
+        assert time.monotonic() - sent >= 0.9
+
+
+def test_retry_records_retry_then_success(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """S5.4: self.retry() ends the attempt with RETRY; the next one succeeds."""
+    app = make_app(store_url("sqlite", tmp_path))
+    with running(app, "threads"):
+        result = app.tasks["t.flaky"].delay(1)
+        assert result.get(timeout=10) == 1
+        history = [h["state"] for h in result.scoreboard["history"]]
+        assert history == [states.STARTED, states.RETRY, states.STARTED, states.SUCCESS]
+        assert result.scoreboard["retries"] == 1
+    app.close()
+
+
+def test_ignore_result_stores_nothing(app: Celery) -> None:
+    with running(app, "threads"):
+        ignored = app.tasks["t.add"].apply_async((1, 2), ignore_result=True)
+        assert ignored.get() is None
+        marker = app.tasks["t.add"].delay(0, 0)
+        marker.get(timeout=10)
+        assert app.backend.read([ignored.id]) == {}
+
+
+def test_get_times_out_with_conveyors_timeout_error(app: Celery) -> None:
+    result = app.tasks["t.add"].delay(1, 2)  # no worker running
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.5)
+    assert time.monotonic() - started < 5
+    with pytest.raises(builtins_timeout()):
+        result.get(timeout=0.1)
+
+
+def builtins_timeout() -> type[BaseException]:
+    import builtins
+
+    return builtins.TimeoutError
+
+
+def test_forget_and_result_expires(app: Celery) -> None:
+    app.backend.expires = 1.0
+    with running(app, "threads"):
+        first = app.tasks["t.add"].delay(1, 2)
+        assert first.get(timeout=10) == 3
+        first.forget()
+        assert app.AsyncResult(first.id).state == states.PENDING
+        second = app.tasks["t.add"].delay(2, 2)
+        assert second.get(timeout=10) == 4
+        time.sleep(1.2)
+        assert app.AsyncResult(second.id).state == states.PENDING
+
+
+def test_acks_late_keeps_the_message_until_done(app: Celery) -> None:
+    app.conf.task_acks_late = True
+    with running(app, "threads"):
+        result = app.tasks["t.sleep"].delay(0.8)
+        deadline = time.monotonic() + 5
+        while result.state != states.STARTED and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert app.broker.queue_sizes(["celery"]) == {"celery": 1}
+        result.get(timeout=10)
+        time.sleep(0.1)
+        assert app.broker.queue_sizes(["celery"]) == {"celery": 0}
+
+
+def test_early_ack_removes_the_message_when_started(app: Celery) -> None:
+    with running(app, "threads"):
+        result = app.tasks["t.sleep"].delay(0.8)
+        deadline = time.monotonic() + 5
+        while result.state != states.STARTED and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        assert app.broker.queue_sizes(["celery"]) == {"celery": 0}
+        result.get(timeout=10)
+
+
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_warm_shutdown_finishes_running_and_returns_prefetched(app: Celery, pool: str) -> None:
+    """S7: a warm stop lets running tasks finish; prefetched ones go back to the queue."""
+    with running(app, pool, concurrency=1):
+        running_task = app.tasks["t.sleep"].delay(1.0)
+        waiting = [app.tasks["t.add"].delay(i, i) for i in range(3)]
+        deadline = time.monotonic() + 5
+        while running_task.state != states.STARTED and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert running_task.state == states.SUCCESS
+    assert all(r.state == states.PENDING for r in waiting)
+    assert app.broker.queue_sizes(["celery"]) == {"celery": 3}
+
+
+def test_prefork_hard_time_limit_kills_and_replaces_the_process(app: Celery) -> None:
+    with running(app, "prefork", concurrency=1):
+        slow = app.tasks["t.sleep"].apply_async((30,), time_limit=0.5)
+        with pytest.raises(TimeLimitExceeded, match="time limit of 0.5s"):
+            slow.get(timeout=15)
+        assert app.tasks["t.add"].delay(1, 2).get(timeout=10) == 3
+
+
+def test_prefork_max_tasks_per_child_recycles_without_loss(app: Celery) -> None:
+    app.conf.worker_max_tasks_per_child = 1
+    with running(app, "prefork", concurrency=1):
+        results = [app.tasks["t.pid"].delay() for _ in range(4)]
+        pids = [r.get(timeout=15) for r in results]
+    assert len(set(pids)) == 4
+
+
+def test_threads_pool_runs_tasks_concurrently(app: Celery) -> None:
+    with running(app, "threads", concurrency=4):
+        started = time.monotonic()
+        results = [app.tasks["t.sleep"].delay(0.5) for _ in range(4)]
+        for result in results:
+            result.get(timeout=10)
+        assert time.monotonic() - started < 1.9

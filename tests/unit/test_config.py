@@ -1,0 +1,166 @@
+"""App and configuration (S4, issue 2 item 2)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from datetime import timedelta
+
+import pytest
+
+from conveyor import Celery, Exchange, Queue
+from conveyor.config import Settings, parse_rate
+from conveyor.exceptions import ImproperlyConfigured
+
+
+class TutorialConfig:
+    """The tutorial's configuration class, as written (imports changed, URLs on loopback)."""
+
+    broker_url = "redis://:123456@127.0.0.1:6379/0"
+    result_backend = "redis://:123456@127.0.0.1:6379/1"
+    task_serializer = "json"
+    result_serializer = "json"
+    accept_content = ["json"]
+    timezone = "Asia/Shanghai"
+    enable_utc = True
+    worker_concurrency = 4
+    worker_max_tasks_per_child = 100
+    task_acks_late = False
+    worker_prefetch_multiplier = 4
+    task_time_limit = 30 * 60
+    result_expires = 24 * 60 * 60
+    task_annotations = {"tasks.add": {"rate_limit": "10/s"}}
+    task_queues = (
+        Queue("priority_low", Exchange("priority_low"), routing_key="priority_low"),
+        Queue("priority_high", Exchange("priority_high"), routing_key="priority_high"),
+        Queue("default", Exchange("default"), routing_key="default"),
+    )
+    task_routes = {
+        "task.priority_high": {"queue": "priority_high", "routing_key": "priority_high"},
+        "task.priority_low": {"queue": "priority_low", "routing_key": "priority_low"},
+        "task.add": {"queue": "default", "routing_key": "default"},
+    }
+    beat_schedule = {"add-every-30-seconds": {"task": "task.add", "schedule": 30.0, "args": (16, 16)}}
+
+
+def test_tutorial_configuration_is_accepted_and_routes_tasks() -> None:
+    """S4: the whole tutorial class loads; task_queues + task_routes send each task to its queue."""
+    app = Celery("task")
+    app.config_from_object(TutorialConfig)
+    conf = app.conf
+    assert conf.worker_concurrency == 4 and conf.task_time_limit == 1800.0 and conf.result_expires == 86400.0
+    assert conf.accept_content == ("json",) and conf.timezone == "Asia/Shanghai"
+    assert app.default_queues() == ["priority_low", "priority_high", "default"]
+    assert app.router.route("task.add") == "default"
+    assert app.router.route("task.priority_high") == "priority_high"
+    assert app.router.route("task.priority_low") == "priority_low"
+    assert app.router.route("task.other") == "celery"
+
+
+def test_defaults_are_celerys() -> None:
+    conf = Settings()
+    assert conf.task_serializer == "json" and conf.accept_content == ("json",)
+    assert conf.worker_prefetch_multiplier == 4 and conf.task_default_queue == "celery"
+    assert conf.result_expires == 86400.0 and conf.enable_utc is True
+    assert conf.task_acks_late is False and conf.task_publish_retry is True
+    assert conf.task_track_started is True  # Conveyor's one deliberate change
+
+
+def test_unknown_setting_names_it_and_suggests() -> None:
+    app = Celery("x")
+    with pytest.raises(ImproperlyConfigured, match="unknown setting 'task_serialiser'; did you mean 'task_serializer'"):
+        app.conf.update(task_serialiser="json")
+    with pytest.raises(ImproperlyConfigured, match="worker_concurency.*worker_concurrency"):
+        app.conf.worker_concurency = 3
+
+
+def test_unknown_setting_in_a_config_class_is_caught() -> None:
+    class Config:
+        broker_url = "memory://"
+        reslt_backend = "memory://"
+
+    with pytest.raises(ImproperlyConfigured, match="reslt_backend.*result_backend"):
+        Celery("x").config_from_object(Config)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expects"),
+    [
+        ("worker_concurrency", 0, "an integer >= 1"),
+        ("worker_concurrency", "4", "an integer >= 1"),
+        ("task_acks_late", "yes", "True or False"),
+        ("task_serializer", "xml", "a serializer name"),
+        ("accept_content", ["json", "bson"], "a serializer name"),
+        ("timezone", "Mars/Olympus", "IANA time zone"),
+        ("task_time_limit", -1, "seconds"),
+        ("task_queues", ["celery"], "Queue"),
+        ("task_annotations", {"tasks.add": {"rate_limit": "ten per second"}}, "a rate"),
+        ("worker_pool", "greenlet", "one of prefork"),
+        ("task_publish_retry_policy", {"max_retry": 1}, "unknown"),
+    ],
+)
+def test_bad_value_names_the_setting_and_what_it_expects(name: str, value: object, expects: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=f"setting '{name}' expects .*{expects}"):
+        Celery("x").conf.update({name: value})
+
+
+def test_update_is_all_or_nothing() -> None:
+    app = Celery("x")
+    with pytest.raises(ImproperlyConfigured):
+        app.conf.update(worker_concurrency=3, task_acks_late="no")
+    assert app.conf.worker_concurrency is None
+
+
+def test_conf_attribute_item_access_and_timedelta() -> None:
+    app = Celery("x", broker="memory://", backend="memory://")
+    assert app.conf["broker_url"] == "memory://" and app.conf.result_backend == "memory://"
+    app.conf["result_expires"] = timedelta(hours=2)
+    assert app.conf.result_expires == 7200.0
+    assert "task_routes" in app.conf and "nope" not in app.conf
+    with pytest.raises(KeyError, match="unknown setting"):
+        app.conf["nope"]
+
+
+def test_config_from_object_accepts_instance_and_module_name() -> None:
+    class Config:
+        worker_concurrency = 7
+
+    app = Celery("x")
+    app.config_from_object(Config())
+    assert app.conf.worker_concurrency == 7
+
+    module = types.ModuleType("conveyor_test_settings")
+    module.task_default_queue = "jobs"  # type: ignore[attr-defined]
+    module.timedelta = timedelta  # type: ignore[attr-defined]  # imported names are not settings
+    module.SOME_CONSTANT = 3  # type: ignore[attr-defined]
+    sys.modules["conveyor_test_settings"] = module
+    try:
+        app.config_from_object("conveyor_test_settings")
+    finally:
+        del sys.modules["conveyor_test_settings"]
+    assert app.conf.task_default_queue == "jobs"
+
+
+def test_config_from_object_with_django_namespace() -> None:
+    class DjangoSettings:
+        CELERY_TASK_ACKS_LATE = True
+        DEBUG = True
+
+    app = Celery("x")
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    assert app.conf.task_acks_late is True
+
+
+def test_missing_config_module_is_a_clear_error() -> None:
+    with pytest.raises(ImproperlyConfigured, match="cannot import configuration module 'no_such_settings'"):
+        Celery("x").config_from_object("no_such_settings")
+
+
+def test_constructor_arguments() -> None:
+    app = Celery("task", broker="memory://b", backend="memory://r", include=["a.b"])
+    assert app.main == "task" and app.conf.broker_url == "memory://b" and app.conf.include == ("a.b",)
+
+
+@pytest.mark.parametrize(("text", "per_second"), [(10, 10.0), ("10/s", 10.0), ("60/m", 1.0), ("3600/h", 1.0)])
+def test_rate_strings(text: object, per_second: float) -> None:
+    assert parse_rate(text) == per_second

@@ -1,0 +1,92 @@
+"""The task message (issue 2 item 4): protocol 2 fields, serializers, compression, accept_content."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conveyor.exceptions import ContentDisallowed, DecodeError
+from conveyor.messages import Envelope, Message, decode
+from conveyor.serialization import accepted_content_types
+
+
+def test_wire_format_follows_celery_protocol_2() -> None:
+    eta = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    message = Message(
+        "tasks.add", "id-1", (4, 3), {"z": 1}, shadow="adder", eta=eta, retries=2,
+        time_limit=30, soft_time_limit=10, headers={"custom": "x"}, priority=5,
+    )  # fmt: skip
+    envelope = json.loads(message.encode())
+    headers = envelope["headers"]
+    for key in ("lang", "task", "id", "root_id", "parent_id", "group", "shadow", "eta", "expires", "retries",
+                "timelimit", "argsrepr", "kwargsrepr", "origin", "ignore_result"):  # fmt: skip
+        assert key in headers, key
+    assert headers["task"] == "tasks.add" and headers["id"] == "id-1" and headers["root_id"] == "id-1"
+    assert headers["timelimit"] == [30, 10]  # [hard, soft], as Celery's code sends it
+    assert headers["eta"] == "2030-01-01T00:00:00+00:00" and headers["shadow"] == "adder"
+    assert headers["argsrepr"] == "(4, 3)" and headers["custom"] == "x"
+    assert envelope["content-type"] == "application/json"
+    assert envelope["properties"]["correlation_id"] == "id-1" and envelope["properties"]["priority"] == 5
+    body = json.loads(base64.b64decode(envelope["body"]))
+    assert body == [[4, 3], {"z": 1}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+
+
+def test_message_is_frozen() -> None:
+    message = Message("t")
+    with pytest.raises(AttributeError):
+        message.task = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "yaml", "pickle"])
+@pytest.mark.parametrize("compression", [None, "zlib", "bzip2", "gzip", "lzma", "zstd"])
+def test_round_trip(serializer: str, compression: str | None) -> None:
+    message = Message("t.x", args=(1, "two", [3.0]), kwargs={"k": {"n": None}}, expires=datetime.now(timezone.utc))
+    data = message.encode(serializer, compression)
+    decoded = decode(data, accepted_content_types([serializer]))
+    assert decoded.args == (1, "two", [3.0]) and decoded.kwargs == {"k": {"n": None}}
+    assert decoded.id == message.id and decoded.expires == message.expires
+    assert decoded.compression == (None if compression is None else decoded.compression)
+
+
+def test_refused_content_type_names_it() -> None:
+    data = Message("t.x", args=(1,)).encode("pickle")
+    envelope = Envelope.parse(data)
+    assert envelope.task_id and envelope.task_name == "t.x"  # still known, to record the FAILURE
+    with pytest.raises(ContentDisallowed, match="application/x-python-serialize"):
+        envelope.message(accepted_content_types(["json"]))
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xff\xfe not json", "not a JSON envelope"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"headers": {"id": "x"}}', "'task' is missing"),
+        (b'{"headers": {"task": "t", "id": "x"}, "body": "!!", "properties": {"body_encoding": "base64"}}', "base64"),
+    ],
+)
+def test_malformed_envelopes_say_why(data: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        Envelope.parse(data)
+
+
+def test_malformed_body_says_why() -> None:
+    envelope = {
+        "headers": {"task": "t", "id": "x"},
+        "body": base64.b64encode(b'{"not": "a list"}').decode(),
+        "content-type": "application/json",
+        "properties": {"body_encoding": "base64"},
+    }
+    with pytest.raises(DecodeError, match="args, kwargs, embed"):
+        decode(json.dumps(envelope).encode())
+
+
+def test_naive_eta_is_utc() -> None:
+    envelope = json.loads(Message("t", eta=datetime(2030, 1, 1, tzinfo=timezone.utc)).encode())
+    envelope["headers"]["eta"] = "2030-01-01T08:00:00"
+    decoded = decode(json.dumps(envelope).encode())
+    assert decoded.eta == datetime(2030, 1, 1, 8, tzinfo=timezone.utc)
+    assert decoded.eta - datetime(2030, 1, 1, tzinfo=timezone.utc) == timedelta(hours=8)
