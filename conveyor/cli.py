@@ -139,7 +139,7 @@ def worker(
         app.conf.worker_max_memory_per_child = max_memory_per_child
     if pool in ("gevent", "eventlet"):
         logging.getLogger("conveyor.worker").warning(
-            "-P %s runs on the threads pool: Conveyor does not monkey-patch; use async def tasks for many I/O waits",
+            "-P %s runs on the threads pool: Conveyor does not monkey-patch the interpreter",
             pool,
         )
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None

@@ -84,5 +84,14 @@ class Fetcher:
                     logger.warning("Broker %s is reachable again after %d failed fetches", self.broker.url, failures)
                     failures = 0
             self.release(wanted - len(deliveries))
-            if deliveries:
+            if deliveries and self._stopped:
+                # Fetched while stopping: nobody will run these, give them back now.
+                self._give_back(deliveries)
+            elif deliveries:
                 self.deliver(deliveries)
+
+    def _give_back(self, deliveries: list[Delivery]) -> None:
+        try:
+            self.broker.requeue(deliveries)
+        except BrokerError as exc:
+            logger.error("Could not requeue %d deliveries (their leases will lapse): %s", len(deliveries), exc)

@@ -42,7 +42,7 @@ from conveyor.exceptions import (
 )
 from conveyor.messages import Envelope, Message
 from conveyor.serialization import accepted_content_types
-from conveyor.worker.consumer import Fetcher
+from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
 from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option
 from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, create_pool
 
@@ -179,15 +179,23 @@ class Worker:
 
     def _finish(self) -> None:
         assert self.pool is not None and self.fetcher is not None
+        self.fetcher.stop()
         if self._cold:
             logger.warning("Cold shutdown: returning %d unacknowledged tasks to the queue", self._unacked_count())
-            self.fetcher.stop()
             self.pool.terminate()
             self._requeue([h.delivery for h in self.held.values() if not h.acked])
         else:
             self.pool.join(10)
+        self.fetcher.join(FETCH_TIMEOUT + 5)
+        # Whatever was fetched after the loop ended goes back to the queue.
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(event, _Delivered):
+                self._requeue(event.deliveries)
         self._flush()
-        self.fetcher.join(2)
         try:
             self.app.broker.unregister_worker(self.hostname)
         except BrokerError:

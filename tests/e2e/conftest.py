@@ -1,0 +1,137 @@
+"""Helpers for end-to-end tests: real `conveyor` worker processes started through the CLI.
+
+Each test writes a small app module into its own temporary directory (with
+its own SQLite file), starts workers in new sessions so a test can stop a
+worker and its pool children by process group, and stops only those.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import Celery
+
+APP_TEMPLATE = """
+import os
+import time
+
+from conveyor import Celery
+
+app = Celery("e2eapp", broker="sqlite:///{db}")
+app.conf.broker_transport_options = {{"lease_timeout": {lease}, "polling_interval": 0.5}}
+app.conf.update({settings})
+
+
+@app.task(name="e2e.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="e2e.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+"""
+
+
+class Worker:
+    def __init__(self, process: subprocess.Popen[str], log: Path) -> None:
+        self.process = process
+        self.log_path = log
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the worker log:\n{self.log}")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker and its pool children (its own process group)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+
+class E2E:
+    """One test's directory, app module and the workers it started."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.workers: list[Worker] = []
+        self.db = directory / "conveyor.db"
+        self._app: Celery | None = None
+
+    def write_app(self, lease: float = 30, **settings: object) -> None:
+        source = APP_TEMPLATE.format(db=self.db, lease=lease, settings=repr(settings))
+        (self.directory / "e2eapp.py").write_text(textwrap.dedent(source))
+
+    @property
+    def app(self) -> Celery:
+        """The app module imported into the test process (the producer side)."""
+        if self._app is None:
+            sys.path.insert(0, str(self.directory))
+            sys.modules.pop("e2eapp", None)
+            import e2eapp  # type: ignore[import-not-found]
+
+            sys.path.remove(str(self.directory))
+            self._app = e2eapp.app
+        return self._app
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+        return subprocess.run(
+            [sys.executable, "-m", "conveyor.cli", *args],
+            cwd=self.directory, capture_output=True, text=True, timeout=60, check=check, input=input,
+            env={**os.environ, "NO_COLOR": "1"},
+        )  # fmt: skip
+
+    def start_worker(self, *args: str, app: str = "e2eapp", name: str = "w") -> Worker:
+        log = self.directory / f"{name}-{len(self.workers)}.log"
+        handle = open(log, "w")  # noqa: SIM115 - kept open for the worker's lifetime
+        process = subprocess.Popen(
+            [sys.executable, "-m", "conveyor.cli", "-A", app, "worker", "-l", "info", "-n", f"{name}@e2e", *args],
+            cwd=self.directory, stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "NO_COLOR": "1"},
+        )  # fmt: skip
+        handle.close()
+        worker = Worker(process, log)
+        self.workers.append(worker)
+        worker.wait_for_log("ready:")
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                with_group = worker.process.pid
+                try:
+                    os.killpg(with_group, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                worker.process.wait(10)
+        if self._app is not None:
+            self._app.close()
+
+
+@pytest.fixture
+def e2e(tmp_path: Path) -> Iterator[E2E]:
+    env = E2E(tmp_path)
+    yield env
+    env.stop_all()

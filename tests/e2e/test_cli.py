@@ -1,0 +1,71 @@
+"""The `conveyor` command line (S7; issue 2 item 8)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.conftest import E2E
+
+
+@pytest.mark.parametrize("command", [[], ["worker"], ["call"], ["result"], ["purge"], ["status"]])
+def test_help_everywhere(e2e: E2E, command: list[str]) -> None:
+    run = e2e.cli(*command, "--help")
+    assert "Usage: " in run.stdout and "--help" in run.stdout
+
+
+def test_version(e2e: E2E) -> None:
+    from conveyor import __version__
+
+    assert e2e.cli("--version").stdout.strip() == f"conveyor, version {__version__}"
+
+
+def test_worker_help_lists_the_tutorial_flags(e2e: E2E) -> None:
+    text = e2e.cli("worker", "--help").stdout
+    for flag in ("-l, --loglevel", "-c, --concurrency", "-P, --pool", "-Q, --queues", "-n, --hostname",
+                 "--prefetch-multiplier", "--max-tasks-per-child", "eventlet"):  # fmt: skip
+        assert flag in text, flag
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_such_module", "no module named 'no_such_module'"),
+        ("broken", "importing 'broken' failed: ZeroDivisionError"),
+        ("plain:thing", "has no attribute 'thing'"),
+        ("plain", "has no any Conveyor/Celery app"),
+    ],
+)
+def test_bad_app_is_a_short_error(e2e: E2E, spec: str, message: str) -> None:
+    (e2e.directory / "broken.py").write_text("1 / 0\n")
+    (e2e.directory / "plain.py").write_text("thing = 42\n")
+    run = e2e.cli("-A", spec, "status", check=False)
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_call_result_purge_status(e2e: E2E) -> None:
+    e2e.write_app()
+    task_id = e2e.cli("-A", "e2eapp", "call", "e2e.add", "--args", "[2, 3]").stdout.strip()
+    e2e.cli("-A", "e2eapp", "call", "e2e.add", "--kwargs", json.dumps({"x": 1, "y": 1}), "--countdown", "60")
+    assert e2e.cli("-A", "e2eapp", "result", task_id).stdout.strip() == "PENDING: None"
+    status = e2e.cli("-A", "e2eapp", "status", check=False)
+    assert status.returncode == 1 and "No workers online" in status.stdout and "celery" in status.stdout
+    declined = e2e.cli("-A", "e2eapp", "purge", input="n\n", check=False)
+    assert declined.returncode == 1 and "Delete 2 waiting message(s)" in declined.stdout
+    assert "Purged 2 message(s)" in e2e.cli("-A", "e2eapp", "purge", "-f").stdout
+    worker = e2e.start_worker("-P", "threads", name="cli")
+    task_id = e2e.cli("-A", "e2eapp", "call", "e2e.add", "--args", "[2, 3]").stdout.strip()
+    assert e2e.cli("-A", "e2eapp", "result", task_id, "--wait").stdout.strip() == "SUCCESS: 5"
+    status = e2e.cli("-A", "e2eapp", "status")
+    assert "cli@e2e" in status.stdout and "1 node(s) online" in status.stdout
+    worker.wait_for_log("succeeded in")
+
+
+def test_call_rejects_bad_arguments(e2e: E2E) -> None:
+    e2e.write_app()
+    run = e2e.cli("-A", "e2eapp", "call", "e2e.add", "--args", "[1]", check=False)
+    assert run.returncode == 1 and "missing a required argument: 'y'" in run.stderr
+    run = e2e.cli("-A", "e2eapp", "call", "e2e.add", "--args", "{oops", check=False)
+    assert run.returncode == 2 and "--args must be JSON" in run.stderr

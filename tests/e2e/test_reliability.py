@@ -1,0 +1,90 @@
+"""At-least-once delivery and shutdown with real worker processes (issue 2 items 5 and 7)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from conveyor import states
+from tests.e2e.conftest import E2E
+
+
+def wait_for_state(result, state: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while result.state != state:
+        assert time.monotonic() < deadline, f"{result.id} never reached {state} (is {result.state})"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_task_with_acks_late_loses_nothing(e2e: E2E) -> None:
+    """A worker killed with SIGKILL mid-task: its delivery returns when the lease lapses; one SUCCESS."""
+    e2e.write_app(lease=2, task_acks_late=True)
+    doomed = e2e.start_worker("-P", "prefork", "-c", "1", name="doomed")
+    result = e2e.app.tasks["e2e.sleep"].delay(2)
+    wait_for_state(result, states.STARTED)
+    doomed.kill_group()
+    rescuer = e2e.start_worker("-P", "prefork", "-c", "1", name="rescuer")
+    assert isinstance(result.get(timeout=30), int)
+    history = result.scoreboard["history"]
+    assert [h["state"] for h in history] == [states.STARTED, states.STARTED, states.SUCCESS]
+    assert [h["worker"] for h in history] == ["doomed@e2e", "rescuer@e2e", "rescuer@e2e"]
+    rescuer.wait_for_log("succeeded in")
+
+
+def test_long_task_on_a_live_worker_runs_once(e2e: E2E) -> None:
+    """A task running far longer than the lease keeps it renewed: never delivered twice."""
+    e2e.write_app(lease=1, task_acks_late=True)
+    e2e.start_worker("-P", "threads", "-c", "1", name="a")
+    e2e.start_worker("-P", "threads", "-c", "1", name="b")
+    result = e2e.app.tasks["e2e.sleep"].delay(4)
+    result.get(timeout=30)
+    time.sleep(1.5)  # past another lease period: nothing may have been redelivered
+    states_seen = [h["state"] for h in result.scoreboard["history"]]
+    assert states_seen == [states.STARTED, states.SUCCESS]
+
+
+def test_warm_shutdown_finishes_the_running_task_and_requeues_prefetched(e2e: E2E) -> None:
+    e2e.write_app()
+    worker = e2e.start_worker("-P", "prefork", "-c", "1", name="warm")
+    running = e2e.app.tasks["e2e.sleep"].delay(1.5)
+    queued = [e2e.app.tasks["e2e.add"].delay(i, i) for i in range(3)]
+    wait_for_state(running, states.STARTED)
+    worker.signal(signal.SIGTERM)
+    assert worker.process.wait(30) == 0
+    assert running.state == states.SUCCESS
+    assert [r.state for r in queued] == [states.PENDING] * 3
+    assert e2e.app.broker.queue_sizes(["celery"]) == {"celery": 3}
+    e2e.start_worker(name="next")
+    assert [r.get(timeout=20) for r in queued] == [0, 2, 4]
+
+
+def test_second_signal_is_a_cold_shutdown(e2e: E2E) -> None:
+    """SIGTERM then SIGINT: stop now; an acks_late task in flight goes back to the queue."""
+    e2e.write_app(task_acks_late=True)
+    worker = e2e.start_worker("-P", "prefork", "-c", "1", name="cold")
+    result = e2e.app.tasks["e2e.sleep"].delay(30)
+    wait_for_state(result, states.STARTED)
+    worker.signal(signal.SIGTERM)
+    worker.wait_for_log("Warm shutdown")
+    started = time.monotonic()
+    worker.signal(signal.SIGINT)
+    worker.process.wait(15)
+    assert time.monotonic() - started < 10
+    assert "Cold shutdown" in worker.log
+    assert e2e.app.broker.queue_sizes(["celery"]) == {"celery": 1}
+    [delivery] = e2e.app.broker.fetch(["celery"], 1, 0)
+    assert delivery.attempts >= 2  # it was returned, not lost
+
+
+def test_bad_input_is_reported_and_the_worker_keeps_running(e2e: E2E) -> None:
+    """Unknown task: FAILURE naming it. Malformed message: dead letter with the reason logged."""
+    e2e.write_app()
+    worker = e2e.start_worker("-P", "threads", name="robust")
+    task_id = e2e.cli("-A", "e2eapp", "call", "e2e.missing", "--args", "[1]").stdout.strip()
+    shown = e2e.cli("-A", "e2eapp", "result", task_id, "--wait", "--timeout", "20").stdout
+    assert shown.startswith("FAILURE") and "e2e.missing" in shown and "not registered" in shown
+    e2e.app.broker.publish_one("celery", b"{not json")
+    worker.wait_for_log("dead-letter")
+    assert "undecodable message" in e2e.app.broker.dead_letters()[0].reason
+    assert e2e.app.tasks["e2e.add"].delay(2, 3).get(timeout=20) == 5
+    assert worker.process.poll() is None
