@@ -1,0 +1,138 @@
+"""Conveyor's benchmark: one command, one table.
+
+    ./scripts/bench                     # SQLite (the embedded default)
+    ./scripts/bench --tasks 20000
+
+Measures, on one machine, with one worker process started through the CLI:
+single-call enqueue rate (`delay` in a loop), batch publish rate (one broker
+call for many messages), drain rate of one worker with results stored and
+with results ignored, round-trip latency of `delay().get()` on an idle
+worker (p50/p99), and the worker's resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@contextmanager
+def worker(env: dict[str, str], pool: str, concurrency: int) -> Iterator[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "conveyor.cli", "-A", "benchmarks.bench_app", "worker", "-l", "warning",
+               "-P", pool, "-c", str(concurrency), "--prefetch-multiplier", "64"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def fresh_app(url: str):  # type: ignore[no-untyped-def]
+    sys.modules.pop("benchmarks.bench_app", None)
+    os.environ["CONVEYOR_BENCH_BROKER"] = url
+    from benchmarks import bench_app
+
+    return bench_app.app, bench_app.noop
+
+
+def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str, str]]:
+    env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "PYTHONPATH": str(ROOT)}
+    app, noop = fresh_app(url)
+    rows: list[tuple[str, str]] = []
+
+    started = time.perf_counter()
+    for i in range(tasks):
+        noop.delay(i)
+    enqueue = tasks / (time.perf_counter() - started)
+    rows.append(("enqueue, one delay() per call", f"{enqueue:,.0f} tasks/s"))
+    app.broker.purge(["celery"])
+
+    from conveyor.brokers.base import Outgoing
+
+    bodies = [app.build_message("bench.noop", (i,))[0].encode() for i in range(tasks)]
+    started = time.perf_counter()
+    for offset in range(0, tasks, 1000):
+        app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
+    batch = tasks / (time.perf_counter() - started)
+    rows.append(("publish, batches of 1,000", f"{batch:,.0f} tasks/s"))
+    app.broker.purge(["celery"])
+
+    with worker(env, pool, concurrency) as process:
+        idle_rss = rss_mib(process.pid)
+        latencies = []
+        for i in range(300):
+            sent = time.perf_counter()
+            noop.delay(i).get(timeout=10)
+            latencies.append((time.perf_counter() - sent) * 1000)
+        latencies.sort()
+        p50 = statistics.median(latencies)
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        rows.append(("round trip delay().get(), idle worker", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"))
+
+        # Drains: publish in batches (milliseconds), then time until the worker is through.
+        for ignore_result in (False, True):
+            messages = [app.build_message("bench.noop", (i,), ignore_result=ignore_result)[0] for i in range(tasks)]
+            bodies = [m.encode() for m in messages]
+            started = time.perf_counter()
+            for offset in range(0, tasks, 1000):
+                app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
+            if ignore_result:
+                while app.broker.queue_sizes(["celery"])["celery"]:
+                    time.sleep(0.002)
+            else:
+                # FIFO: once the last result is stored, the others are too (checked below).
+                app.AsyncResult(messages[-1].id).get(timeout=300)
+            rate = tasks / (time.perf_counter() - started)
+            if not ignore_result:
+                assert all(app.AsyncResult(m.id).successful() for m in messages[:: max(1, tasks // 100)])
+            label = "ignored" if ignore_result else "stored"
+            rows.append((f"drain, one worker, results {label}", f"{rate:,.0f} tasks/s"))
+        rows.append(("worker RSS idle / after", f"{idle_rss:.0f} MiB / {rss_mib(process.pid):.0f} MiB"))
+    app.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", default="sqlite", choices=["sqlite"], help="which broker to measure")
+    parser.add_argument("--tasks", type=int, default=10_000, help="tasks per measurement")
+    parser.add_argument("--pool", default="solo", help="worker pool (solo, threads, prefork)")
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite:///{directory}/bench.db"
+        rows = measure(url, args.tasks, args.pool, args.concurrency)
+    table = Table(title=f"Conveyor on {args.broker}: {args.tasks:,} no-op tasks, -P {args.pool} -c {args.concurrency}")
+    table.add_column("measure")
+    table.add_column("result", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
