@@ -282,3 +282,27 @@ def test_threads_pool_runs_tasks_concurrently(app: Celery) -> None:
         for result in results:
             result.get(timeout=10)
         assert time.monotonic() - started < 1.9
+
+
+def test_queues_select_what_a_worker_consumes(app: Celery) -> None:
+    """-Q: a worker consumes only its queues; a task routed elsewhere waits there, never lost."""
+    with running(app, "threads", queues=["jobs"]):
+        mine = app.tasks["t.add"].apply_async((1, 1), queue="jobs")
+        other = app.tasks["t.add"].apply_async((2, 2), queue="elsewhere")
+        assert mine.get(timeout=10) == 2
+        time.sleep(0.3)
+        assert other.state == states.PENDING
+        assert app.broker.queue_sizes(["elsewhere"]) == {"elsewhere": 1}
+
+
+def test_log_lines_have_celerys_shape_with_the_shadow_name(app: Celery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="conveyor.worker")
+    with running(app, "threads"):
+        result = app.tasks["t.add"].apply_async((1, 2), shadow="adder")
+        result.get(timeout=10)
+        deadline = time.monotonic() + 5
+        while "succeeded" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert f"Task adder[{result.id}] received" in caplog.text
+    assert f"Task adder[{result.id}] succeeded in " in caplog.text and "s: 3" in caplog.text
+    assert result.scoreboard["shadow"] == "adder"
