@@ -206,19 +206,14 @@ class Conveyor:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        task_id: str | None = None,
-        link: Signature | Sequence[Signature] | None = None,
-        link_error: Signature | Sequence[Signature] | None = None,
-        shadow: str | None = None,
-        task: Task[Any, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
-        """Send a task by name (it need not be registered here); an AsyncResult."""
-        message, queue = self.build_message(
-            name, args, kwargs, task_id=task_id, link=link, link_error=link_error,
-            shadow=shadow, task=task, **options,
-        )  # fmt: skip
+        """Send a task by name (it need not be registered here); an AsyncResult.
+
+        Takes the options of `Task.apply_async` (see `build_message`).
+        """
+        message, queue = self.build_message(name, args, kwargs, **options)
+        task: Task[Any, Any] | None = options.get("task")
         conf = self.conf
         serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
         compression = options.get("compression") or (task and task.compression) or conf.task_compression

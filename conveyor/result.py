@@ -125,7 +125,7 @@ class AsyncResult(Generic[R]):
         is accepted for Celery compatibility: Conveyor's backends wake the
         caller when the result is written instead of polling.
         """
-        if disable_sync_subtasks and in_task.get():
+        if disable_sync_subtasks and self._ready_meta is None and in_task.get():
             raise RuntimeError(
                 "Never call result.get() within a task: it can deadlock the worker "
                 "(pass disable_sync_subtasks=False if you must)"
@@ -199,15 +199,6 @@ class EagerResult(AsyncResult[R]):
 
     def _meta(self) -> dict[str, Any]:
         return self._eager_meta
-
-    def get(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.5,
-        disable_sync_subtasks: bool = True,
-    ) -> R:
-        return super().get(timeout, propagate, interval, disable_sync_subtasks=False)
 
     @property
     def scoreboard(self) -> dict[str, Any]:

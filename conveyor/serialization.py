@@ -16,9 +16,11 @@ import pickle
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from conveyor.exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,22 +135,22 @@ except ImportError:
     pass
 
 
+def _lookup(table: dict[str, T], name: str, kind: str) -> T:
+    try:
+        return table[name]
+    except KeyError:
+        known = ", ".join(sorted(key for key in table if "/" not in key))
+        raise ImproperlyConfigured(f"unknown {kind} {name!r} (known: {known})") from None
+
+
 def serializer(name: str) -> Serializer:
     """Return the serializer registered under a name or content type."""
-    try:
-        return _SERIALIZERS[name]
-    except KeyError:
-        known = ", ".join(sorted(s for s in _SERIALIZERS if "/" not in s))
-        raise ImproperlyConfigured(f"unknown serializer {name!r} (known: {known})") from None
+    return _lookup(_SERIALIZERS, name, "serializer")
 
 
 def codec(name: str) -> Codec:
     """Return the compression codec registered under a name or content type."""
-    try:
-        return _CODECS[name]
-    except KeyError:
-        known = ", ".join(sorted(c for c in _CODECS if "/" not in c))
-        raise ImproperlyConfigured(f"unknown compression {name!r} (known: {known})") from None
+    return _lookup(_CODECS, name, "compression")
 
 
 def accepted_content_types(accept: Iterable[str]) -> frozenset[str]:

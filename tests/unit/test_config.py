@@ -2,45 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-from conveyor import Celery, Exchange, Queue
+from conveyor import Celery
 from conveyor.config import Settings, parse_rate
 from conveyor.exceptions import ImproperlyConfigured
 
+EXAMPLES = Path(__file__).parents[2] / "examples" / "tutorial"
 
-class TutorialConfig:
-    """The tutorial's configuration class, as written (imports changed, URLs on loopback)."""
+
+def _tutorial_config() -> type:
+    spec = importlib.util.spec_from_file_location("tutorial_config", EXAMPLES / "config.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BaseCeleryConfig  # type: ignore[no-any-return]
+
+
+class TutorialConfig(_tutorial_config()):  # type: ignore[misc]
+    """The tutorial's configuration class, with its Redis URLs (on loopback) put back."""
 
     broker_url = "redis://:123456@127.0.0.1:6379/0"
     result_backend = "redis://:123456@127.0.0.1:6379/1"
-    task_serializer = "json"
-    result_serializer = "json"
-    accept_content = ["json"]
-    timezone = "Asia/Shanghai"
-    enable_utc = True
-    worker_concurrency = 4
-    worker_max_tasks_per_child = 100
-    task_acks_late = False
-    worker_prefetch_multiplier = 4
-    task_time_limit = 30 * 60
-    result_expires = 24 * 60 * 60
-    task_annotations = {"tasks.add": {"rate_limit": "10/s"}}
-    task_queues = (
-        Queue("priority_low", Exchange("priority_low"), routing_key="priority_low"),
-        Queue("priority_high", Exchange("priority_high"), routing_key="priority_high"),
-        Queue("default", Exchange("default"), routing_key="default"),
-    )
-    task_routes = {
-        "task.priority_high": {"queue": "priority_high", "routing_key": "priority_high"},
-        "task.priority_low": {"queue": "priority_low", "routing_key": "priority_low"},
-        "task.add": {"queue": "default", "routing_key": "default"},
-    }
-    beat_schedule = {"add-every-30-seconds": {"task": "task.add", "schedule": 30.0, "args": (16, 16)}}
 
 
 def test_tutorial_configuration_is_accepted_and_routes_tasks() -> None:
