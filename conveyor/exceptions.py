@@ -9,6 +9,7 @@
     ├── BrokerError
     │   └── BrokerConnectionError       the broker cannot be reached
     ├── BackendError                    the result backend failed
+    │   └── BackendConnectionError      the result backend cannot be reached
     ├── TimeoutError (also builtins.TimeoutError)
     ├── TaskError                       base of errors reported for a task
     │   ├── TaskRevokedError
@@ -65,6 +66,10 @@ class BrokerConnectionError(BrokerError, ConnectionError):
 
 class BackendError(ConveyorError):
     """The result backend failed an operation."""
+
+
+class BackendConnectionError(BackendError, ConnectionError):
+    """The result backend could not be reached."""
 
 
 class TimeoutError(ConveyorError, builtins.TimeoutError):  # noqa: A001 - Celery's name

@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-
-from conveyor import Celery
 
 
 def require_service(env_var: str, default_url: str) -> str:
@@ -34,24 +31,22 @@ def require_service(env_var: str, default_url: str) -> str:
     return url
 
 
-def store_url(kind: str, tmp_path: os.PathLike[str]) -> str:
+REDIS_DEFAULT = "redis://127.0.0.1:6379/15"
+
+
+def store_url(kind: str, tmp_path: os.PathLike[str]) -> tuple[str, dict[str, str]]:
+    """A fresh store of this kind: its URL and the transport options that isolate it.
+
+    Redis stores share one server: each gets its own key prefix, so parallel
+    tests never see each other's keys.
+    """
     if kind == "memory":
-        return f"memory://{uuid.uuid4().hex}"
-    return f"sqlite:///{os.path.join(tmp_path, 'conveyor.db')}"
+        return f"memory://{uuid.uuid4().hex}", {}
+    if kind == "redis":
+        return require_service("CONVEYOR_REDIS_URL", REDIS_DEFAULT), {"global_keyprefix": f"t{uuid.uuid4().hex[:12]}:"}
+    return f"sqlite:///{os.path.join(tmp_path, 'conveyor.db')}", {}
 
 
 STORES = ["memory", "sqlite"]
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> str:
-    """A fresh URL for each embedded store kind."""
-    return store_url(request.param, tmp_path)
-
-
-@pytest.fixture
-def app(store: str) -> Iterator[Celery]:
-    """An app whose broker and backend are one embedded store (memory or SQLite)."""
-    application = Celery("tests", broker=store, broker_transport_options={"polling_interval": 0.2})
-    yield application
-    application.close()
+#: Every broker the contract suite holds to the same behaviour.
+BROKERS = ["memory", "sqlite", "redis"]

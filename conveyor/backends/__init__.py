@@ -39,9 +39,16 @@ def _sqlite(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBacken
     return SQLiteBackend(url, options, **kwargs)
 
 
+def _redis(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
+    from conveyor.backends.redis import RedisBackend
+
+    return RedisBackend(url, options, **kwargs)
+
+
 SCHEMES: dict[str, Callable[..., ResultBackend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    **dict.fromkeys(("redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster"), _redis),
 }
 
 

@@ -135,8 +135,8 @@ class ResultBackend(ABC):
     def delete(self, task_ids: Sequence[str]) -> None:
         """Forget tasks: meta and history."""
 
-    def waiter(self) -> Waiter:
-        """Create before reading; `wait()` returns when results may have changed."""
+    def waiter(self, task_id: str) -> Waiter:
+        """Create before reading; `wait()` returns when the task may have become ready."""
         return Waiter(float(self.options.get("polling_interval", DEFAULT_POLLING_INTERVAL)))
 
     def cleanup(self) -> int:
@@ -201,7 +201,7 @@ class ResultBackend(ABC):
     def wait_for(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the task is ready; its meta. TimeoutError past `timeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.waiter() as waiter:
+        with self.waiter(task_id) as waiter:
             while True:
                 meta = self.get_meta(task_id)
                 if meta["status"] in states.READY_STATES:

@@ -77,7 +77,7 @@ class MemoryBackend(ResultBackend):
                 self._store.meta.pop(task_id, None)
                 self._store.history.pop(task_id, None)
 
-    def waiter(self) -> Waiter:
+    def waiter(self, task_id: str) -> Waiter:
         return _MemoryWaiter(self._store)
 
     def cleanup(self) -> int:

@@ -88,7 +88,7 @@ class SQLiteBackend(ResultBackend):
             db.executemany("DELETE FROM conveyor_results WHERE task_id = ?", [(t,) for t in task_ids])
             db.executemany("DELETE FROM conveyor_history WHERE task_id = ?", [(t,) for t in task_ids])
 
-    def waiter(self) -> Waiter:
+    def waiter(self, task_id: str) -> Waiter:
         interval = float(self.options.get("polling_interval", DEFAULT_POLLING_INTERVAL))
         return _SocketWaiter(self._wake_dir, interval)
 

@@ -22,9 +22,16 @@ def _sqlite(url: str, options: Mapping[str, Any]) -> Broker:
     return SQLiteBroker(url, options)
 
 
+def _redis(url: str, options: Mapping[str, Any]) -> Broker:
+    from conveyor.brokers.redis import RedisBroker
+
+    return RedisBroker(url, options)
+
+
 SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    **dict.fromkeys(("redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster"), _redis),
 }
 
 

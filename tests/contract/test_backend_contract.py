@@ -11,12 +11,13 @@ import pytest
 from conveyor import states
 from conveyor.backends import ResultBackend, backend_from_url
 from conveyor.exceptions import TimeoutError
-from tests.conftest import store_url
+from tests.conftest import BROKERS, store_url
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BROKERS)
 def backend(request: pytest.FixtureRequest, tmp_path) -> Iterator[ResultBackend]:  # type: ignore[no-untyped-def]
-    instance = backend_from_url(store_url(request.param, tmp_path), {"polling_interval": 30})
+    url, options = store_url(request.param, tmp_path)
+    instance = backend_from_url(url, {"polling_interval": 30, **options})
     yield instance
     instance.close()
 

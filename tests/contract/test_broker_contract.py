@@ -9,12 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor.brokers import Broker, Outgoing, broker_from_url
-from tests.conftest import store_url
+from tests.conftest import BROKERS, store_url
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BROKERS)
 def broker(request: pytest.FixtureRequest, tmp_path) -> Iterator[Broker]:  # type: ignore[no-untyped-def]
-    instance = broker_from_url(store_url(request.param, tmp_path), {"lease_timeout": 1.0, "polling_interval": 0.2})
+    url, options = store_url(request.param, tmp_path)
+    instance = broker_from_url(url, {"lease_timeout": 1.0, "polling_interval": 0.2, **options})
     yield instance
     instance.close()
 

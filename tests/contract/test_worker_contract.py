@@ -25,7 +25,7 @@ from conveyor.exceptions import (
     TimeoutError,
 )
 from conveyor.worker import Worker
-from tests.conftest import store_url
+from tests.conftest import BROKERS, store_url
 
 POOLS = ["threads", "solo", "prefork"]
 
@@ -34,9 +34,11 @@ class CustomError(Exception):
     pass
 
 
-def make_app(url: str) -> Celery:
-    app = Celery("wtests", broker=url, broker_transport_options={"polling_interval": 0.2, "lease_timeout": 3})
-    app.conf.result_backend_transport_options = {"polling_interval": 0.2}
+def make_app(store: tuple[str, dict[str, str]]) -> Celery:
+    url, options = store
+    app = Celery("wtests", broker=url, result_backend=url)
+    app.conf.broker_transport_options = {"polling_interval": 0.2, "lease_timeout": 3, **options}
+    app.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
 
     @app.task(name="t.add")
     def add(x: int, y: int) -> int:
@@ -82,7 +84,7 @@ def running(app: Celery, pool: str, **options: object) -> Iterator[Worker]:
         assert not thread.is_alive(), "worker did not stop"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BROKERS)
 def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
     application = make_app(store_url(request.param, tmp_path))
     yield application

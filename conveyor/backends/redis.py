@@ -1,0 +1,109 @@
+"""The Redis result backend: one Lua script per state change, waiters woken by the write.
+
+Keys of task `id` (prefix `P` = `global_keyprefix` + `conveyor`), all with the
+hash tag `{id}` so a task's keys share a cluster slot:
+
+| key | type | content |
+|---|---|---|
+| `P:task:{id}` | HASH | `state`, `meta` (the serialized result record) |
+| `P:history:{id}` | LIST | history entries, oldest first |
+| `P:done:{id}` | LIST | one token once the task is ready: what `get()` blocks on |
+
+All three expire after `result_expires`. A write never replaces a SUCCESS.
+`get()` blocks in `BLMOVE done done` (which leaves the token for other
+waiters) instead of polling.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor import redisdb, states
+from conveyor.backends.base import ResultBackend, StateUpdate, Waiter
+from conveyor.exceptions import BackendConnectionError, BackendError
+
+# KEYS: task, history, done; ARGV: state, meta, entry, ttl_ms (0: none), ready (0/1)
+WRITE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'SUCCESS' then
+  redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2])
+end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+if ARGV[5] == '1' and redis.call('LLEN', KEYS[3]) == 0 then
+  redis.call('RPUSH', KEYS[3], '1')
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+return 1
+"""
+
+
+class _BlockingWaiter(Waiter):
+    def __init__(self, backend: RedisBackend, task_id: str, interval: float) -> None:
+        super().__init__(interval)
+        self.backend = backend
+        self.key = backend._keys(task_id)[2]
+
+    def wait(self, timeout: float) -> None:
+        seconds = max(0.01, min(timeout, self.interval))
+        with self.backend._translate("wait"):
+            self.backend.client.blmove(self.key, self.key, seconds, "RIGHT", "LEFT")
+
+
+class RedisBackend(ResultBackend):
+    pushes = True
+
+    def __init__(self, url: str, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(url, options, **kwargs)
+        self.prefix = f"{self.options.get('global_keyprefix', '')}conveyor"
+        self.client = redisdb.connect(url, self.options)
+        self._write = self.client.register_script(WRITE)
+
+    def _keys(self, task_id: str) -> list[str]:
+        tag = f"{{{task_id}}}"
+        return [f"{self.prefix}:task:{tag}", f"{self.prefix}:history:{tag}", f"{self.prefix}:done:{tag}"]
+
+    def _translate(self, where: str) -> Any:
+        return redisdb.translate(BackendError, BackendConnectionError, f"Redis backend {where}")
+
+    def write(self, updates: Sequence[StateUpdate]) -> None:
+        if not updates:
+            return
+        with self._translate("write"):
+            pipe = self.client.pipeline(transaction=False)
+            now = time.time()
+            for u in updates:
+                ttl_ms = max(1, int((u.expires_at - now) * 1000)) if u.expires_at is not None else 0
+                ready = "1" if u.state in states.READY_STATES else "0"
+                args = [u.state, u.meta, u.history, ttl_ms, ready]
+                self._write(keys=self._keys(u.task_id), args=args, client=pipe)
+            pipe.execute()
+
+    def read(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        with self._translate("read"):
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hget(self._keys(task_id)[0], "meta")
+            return {t: meta for t, meta in zip(task_ids, pipe.execute()) if meta is not None}
+
+    def read_history(self, task_id: str) -> list[bytes]:
+        with self._translate("read_history"):
+            return list(self.client.lrange(self._keys(task_id)[1], 0, -1))
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        with self._translate("delete"):
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.delete(*self._keys(task_id))
+            pipe.execute()
+
+    def waiter(self, task_id: str) -> Waiter:
+        return _BlockingWaiter(self, task_id, float(self.options.get("polling_interval", 5.0)))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,472 @@
+"""The Redis broker: leases, delays and exact priorities, each transition one Lua script.
+
+Keys of queue `q` (prefix `P` = transport option `global_keyprefix` + `conveyor`),
+all with the hash tag `{q}` so one queue lives in one cluster slot:
+
+| key | type | content |
+|---|---|---|
+| `P:{q}:ready` | ZSET | id -> priority * 2**40 + sequence: ZPOPMIN gives exact priority, FIFO within it |
+| `P:{q}:waiting` | ZSET | id -> ms when it becomes ready: delayed messages and leased ones |
+| `P:{q}:msgs` | HASH | id -> message bytes |
+| `P:{q}:state` | HASH | id -> "score:attempts:lease" for messages not in `ready` |
+| `P:{q}:seq` | STRING | id counter |
+| `P:{q}:dead` | LIST | dead letters |
+| `P:{q}:notify` | channel | "a message is ready", for idle consumers |
+
+A message is either ready (in `ready`) or waiting (in `waiting`, with its state
+entry). Fetch first promotes waiting entries that are due (delays that came
+due, leases that lapsed: a dead worker's deliveries come back to whoever
+fetches next), then pops up to `limit` ready ids and leases them with a fresh
+token. Ack, renew, requeue and dead-letter act only when the token still
+matches (fencing). Idle consumers wait on the `notify` channel, which every
+publish and requeue signals, and wake on their own when the earliest waiting
+entry falls due.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from itertools import groupby
+from typing import Any
+
+from conveyor import redisdb
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing
+from conveyor.exceptions import BrokerConnectionError, BrokerError
+
+PRIORITY_SHIFT = 2**40
+
+# KEYS: ready, waiting, msgs, state, seq; ARGV: now_ms, then (priority, not_before_ms, body) per message
+PUBLISH = """
+local now = tonumber(ARGV[1])
+local ready = 0
+for i = 2, #ARGV, 3 do
+  local id = redis.call('INCR', KEYS[5])
+  -- formatted by hand: Lua's own number-to-string keeps only 14 digits
+  local score = string.format('%.0f', tonumber(ARGV[i]) * 1099511627776 + id)
+  redis.call('HSET', KEYS[3], id, ARGV[i + 2])
+  local due = tonumber(ARGV[i + 1])
+  if due > now then
+    redis.call('ZADD', KEYS[2], due, id)
+    redis.call('HSET', KEYS[4], id, score .. ':0:')
+  else
+    redis.call('ZADD', KEYS[1], score, id)
+    ready = ready + 1
+  end
+end
+return ready
+"""
+
+# Moves due waiting entries back to ready. Shared head of FETCH.
+PROMOTE = """
+local function promote(now)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    local state = redis.call('HGET', KEYS[4], id)
+    redis.call('ZREM', KEYS[2], id)
+    if state and redis.call('HEXISTS', KEYS[3], id) == 1 then
+      local score, attempts = string.match(state, '^([^:]*):([^:]*):')
+      redis.call('HSET', KEYS[4], id, score .. ':' .. attempts .. ':')
+      redis.call('ZADD', KEYS[1], score, id)
+    end
+  end
+end
+"""
+
+# KEYS: ready, waiting, msgs, state; ARGV: now_ms, lease_ms, limit, token
+# Returns {id, body, attempts, ...} or {next_due_ms} when nothing is ready.
+FETCH = (
+    PROMOTE
+    + """
+local now = tonumber(ARGV[1])
+promote(now)
+local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[3]))
+if #popped == 0 then
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {first[2] or false}
+end
+local out = {}
+local until_ms = now + tonumber(ARGV[2])
+for i = 1, #popped, 2 do
+  local id, score = popped[i], popped[i + 1]
+  local state = redis.call('HGET', KEYS[4], id)
+  local attempts = 1
+  if state then attempts = tonumber(string.match(state, '^[^:]*:([^:]*):')) + 1 end
+  redis.call('HSET', KEYS[4], id, score .. ':' .. attempts .. ':' .. ARGV[4])
+  redis.call('ZADD', KEYS[2], until_ms, id)
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[3], id)
+  out[#out + 1] = attempts
+end
+return out
+"""
+)
+
+# Fencing helper: the lease token of an id, or nil.
+OWNED = """
+local function lease_of(id)
+  local state = redis.call('HGET', KEYS[4], id)
+  if not state then return nil end
+  return string.match(state, '^[^:]*:[^:]*:(.*)$')
+end
+"""
+
+# KEYS: ready, waiting, msgs, state; ARGV: (id, token)...
+ACK = (
+    OWNED
+    + """
+for i = 1, #ARGV, 2 do
+  if lease_of(ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('HDEL', KEYS[3], ARGV[i])
+    redis.call('HDEL', KEYS[4], ARGV[i])
+  end
+end
+return 1
+"""
+)
+
+# KEYS: ready, waiting, msgs, state; ARGV: until_ms, (id, token)...  Returns lost ids.
+RENEW = (
+    OWNED
+    + """
+local lost = {}
+for i = 2, #ARGV, 2 do
+  if lease_of(ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[i])
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+"""
+)
+
+# KEYS: ready, waiting, msgs, state; ARGV: (id, token)...
+REQUEUE = (
+    OWNED
+    + """
+for i = 1, #ARGV, 2 do
+  local id = ARGV[i]
+  if lease_of(id) == ARGV[i + 1] then
+    local state = redis.call('HGET', KEYS[4], id)
+    local score, attempts = string.match(state, '^([^:]*):([^:]*):')
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HSET', KEYS[4], id, score .. ':' .. attempts .. ':')
+    redis.call('ZADD', KEYS[1], score, id)
+  end
+end
+return 1
+"""
+)
+
+# KEYS: ready, waiting, msgs, state, dead; ARGV: id, token, entry
+DEAD_LETTER = (
+    OWNED
+    + """
+if lease_of(ARGV[1]) ~= ARGV[2] then return 0 end
+local body = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('LPUSH', KEYS[5], body, cjson.encode({queue = ARGV[4], reason = ARGV[3], at = tonumber(ARGV[5])}))
+redis.call('LTRIM', KEYS[5], 0, 19999)
+return 1
+"""
+)
+
+# KEYS: ready, waiting, msgs, state. Deletes messages nobody holds a lease on.
+PURGE = """
+local removed = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+  removed = removed + 1
+end
+redis.call('DEL', KEYS[1])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local state = redis.call('HGET', KEYS[4], id)
+  if state == nil or state == false or string.match(state, ':$') then
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+class RedisBroker(Broker):
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        self.prefix = f"{self.options.get('global_keyprefix', '')}conveyor"
+        self.polling_interval = float(self.options.get("polling_interval", 5.0))
+        self.client = redisdb.connect(url, self.options)
+        self.cluster = redisdb.is_cluster(self.client)
+        self._scripts = {
+            name: self.client.register_script(source)
+            for name, source in {
+                "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
+                "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE,
+            }.items()
+        }  # fmt: skip
+        self._known_queues: set[str] = set()
+        self._local = threading.local()
+        self._pubsubs: list[Any] = []
+        self._lock = threading.Lock()
+
+    # -- keys ----------------------------------------------------------------------------
+    def _keys(self, queue: str) -> list[str]:
+        base = f"{self.prefix}:{{{queue}}}"
+        return [f"{base}:ready", f"{base}:waiting", f"{base}:msgs", f"{base}:state", f"{base}:seq"]
+
+    def _channel(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}:notify"
+
+    @property
+    def _queues_key(self) -> str:
+        return f"{self.prefix}:queues"
+
+    @property
+    def _workers_key(self) -> str:
+        return f"{{{self.prefix}:workers}}:expiry"
+
+    @property
+    def _workers_info_key(self) -> str:
+        return f"{{{self.prefix}:workers}}:info"
+
+    def _translate(self, where: str) -> Any:
+        return redisdb.translate(BrokerError, BrokerConnectionError, f"Redis broker {where}")
+
+    # -- Broker ----------------------------------------------------------------------------
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        now_ms = int(time.time() * 1000)
+        by_queue = groupby(sorted(messages, key=lambda m: m.queue), key=lambda m: m.queue)
+        with self._translate("publish"):
+            pipe = self.client.pipeline(transaction=False)
+            new_queues = []
+            for queue, group in by_queue:
+                args: list[Any] = [now_ms]
+                for m in group:
+                    due = int(m.not_before * 1000) if m.not_before else 0
+                    args += [m.priority, due, m.body]
+                self._scripts["publish"](keys=self._keys(queue), args=args, client=pipe)
+                pipe.publish(self._channel(queue), b"1")
+                if queue not in self._known_queues:
+                    new_queues.append(queue)
+            if new_queues:
+                pipe.sadd(self._queues_key, *new_queues)
+            pipe.execute()
+            self._known_queues.update(new_queues)
+
+    def _pubsub(self, queues: Sequence[str]) -> Any:
+        """This thread's subscription to the queues' notify channels."""
+        current = getattr(self._local, "pubsub", None)
+        channels = tuple(sorted(self._channel(q) for q in queues))
+        if current is not None and self._local.channels == channels:
+            return current
+        if current is not None:
+            current.close()
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(*channels)
+        self._local.pubsub, self._local.channels = pubsub, channels
+        with self._lock:
+            self._pubsubs.append(pubsub)
+        return pubsub
+
+    def _drop_pubsub(self) -> None:
+        current = getattr(self._local, "pubsub", None)
+        if current is not None:
+            try:
+                current.close()
+            except Exception:  # the connection is already broken: nothing to close cleanly
+                pass
+            self._local.pubsub = None
+
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._translate("fetch"):
+                try:
+                    pubsub = self._pubsub(queues) if timeout > 0 else None
+                    # Subscribed before looking: a publish after the look wakes the wait below.
+                    while pubsub is not None and pubsub.get_message(timeout=0) is not None:
+                        pass
+                    taken, next_due = self._claim(queues, limit)
+                    remaining = deadline - time.monotonic()
+                    if taken or remaining <= 0:
+                        return taken
+                    wait = min(remaining, self.polling_interval)
+                    if next_due is not None:
+                        wait = min(wait, max(0.0, next_due - time.time()))
+                    if pubsub is not None:
+                        pubsub.get_message(timeout=wait)
+                except Exception:
+                    self._drop_pubsub()
+                    raise
+
+    def _claim(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], float | None]:
+        now_ms = int(time.time() * 1000)
+        token = uuid.uuid4().hex
+        lease_ms = int(self.lease_seconds * 1000)
+        if len(queues) > 1:
+            return self._claim_many(queues, limit, now_ms, token, lease_ms)
+        [queue] = queues
+        reply = self._scripts["fetch"](keys=self._keys(queue)[:4], args=[now_ms, lease_ms, limit, token])
+        return self._deliveries(queue, reply, token)
+
+    def _claim_many(
+        self, queues: Sequence[str], limit: int, now_ms: int, token: str, lease_ms: int
+    ) -> tuple[list[Delivery], float | None]:
+        # Exact priority across queues: peek each queue's best, then claim the merged top `limit`.
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zrange(self._keys(queue)[0], 0, limit - 1, withscores=True)
+        peeked = pipe.execute()
+        best = sorted(((score, queue) for queue, rows in zip(queues, peeked) for _, score in rows))[:limit]
+        wanted = {queue: sum(1 for _, q in best if q == queue) for queue in queues}
+        # Queues with nothing ready still get a claim of 1: it promotes their due waiting entries.
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            self._scripts["fetch"](
+                keys=self._keys(queue)[:4], args=[now_ms, lease_ms, max(1, wanted[queue]), token], client=pipe
+            )
+        taken: list[Delivery] = []
+        next_due: float | None = None
+        surplus: list[Delivery] = []
+        for queue, reply in zip(queues, pipe.execute()):
+            deliveries, due = self._deliveries(queue, reply, token)
+            keep = wanted[queue]
+            taken += deliveries[:keep]
+            surplus += deliveries[keep:]
+            if due is not None:
+                next_due = due if next_due is None else min(next_due, due)
+        if surplus:
+            self.requeue(surplus)
+        return taken, (None if taken else next_due)
+
+    @staticmethod
+    def _deliveries(queue: str, reply: list[Any], token: str) -> tuple[list[Delivery], float | None]:
+        if len(reply) == 1:
+            due = reply[0]
+            return [], (float(due) / 1000 if due else None)
+        return [
+            Delivery(queue, reply[i + 1], (queue, reply[i].decode(), token), int(reply[i + 2]))
+            for i in range(0, len(reply), 3)
+        ], None
+
+    def _by_queue(self, deliveries: Sequence[Delivery]) -> dict[str, list[Delivery]]:
+        grouped: dict[str, list[Delivery]] = {}
+        for delivery in deliveries:
+            grouped.setdefault(delivery.tag[0], []).append(delivery)
+        return grouped
+
+    def _run_per_queue(self, script: str, deliveries: Sequence[Delivery], head: Sequence[Any] = ()) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        grouped = self._by_queue(deliveries)
+        for queue, items in grouped.items():
+            args = [*head, *(part for d in items for part in (d.tag[1], d.tag[2]))]
+            self._scripts[script](keys=self._keys(queue)[:4], args=args, client=pipe)
+        return list(zip(grouped, pipe.execute()))
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            with self._translate("ack"):
+                self._run_per_queue("ack", deliveries)
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self._translate("requeue"):
+            self._run_per_queue("requeue", deliveries)
+            pipe = self.client.pipeline(transaction=False)
+            for queue in self._by_queue(deliveries):
+                pipe.publish(self._channel(queue), b"1")
+            pipe.execute()
+
+    def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        if not deliveries:
+            return []
+        until_ms = int((time.time() + self.lease_seconds) * 1000)
+        with self._translate("renew"):
+            replies = self._run_per_queue("renew", deliveries, head=[until_ms])
+        lost = {(queue, raw.decode()) for queue, ids in replies for raw in ids}
+        return [d for d in deliveries if (d.tag[0], d.tag[1]) in lost]
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        queue, message_id, token = delivery.tag
+        keys = [*self._keys(queue)[:4], f"{self.prefix}:{{{queue}}}:dead"]
+        with self._translate("dead_letter"):
+            self._scripts["dead_letter"](keys=keys, args=[message_id, token, reason, queue, time.time()])
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
+        with self._translate("dead_letters"):
+            for raw_queue in self.client.smembers(self._queues_key):
+                queue = raw_queue.decode()
+                items = self.client.lrange(f"{self.prefix}:{{{queue}}}:dead", 0, 2 * limit - 1)
+                for i in range(0, len(items) - 1, 2):
+                    info = json.loads(items[i])
+                    letters.append(DeadLetter(info["queue"], items[i + 1], info["reason"], info["at"]))
+        letters.sort(key=lambda letter: letter.failed_at, reverse=True)
+        return letters[:limit]
+
+    def purge(self, queues: Sequence[str]) -> int:
+        with self._translate("purge"):
+            return sum(int(self._scripts["purge"](keys=self._keys(queue)[:4])) for queue in queues)
+
+    def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
+        with self._translate("queue_sizes"):
+            if queues is None:
+                queues = sorted(q.decode() for q in self.client.smembers(self._queues_key))
+            pipe = self.client.pipeline(transaction=False)
+            for queue in queues:
+                pipe.hlen(self._keys(queue)[2])
+            return dict(zip(queues, (int(n) for n in pipe.execute())))
+
+    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
+        with self._translate("register_worker"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(self._workers_key, {hostname: time.time() + ttl})
+            pipe.hset(self._workers_info_key, hostname, info)
+            pipe.execute()
+
+    def unregister_worker(self, hostname: str) -> None:
+        with self._translate("unregister_worker"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(self._workers_key, hostname)
+            pipe.hdel(self._workers_info_key, hostname)
+            pipe.execute()
+
+    def workers(self) -> dict[str, bytes]:
+        with self._translate("workers"):
+            live = [h.decode() for h in self.client.zrangebyscore(self._workers_key, time.time(), "+inf")]
+            if not live:
+                return {}
+            infos = self.client.hmget(self._workers_info_key, live)
+        return {hostname: info for hostname, info in zip(live, infos) if info is not None}
+
+    def interrupt(self) -> None:
+        # Wake this process's blocked fetches (and, harmlessly, other consumers of those queues).
+        with self._lock:
+            channels = {channel for pubsub in self._pubsubs for channel in pubsub.channels}
+        try:
+            for channel in channels:
+                self.client.publish(channel, b"1")
+        except Exception:  # shutting down with Redis unreachable: the fetch times out anyway
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            for pubsub in self._pubsubs:
+                try:
+                    pubsub.close()
+                except Exception:
+                    pass
+            self._pubsubs.clear()
+        self._local = threading.local()
+        self.client.close()
