@@ -28,6 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
+PREFIX = f"bench{os.getpid()}:"
+REDIS_URL = os.environ.get("CONVEYOR_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 def rss_mib(pid: int) -> float:
@@ -54,13 +56,14 @@ def worker(env: dict[str, str], pool: str, concurrency: int) -> Iterator[subproc
 def fresh_app(url: str):  # type: ignore[no-untyped-def]
     sys.modules.pop("benchmarks.bench_app", None)
     os.environ["CONVEYOR_BENCH_BROKER"] = url
+    os.environ["CONVEYOR_BENCH_PREFIX"] = PREFIX
     from benchmarks import bench_app
 
     return bench_app.app, bench_app.noop
 
 
 def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str, str]]:
-    env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "CONVEYOR_BENCH_PREFIX": PREFIX, "PYTHONPATH": str(ROOT)}
     app, noop = fresh_app(url)
     rows: list[tuple[str, str]] = []
 
@@ -118,14 +121,23 @@ def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker", default="sqlite", choices=["sqlite"], help="which broker to measure")
+    parser.add_argument("--broker", default="sqlite", choices=["sqlite", "redis"], help="which broker to measure")
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per measurement")
     parser.add_argument("--pool", default="solo", help="worker pool (solo, threads, prefork)")
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        url = f"sqlite:///{directory}/bench.db"
-        rows = measure(url, args.tasks, args.pool, args.concurrency)
+    if args.broker == "redis":
+        try:
+            rows = measure(REDIS_URL, args.tasks, args.pool, args.concurrency)
+        finally:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in client.scan_iter(f"{PREFIX}*", count=1000):
+                client.delete(key)
+    else:
+        with tempfile.TemporaryDirectory() as directory:
+            rows = measure(f"sqlite:///{directory}/bench.db", args.tasks, args.pool, args.concurrency)
     table = Table(title=f"Conveyor on {args.broker}: {args.tasks:,} no-op tasks, -P {args.pool} -c {args.concurrency}")
     table.add_column("measure")
     table.add_column("result", justify="right")

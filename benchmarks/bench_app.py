@@ -4,8 +4,11 @@ import os
 
 from conveyor import Celery
 
-app = Celery("bench", broker=os.environ.get("CONVEYOR_BENCH_BROKER", "sqlite:///bench.db"))
-app.conf.broker_transport_options = {"polling_interval": 1.0}
+_url = os.environ.get("CONVEYOR_BENCH_BROKER", "sqlite:///bench.db")
+_options = {"global_keyprefix": os.environ.get("CONVEYOR_BENCH_PREFIX", "bench:")}
+app = Celery("bench", broker=_url, result_backend=_url)
+app.conf.broker_transport_options = {"polling_interval": 1.0, **_options}
+app.conf.result_backend_transport_options = _options
 
 
 @app.task(name="bench.noop")

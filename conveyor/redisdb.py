@@ -23,25 +23,20 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
+
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
 
 #: Seconds to wait for a TCP connection before the operation fails.
 DEFAULT_CONNECT_TIMEOUT = 3.0
+#: Seconds a reply may take before the connection is considered dead.
+DEFAULT_SOCKET_TIMEOUT = 30.0
 
 SCHEMES = ("redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster")
 
 
-def _import_redis() -> Any:
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - redis is a dependency
-        raise ImproperlyConfigured("the Redis broker needs the 'redis' package: pip install 'redis[hiredis]'") from None
-    return redis
-
-
 def connect(url: str, options: Mapping[str, Any] | None = None) -> Any:
     """A redis-py client (Redis or RedisCluster) for a URL."""
-    redis = _import_redis()
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
@@ -54,8 +49,8 @@ def connect(url: str, options: Mapping[str, Any] | None = None) -> Any:
         # Conveyor retries at its own level (publish policy, worker backoff), visibly.
         "retry": Retry(NoBackoff(), 0),
     }
-    if "socket_timeout" in options:
-        common["socket_timeout"] = float(options["socket_timeout"])
+    # Longer than any blocking wait Conveyor issues (at most the polling interval).
+    common["socket_timeout"] = float(options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT))
     if scheme in ("redis+cluster", "rediss+cluster"):
         from redis.cluster import RedisCluster
 
@@ -95,10 +90,81 @@ def is_cluster(client: Any) -> bool:
 @contextlib.contextmanager
 def translate(error: type[ConveyorError], connection_error: type[ConveyorError], where: str) -> Iterator[None]:
     """Turn redis-py errors into Conveyor errors: connection problems into `connection_error`."""
-    redis = _import_redis()
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise connection_error(f"{where}: {exc}") from exc
     except redis.RedisError as exc:
         raise error(f"{where}: {exc}") from exc
+
+
+class Scripts:
+    """Lua scripts run by EVALSHA, loaded on demand (after a restart or SCRIPT FLUSH too).
+
+    redis-py's own Script objects check SCRIPT EXISTS before every pipeline,
+    an extra round trip on the hot path; here a pipeline is one round trip and
+    only a NOSCRIPT reply costs a reload.
+    """
+
+    def __init__(self, client: Any, sources: Mapping[str, str]) -> None:
+        import hashlib
+
+        self.client = client
+        self.sources = dict(sources)
+        self.shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in sources.items()}
+
+    def load(self) -> None:
+        for source in self.sources.values():
+            self.client.script_load(source)
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one script now."""
+        from redis.exceptions import NoScriptError
+
+        try:
+            return self.client.evalsha(self.shas[name], len(keys), *keys, *args)
+        except NoScriptError:
+            self.load()
+            return self.client.evalsha(self.shas[name], len(keys), *keys, *args)
+
+    def batch(self) -> Batch:
+        return Batch(self)
+
+
+class Batch:
+    """Scripts and commands sent as one pipeline (one round trip)."""
+
+    def __init__(self, scripts: Scripts) -> None:
+        self.scripts = scripts
+        # redis-py cannot pipeline scripts to a cluster: there, calls run one by one.
+        self.cluster = is_cluster(scripts.client)
+        self.pipe = None if self.cluster else scripts.client.pipeline(transaction=False)
+        self.calls: list[tuple[str, list[str], list[Any]] | tuple[str, tuple[Any, ...]]] = []
+
+    def script(self, name: str, keys: list[str], args: list[Any]) -> None:
+        if self.pipe is not None:
+            self.pipe.evalsha(self.scripts.shas[name], len(keys), *keys, *args)
+        self.calls.append((name, keys, args))
+
+    def command(self, method: str, *args: Any) -> None:
+        if self.pipe is not None:
+            getattr(self.pipe, method)(*args)
+        self.calls.append((method, args))
+
+    def execute(self) -> list[Any]:
+        from redis.exceptions import NoScriptError
+
+        if not self.calls:
+            return []
+        if self.pipe is None:
+            return [
+                self.scripts.run(*call) if len(call) == 3 else getattr(self.scripts.client, call[0])(*call[1])
+                for call in self.calls
+            ]
+        results = list(self.pipe.execute(raise_on_error=False))
+        for index, (call, result) in enumerate(zip(self.calls, results)):
+            if isinstance(result, NoScriptError) and len(call) == 3:
+                results[index] = self.scripts.run(*call)
+            elif isinstance(result, Exception):
+                raise result
+        return results

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.processes import E2E
 
 
 def require_service(env_var: str, default_url: str) -> str:
@@ -50,3 +54,11 @@ def store_url(kind: str, tmp_path: os.PathLike[str]) -> tuple[str, dict[str, str
 STORES = ["memory", "sqlite"]
 #: Every broker the contract suite holds to the same behaviour.
 BROKERS = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture
+def e2e(tmp_path: Path) -> Iterator[E2E]:
+    """A directory for an app module and the worker processes a test starts (stopped at the end)."""
+    env = E2E(tmp_path)
+    yield env
+    env.stop_all()

@@ -62,7 +62,7 @@ class RedisBackend(ResultBackend):
         super().__init__(url, options, **kwargs)
         self.prefix = f"{self.options.get('global_keyprefix', '')}conveyor"
         self.client = redisdb.connect(url, self.options)
-        self._write = self.client.register_script(WRITE)
+        self._scripts = redisdb.Scripts(self.client, {"write": WRITE})
 
     def _keys(self, task_id: str) -> list[str]:
         tag = f"{{{task_id}}}"
@@ -75,14 +75,13 @@ class RedisBackend(ResultBackend):
         if not updates:
             return
         with self._translate("write"):
-            pipe = self.client.pipeline(transaction=False)
+            batch = self._scripts.batch()
             now = time.time()
             for u in updates:
                 ttl_ms = max(1, int((u.expires_at - now) * 1000)) if u.expires_at is not None else 0
                 ready = "1" if u.state in states.READY_STATES else "0"
-                args = [u.state, u.meta, u.history, ttl_ms, ready]
-                self._write(keys=self._keys(u.task_id), args=args, client=pipe)
-            pipe.execute()
+                batch.script("write", self._keys(u.task_id), [u.state, u.meta, u.history, ttl_ms, ready])
+            batch.execute()
 
     def read(self, task_ids: Sequence[str]) -> dict[str, bytes]:
         with self._translate("read"):

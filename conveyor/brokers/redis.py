@@ -39,11 +39,11 @@ from conveyor.exceptions import BrokerConnectionError, BrokerError
 
 PRIORITY_SHIFT = 2**40
 
-# KEYS: ready, waiting, msgs, state, seq; ARGV: now_ms, then (priority, not_before_ms, body) per message
+# KEYS: ready, waiting, msgs, state, seq; ARGV: now_ms, channel, then (priority, not_before_ms, body) per message
 PUBLISH = """
 local now = tonumber(ARGV[1])
 local ready = 0
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local id = redis.call('INCR', KEYS[5])
   -- formatted by hand: Lua's own number-to-string keeps only 14 digits
   local score = string.format('%.0f', tonumber(ARGV[i]) * 1099511627776 + id)
@@ -57,6 +57,7 @@ for i = 2, #ARGV, 3 do
     ready = ready + 1
   end
 end
+redis.call('PUBLISH', ARGV[2], '1')
 return ready
 """
 
@@ -159,6 +160,7 @@ for i = 1, #ARGV, 2 do
     redis.call('ZADD', KEYS[1], score, id)
   end
 end
+redis.call('PUBLISH', string.gsub(KEYS[1], ':ready$', ':notify'), '1')
 return 1
 """
 )
@@ -207,13 +209,13 @@ class RedisBroker(Broker):
         self.polling_interval = float(self.options.get("polling_interval", 5.0))
         self.client = redisdb.connect(url, self.options)
         self.cluster = redisdb.is_cluster(self.client)
-        self._scripts = {
-            name: self.client.register_script(source)
-            for name, source in {
+        self._scripts = redisdb.Scripts(
+            self.client,
+            {
                 "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
                 "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE,
-            }.items()
-        }  # fmt: skip
+            },
+        )  # fmt: skip
         self._known_queues: set[str] = set()
         self._local = threading.local()
         self._pubsubs: list[Any] = []
@@ -246,21 +248,23 @@ class RedisBroker(Broker):
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now_ms = int(time.time() * 1000)
         by_queue = groupby(sorted(messages, key=lambda m: m.queue), key=lambda m: m.queue)
+        calls: list[tuple[str, list[str], list[Any]]] = []
+        for queue, group in by_queue:
+            args: list[Any] = [now_ms, self._channel(queue)]
+            for m in group:
+                args += [m.priority, int(m.not_before * 1000) if m.not_before else 0, m.body]
+            calls.append(("publish", self._keys(queue), args))
+        new_queues = sorted({m.queue for m in messages} - self._known_queues)
         with self._translate("publish"):
-            pipe = self.client.pipeline(transaction=False)
-            new_queues = []
-            for queue, group in by_queue:
-                args: list[Any] = [now_ms]
-                for m in group:
-                    due = int(m.not_before * 1000) if m.not_before else 0
-                    args += [m.priority, due, m.body]
-                self._scripts["publish"](keys=self._keys(queue), args=args, client=pipe)
-                pipe.publish(self._channel(queue), b"1")
-                if queue not in self._known_queues:
-                    new_queues.append(queue)
+            if len(calls) == 1 and not new_queues:
+                self._scripts.run(*calls[0])  # the common case: one round trip, no pipeline
+                return
+            batch = self._scripts.batch()
+            for call in calls:
+                batch.script(*call)
             if new_queues:
-                pipe.sadd(self._queues_key, *new_queues)
-            pipe.execute()
+                batch.command("sadd", self._queues_key, *new_queues)
+            batch.execute()
             self._known_queues.update(new_queues)
 
     def _pubsub(self, queues: Sequence[str]) -> Any:
@@ -316,7 +320,7 @@ class RedisBroker(Broker):
         if len(queues) > 1:
             return self._claim_many(queues, limit, now_ms, token, lease_ms)
         [queue] = queues
-        reply = self._scripts["fetch"](keys=self._keys(queue)[:4], args=[now_ms, lease_ms, limit, token])
+        reply = self._scripts.run("fetch", self._keys(queue)[:4], [now_ms, lease_ms, limit, token])
         return self._deliveries(queue, reply, token)
 
     def _claim_many(
@@ -330,15 +334,13 @@ class RedisBroker(Broker):
         best = sorted(((score, queue) for queue, rows in zip(queues, peeked) for _, score in rows))[:limit]
         wanted = {queue: sum(1 for _, q in best if q == queue) for queue in queues}
         # Queues with nothing ready still get a claim of 1: it promotes their due waiting entries.
-        pipe = self.client.pipeline(transaction=False)
+        batch = self._scripts.batch()
         for queue in queues:
-            self._scripts["fetch"](
-                keys=self._keys(queue)[:4], args=[now_ms, lease_ms, max(1, wanted[queue]), token], client=pipe
-            )
+            batch.script("fetch", self._keys(queue)[:4], [now_ms, lease_ms, max(1, wanted[queue]), token])
         taken: list[Delivery] = []
         next_due: float | None = None
         surplus: list[Delivery] = []
-        for queue, reply in zip(queues, pipe.execute()):
+        for queue, reply in zip(queues, batch.execute()):
             deliveries, due = self._deliveries(queue, reply, token)
             keep = wanted[queue]
             taken += deliveries[:keep]
@@ -366,12 +368,11 @@ class RedisBroker(Broker):
         return grouped
 
     def _run_per_queue(self, script: str, deliveries: Sequence[Delivery], head: Sequence[Any] = ()) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
+        batch = self._scripts.batch()
         grouped = self._by_queue(deliveries)
         for queue, items in grouped.items():
-            args = [*head, *(part for d in items for part in (d.tag[1], d.tag[2]))]
-            self._scripts[script](keys=self._keys(queue)[:4], args=args, client=pipe)
-        return list(zip(grouped, pipe.execute()))
+            batch.script(script, self._keys(queue)[:4], [*head, *(part for d in items for part in d.tag[1:])])
+        return list(zip(grouped, batch.execute()))
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
@@ -383,10 +384,6 @@ class RedisBroker(Broker):
             return
         with self._translate("requeue"):
             self._run_per_queue("requeue", deliveries)
-            pipe = self.client.pipeline(transaction=False)
-            for queue in self._by_queue(deliveries):
-                pipe.publish(self._channel(queue), b"1")
-            pipe.execute()
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         if not deliveries:
@@ -401,7 +398,7 @@ class RedisBroker(Broker):
         queue, message_id, token = delivery.tag
         keys = [*self._keys(queue)[:4], f"{self.prefix}:{{{queue}}}:dead"]
         with self._translate("dead_letter"):
-            self._scripts["dead_letter"](keys=keys, args=[message_id, token, reason, queue, time.time()])
+            self._scripts.run("dead_letter", keys, [message_id, token, reason, queue, time.time()])
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         letters: list[DeadLetter] = []
@@ -417,7 +414,7 @@ class RedisBroker(Broker):
 
     def purge(self, queues: Sequence[str]) -> int:
         with self._translate("purge"):
-            return sum(int(self._scripts["purge"](keys=self._keys(queue)[:4])) for queue in queues)
+            return sum(int(self._scripts.run("purge", self._keys(queue)[:4], [])) for queue in queues)
 
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
         with self._translate("queue_sizes"):

@@ -93,8 +93,11 @@ class Worker:
         conf = app.conf
         self.app = app
         self.queues = list(queues or app.default_queues())
-        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         self.pool_name = pool or conf.worker_pool
+        # The solo pool runs one task at a time, whatever -c says.
+        self.concurrency = (
+            1 if self.pool_name == "solo" else concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        )
         self.hostname = hostname or f"conveyor@{socket.gethostname()}"
         multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
         # 0 means no limit, as in Celery; a bound still keeps one fetch reasonable.

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import E2E
+from tests.processes import E2E
 
 
 @pytest.mark.parametrize("command", [[], ["worker"], ["call"], ["result"], ["purge"], ["status"]])

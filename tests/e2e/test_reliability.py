@@ -6,7 +6,7 @@ import signal
 import time
 
 from conveyor import states
-from tests.e2e.conftest import E2E
+from tests.processes import E2E
 
 
 def wait_for_state(result, state: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import E2E
+from tests.processes import E2E
 
 TUTORIAL = Path(__file__).parents[2] / "examples" / "tutorial"
 

@@ -1,4 +1,4 @@
-"""Helpers for end-to-end tests: real `conveyor` worker processes started through the CLI.
+"""Real `conveyor` worker processes started through the CLI, for e2e and integration tests.
 
 Each test writes a small app module into its own temporary directory (with
 its own SQLite file), starts workers in new sessions so a test can stop a
@@ -13,10 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from conveyor import Celery
 
@@ -26,8 +23,9 @@ import time
 
 from conveyor import Celery
 
-app = Celery("e2eapp", broker="sqlite:///{db}")
-app.conf.broker_transport_options = {{"lease_timeout": {lease}, "polling_interval": 0.5}}
+app = Celery("e2eapp", broker={broker!r}, result_backend={broker!r})
+app.conf.broker_transport_options = {{"lease_timeout": {lease}, "polling_interval": 0.5, **{options!r}}}
+app.conf.result_backend_transport_options = {options!r}
 app.conf.update({settings})
 
 
@@ -80,8 +78,13 @@ class E2E:
         self.db = directory / "conveyor.db"
         self._app: Celery | None = None
 
-    def write_app(self, lease: float = 30, **settings: object) -> None:
-        source = APP_TEMPLATE.format(db=self.db, lease=lease, settings=repr(settings))
+    def write_app(
+        self, lease: float = 30, broker: str | None = None, options: dict[str, str] | None = None, **settings: object
+    ) -> None:
+        """The app module: the test's SQLite file unless another broker URL (and options) is given."""
+        source = APP_TEMPLATE.format(
+            broker=broker or f"sqlite:///{self.db}", options=options or {}, lease=lease, settings=repr(settings)
+        )
         (self.directory / "e2eapp.py").write_text(textwrap.dedent(source))
 
     @property
@@ -130,8 +133,63 @@ class E2E:
             self._app.close()
 
 
-@pytest.fixture
-def e2e(tmp_path: Path) -> Iterator[E2E]:
-    env = E2E(tmp_path)
-    yield env
-    env.stop_all()
+def free_port() -> int:
+    """A free loopback port whose +10000 (Redis Cluster's bus port) is free too."""
+    import random
+    import socket
+
+    while True:
+        port = random.randint(20_000, 50_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free loopback port, persisting to its directory."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import shutil
+
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # a graceful shutdown flushes the AOF
+            self.process.wait(20)
+        self.process = None

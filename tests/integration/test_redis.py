@@ -1,0 +1,217 @@
+"""The Redis broker and backend against real redis-server processes (issue 3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from conveyor import Celery, states
+from conveyor.brokers.base import Outgoing
+from conveyor.exceptions import BrokerConnectionError
+from tests.processes import E2E, RedisServer, free_port
+
+
+def wait_for_state(result, state: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while result.state != state:
+        assert time.monotonic() < deadline, f"{result.id} never reached {state} (is {result.state})"
+        time.sleep(0.02)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def test_sigkill_mid_task_another_worker_completes_it_once(e2e: E2E, redis_store) -> None:  # type: ignore[no-untyped-def]
+    """acks_late: the killed worker's lease lapses, another worker reclaims and completes: one SUCCESS."""
+    url, options = redis_store
+    e2e.write_app(lease=2, broker=url, options=options, task_acks_late=True)
+    doomed = e2e.start_worker("-P", "prefork", "-c", "1", name="doomed")
+    rescuer = e2e.start_worker("-P", "prefork", "-c", "1", name="rescuer")
+    result = e2e.app.tasks["e2e.sleep"].apply_async((3,), queue="celery")
+    wait_for_state(result, states.STARTED)
+    started_by = result.scoreboard["history"][0]["worker"]
+    (doomed if started_by == "doomed@e2e" else rescuer).kill_group()
+    result.get(timeout=40)
+    history = [(h["state"], h["worker"]) for h in result.scoreboard["history"]]
+    assert [s for s, _ in history].count(states.SUCCESS) == 1
+    assert history[0] == (states.STARTED, started_by) and history[-1][1] != started_by
+
+
+def test_long_task_with_short_lease_on_a_live_worker_runs_once(e2e: E2E, redis_store) -> None:  # type: ignore[no-untyped-def]
+    """A 60-second task with a 5-second lease: renewed all along, never redelivered."""
+    url, options = redis_store
+    e2e.write_app(lease=5, broker=url, options=options, task_acks_late=True)
+    e2e.start_worker("-P", "prefork", "-c", "1", name="a")
+    e2e.start_worker("-P", "prefork", "-c", "1", name="b")
+    result = e2e.app.tasks["e2e.sleep"].delay(60)
+    result.get(timeout=120)
+    assert [h["state"] for h in result.scoreboard["history"]] == [states.STARTED, states.SUCCESS]
+
+
+def test_worker_survives_a_redis_restart_and_every_task_succeeds_once(e2e: E2E, tmp_path: Path) -> None:
+    """Restart redis-server (appendonly) while 10,000 tasks flow: each ends SUCCESS exactly once."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        e2e.write_app(broker=server.url, lease=30)
+        worker = e2e.start_worker("-P", "threads", "-c", "4", name="survivor")
+        app = e2e.app
+        messages = [app.build_message("e2e.add", (i, i))[0] for i in range(10_000)]
+        for offset in range(0, len(messages), 500):
+            app.broker.publish([Outgoing("celery", m.encode()) for m in messages[offset : offset + 500]])
+        deadline = time.monotonic() + 60
+        while app.broker.queue_sizes(["celery"])["celery"] > 7_000:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        for message in messages[::-1]:
+            assert app.AsyncResult(message.id).get(timeout=120) == message.args[0] * 2
+        time.sleep(1)  # anything run twice would have written its second SUCCESS by now
+        client = redis.Redis.from_url(server.url)
+        for message in messages:
+            history = [h["state"] for h in app.AsyncResult(message.id).scoreboard["history"]]
+            assert history.count(states.SUCCESS) == 1, (message.id, history)
+        client.close()
+        assert "Cannot fetch from broker" in worker.log and "reachable again" in worker.log
+        assert worker.log.count("Cannot fetch from broker") == 1
+    finally:
+        e2e.stop_all()
+        server.stop()
+
+
+def test_delayed_tasks_wait_in_redis_and_worker_memory_stays_flat(e2e: E2E, redis_store) -> None:  # type: ignore[no-untyped-def]
+    """100,000 countdown tasks: held in Redis; the worker's RSS stays within 20 MB of idle."""
+    url, options = redis_store
+    e2e.write_app(broker=url, options=options)
+    worker = e2e.start_worker("-P", "threads", "-c", "2", name="flat")
+    time.sleep(1)
+    idle = rss_kib(worker.process.pid)
+    app = e2e.app
+    eta = time.time() + 3600
+    body = app.build_message("e2e.add", (1, 2))[0].encode()
+    for _ in range(100):
+        app.broker.publish([Outgoing("celery", body, 0, eta)] * 1000)
+    assert app.broker.queue_sizes(["celery"]) == {"celery": 100_000}
+    assert app.tasks["e2e.add"].delay(2, 2).get(timeout=20) == 4  # the worker is awake and working
+    time.sleep(2)
+    assert rss_kib(worker.process.pid) - idle < 20 * 1024
+    assert app.broker.queue_sizes(["celery"]) == {"celery": 100_000}
+
+
+def test_countdown_runs_when_due(redis_store) -> None:  # type: ignore[no-untyped-def]
+    url, options = redis_store
+    app = Celery("t", broker=url, broker_transport_options={"lease_timeout": 5, **options})
+    app.broker.publish([Outgoing("q", b"later", 0, time.time() + 0.5)])
+    started = time.monotonic()
+    [delivery] = app.broker.fetch(["q"], 1, 5)
+    assert delivery.body == b"later" and 0.3 < time.monotonic() - started < 3
+    app.close()
+
+
+def test_priority_zero_submitted_after_a_hundred_priority_nine_runs_next(e2e: E2E, redis_store) -> None:  # type: ignore[no-untyped-def]
+    url, options = redis_store
+    e2e.write_app(broker=url, options=options)
+    e2e.start_worker("-P", "solo", "--prefetch-multiplier", "1", name="busy")
+    app = e2e.app
+    blocker = app.tasks["e2e.sleep"].delay(1)
+    wait_for_state(blocker, states.STARTED)
+    low = [app.tasks["e2e.add"].apply_async((i, 0), priority=9) for i in range(100)]
+    urgent = app.tasks["e2e.add"].apply_async((0, 0), priority=0)
+    urgent.get(timeout=20)
+    low[-1].get(timeout=60)
+    started = {r.id: r.scoreboard["history"][0]["timestamp"] for r in [*low, urgent]}
+    assert started[urgent.id] < min(started[r.id] for r in low)
+    order = sorted(low, key=lambda r: started[r.id])
+    assert order == low  # FIFO within a priority
+
+
+def test_publish_to_an_unreachable_redis_fails_fast_with_a_clear_error() -> None:
+    """delay() never hangs a web request: retries per policy, then BrokerConnectionError."""
+    app = Celery("t", broker=f"redis://127.0.0.1:{free_port()}/0")
+    app.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1}
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match="after 3 attempt"):
+        add.delay(1, 2)
+    assert time.monotonic() - started < 10
+    app.close()
+
+
+def test_results_expire_with_a_ttl_and_never_overwrite_success(redis_store) -> None:  # type: ignore[no-untyped-def]
+    url, options = redis_store
+    app = Celery("t", broker=url, result_backend=url, result_backend_transport_options=options, result_expires=60)
+    backend = app.backend
+    backend.store("t1", states.SUCCESS, 3)
+    client = redis.Redis.from_url(url)
+    ttl = client.pttl(f"{options['global_keyprefix']}conveyor:task:{{t1}}")
+    assert 50_000 < ttl <= 60_000
+    backend.store("t1", states.FAILURE, ValueError("late duplicate"))
+    assert backend.get_meta("t1")["result"] == 3
+    client.close()
+    app.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+    servers = [RedisServer(tmp_path / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file",
+                           str(tmp_path / f"node{i}.conf")) for i in range(3)]  # fmt: skip
+    for server in servers:
+        server.start()
+    try:
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in servers),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        client = redis.Redis(host="127.0.0.1", port=servers[0].port)
+        deadline = time.monotonic() + 30
+        while client.cluster("info").get("cluster_state") != "ok":
+            assert time.monotonic() < deadline, "cluster did not come up"
+            time.sleep(0.2)
+        client.close()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+TUTORIAL = Path(__file__).parents[2] / "examples" / "tutorial"
+
+
+def test_redis_cluster_runs_the_tutorial_flow(e2e: E2E, cluster) -> None:  # type: ignore[no-untyped-def]
+    """Three masters on loopback: every key of a queue shares a hash tag, so nothing is CROSSSLOT."""
+    url = f"redis+cluster://127.0.0.1:{cluster[0].port}"
+    config = (TUTORIAL / "config.py").read_text()
+    config = config.replace(
+        "    # broker_url = 'redis", f"    broker_url = '{url}'\n    result_backend = '{url}'\n    # x = 'redis", 1
+    )
+    (e2e.directory / "config.py").write_text(config)
+    (e2e.directory / "task.py").write_text((TUTORIAL / "task.py").read_text())
+    worker = e2e.start_worker("--pool=threads", "-c", "4", app="task", name="cluster")
+    producer = subprocess.run(
+        [sys.executable, "-c", "from task import add, priority_high, priority_low\n"
+         "r = [add.delay(1, 2), priority_high.delay('x'), priority_low.delay('y')]\n"
+         "print([x.get(timeout=60) for x in r])\n"
+         "print(r[0].scoreboard['history'][-1]['state'])"],
+        cwd=e2e.directory, capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert producer.returncode == 0, producer.stderr
+    assert producer.stdout.splitlines() == ["[3, 'priority_high', 'priority_low']", "SUCCESS"]
+    assert "CROSSSLOT" not in worker.log
+    worker.signal(signal.SIGTERM)
+    assert worker.process.wait(30) == 0
