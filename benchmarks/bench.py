@@ -125,7 +125,15 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per measurement")
     parser.add_argument("--pool", default="solo", help="worker pool (solo, threads, prefork)")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--peers", nargs="*", help="compare with peers on Redis (all, or the ones named)")
+    parser.add_argument("--runs", type=int, default=1, help="with --peers: runs per figure (median)")
+    parser.add_argument("--trips", type=int, default=300, help="with --peers: round trips for latency")
     args = parser.parse_args()
+    if args.peers is not None:
+        from benchmarks import compare
+
+        compare.main(args.tasks, args.trips, args.runs, args.peers or None)
+        return
     if args.broker == "redis":
         try:
             rows = measure(REDIS_URL, args.tasks, args.pool, args.concurrency)

@@ -21,6 +21,7 @@ from conveyor.brokers import Broker, broker_from_url
 from conveyor.brokers.base import Outgoing, check_priority
 from conveyor.canvas import Signature
 from conveyor.config import Settings, settings_from_object
+from conveyor.control import Control
 from conveyor.exceptions import BrokerConnectionError, ImproperlyConfigured
 from conveyor.result import AsyncResult
 from conveyor.routing import Router
@@ -309,6 +310,11 @@ class Conveyor:
         self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> Signature:
         return Signature(name, args, kwargs, options, app=self)
+
+    @property
+    def control(self) -> Control:
+        """Remote control of workers: `app.control.revoke(task_id, terminate=True)`."""
+        return Control(self)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         """A handle on a task's result by id."""

@@ -239,6 +239,20 @@ def result(obj: _Context, task_id: str, wait: bool, timeout: float | None, show_
 
 
 @main.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also stop the task if it is running.")
+@click.option("--signal", "signal_name", default="SIGTERM", show_default=True, help="Signal for --terminate (prefork).")
+@pass_context
+def revoke(obj: _Context, task_ids: tuple[str, ...], terminate: bool, signal_name: str) -> None:
+    """Revoke tasks: they will not run (kept by the broker, so later workers honour it too)."""
+    try:
+        obj.app.control.revoke(list(task_ids), terminate=terminate, signal=signal_name)
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Revoked {len(task_ids)} task(s){' (terminating if running)' if terminate else ''}.")
+
+
+@main.command()
 @click.option("-Q", "--queues", help="Comma-separated queues [default: the app's queues].")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @pass_context

@@ -238,6 +238,9 @@ class Settings:
         None, _optional(_bool), "requeue an acks_late task whose process died"
     )
     task_acks_on_failure_or_timeout: bool = _setting(True, _bool, "acknowledge failed and timed-out acks_late tasks")
+    task_max_redeliveries: int = _setting(
+        3, _int(0), "times a message whose run died is delivered again before it is dead-lettered"
+    )
     task_time_limit: float | None = _setting(None, _optional(_seconds), "hard time limit in seconds")
     task_soft_time_limit: float | None = _setting(None, _optional(_seconds), "soft time limit in seconds")
     # Conveyor records STARTED by default: the dashboard and scoreboard want it.
@@ -258,6 +261,7 @@ class Settings:
         None, _optional(_int(1)), "recycle a prefork child above this RSS (KiB)"
     )
     worker_disable_rate_limits: bool = _setting(False, _bool, "ignore rate limits")
+    worker_revoke_expires: float = _setting(10800.0, _seconds, "seconds the broker remembers a revocation")
     # Beat
     beat_schedule: dict[str, Any] = _setting({}, _dict, "periodic tasks")
     # Modules

@@ -141,6 +141,11 @@ class AsyncResult(Generic[R]):
 
     wait = get
 
+    def revoke(self, terminate: bool = False, signal: str | int | None = None) -> None:
+        """Revoke the task: it will not run; with terminate=True a running task is stopped (see control.py)."""
+        self._ready_meta = None
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+
     def forget(self) -> None:
         """Delete the stored result and history."""
         self._ready_meta = None

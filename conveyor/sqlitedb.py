@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS conveyor_workers (
     expires_at REAL NOT NULL,
     info BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS conveyor_revoked (
+    task_id TEXT PRIMARY KEY,
+    info BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conveyor_buckets (
+    key TEXT PRIMARY KEY,
+    next_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS conveyor_results (
     task_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,

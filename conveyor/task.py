@@ -20,6 +20,7 @@ from conveyor.result import AsyncResult
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.backends.base import StateUpdate
     from conveyor.canvas import Signature
 
 P = ParamSpec("P")
@@ -58,6 +59,8 @@ class Context:
 
 
 _current_request: ContextVar[Context | None] = ContextVar("conveyor_request", default=None)
+#: Set by the worker while a task runs: where `update_state` sends its updates.
+state_sink: ContextVar[Callable[[StateUpdate], None] | None] = ContextVar("conveyor_state_sink", default=None)
 
 #: The options `apply_async` understands (beyond args, kwargs, task_id, link, link_error, shadow).
 CALL_OPTIONS = frozenset(
@@ -271,7 +274,14 @@ class Task(Generic[P, R]):
         task_id = task_id or self.request.id
         if task_id is None:
             raise RuntimeError(f"task {self.name}: update_state() needs a task id outside a worker")
-        self.app.backend.store(task_id, state or "PENDING", meta, history={"worker": self.request.hostname})
+        update = self.app.backend.make_update(
+            task_id, state or "PENDING", meta, history={"worker": self.request.hostname}
+        )
+        sink = state_sink.get()
+        if sink is not None:
+            sink(update)  # through the worker, in order with STARTED and the result
+        else:
+            self.app.backend.write([update])
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"

@@ -38,6 +38,16 @@ def add(x, y):
 def sleep(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+
+@app.task(name="e2e.limited", rate_limit="10/s")
+def limited(i):
+    return time.time()
+
+
+@app.task(name="e2e.die", acks_late=True, reject_on_worker_lost=True)
+def die():
+    os._exit(1)
 """
 
 

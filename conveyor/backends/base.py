@@ -14,7 +14,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,8 +32,26 @@ class StateUpdate:
     task_id: str
     state: str
     meta: bytes
-    history: bytes
+    history: tuple[bytes, ...]
+    """History entries to append, oldest first."""
     expires_at: float | None
+
+
+def coalesce(updates: Sequence[StateUpdate]) -> list[StateUpdate]:
+    """One update per task: its latest state (a SUCCESS is never replaced) and every history entry.
+
+    A worker under load often has a task's STARTED and its result in one
+    batch: written as one, that is one store operation instead of two.
+    """
+    merged: dict[str, StateUpdate] = {}
+    for update in updates:
+        previous = merged.get(update.task_id)
+        if previous is None:
+            merged[update.task_id] = update
+        else:
+            latest = previous if previous.state == states.SUCCESS else update
+            merged[update.task_id] = replace(latest, history=previous.history + update.history)
+    return list(merged.values())
 
 
 class Waiter:
@@ -120,7 +138,7 @@ class ResultBackend(ABC):
         """Store updates in order, in one round trip where possible.
 
         Each sets the task's meta (unless it is already SUCCESS: a late
-        duplicate never overwrites a success) and appends its history entry.
+        duplicate never overwrites a success) and appends its history entries.
         """
 
     @abstractmethod
@@ -179,7 +197,7 @@ class ResultBackend(ABC):
         }
         entry = {"state": state, "timestamp": now, **(history or {})}
         expires_at = now + self.expires if self.expires is not None else None
-        return StateUpdate(task_id, state, self.encode(meta), self.encode(entry), expires_at)
+        return StateUpdate(task_id, state, self.encode(meta), (self.encode(entry),), expires_at)
 
     def store(self, task_id: str, state: str, result: Any = None, **kwargs: Any) -> None:
         """Encode and write one state change."""

@@ -53,7 +53,7 @@ class MemoryBackend(ResultBackend):
                 current = self._store.meta.get(update.task_id)
                 if current is None or current[0] != states.SUCCESS:
                     self._store.meta[update.task_id] = (update.state, update.meta, update.expires_at)
-                self._store.history.setdefault(update.task_id, []).append(update.history)
+                self._store.history.setdefault(update.task_id, []).extend(update.history)
             self._store.generation += 1
             self._store.changed.notify_all()
 

@@ -24,16 +24,16 @@ from conveyor import redisdb, states
 from conveyor.backends.base import ResultBackend, StateUpdate, Waiter
 from conveyor.exceptions import BackendConnectionError, BackendError
 
-# KEYS: task, history, done; ARGV: state, meta, entry, ttl_ms (0: none), ready (0/1)
+# KEYS: task, history, done; ARGV: state, meta, ttl_ms (0: none), ready (0/1), entries...
 WRITE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'SUCCESS' then
   redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2])
 end
-redis.call('RPUSH', KEYS[2], ARGV[3])
-if ARGV[5] == '1' and redis.call('LLEN', KEYS[3]) == 0 then
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 5))
+if ARGV[4] == '1' and redis.call('LLEN', KEYS[3]) == 0 then
   redis.call('RPUSH', KEYS[3], '1')
 end
-local ttl = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
@@ -80,7 +80,7 @@ class RedisBackend(ResultBackend):
             for u in updates:
                 ttl_ms = max(1, int((u.expires_at - now) * 1000)) if u.expires_at is not None else 0
                 ready = "1" if u.state in states.READY_STATES else "0"
-                batch.script("write", self._keys(u.task_id), [u.state, u.meta, u.history, ttl_ms, ready])
+                batch.script("write", self._keys(u.task_id), [u.state, u.meta, ttl_ms, ready, *u.history])
             batch.execute()
 
     def read(self, task_ids: Sequence[str]) -> dict[str, bytes]:

@@ -54,7 +54,7 @@ class SQLiteBackend(ResultBackend):
             )
             db.executemany(
                 "INSERT INTO conveyor_history (task_id, entry) VALUES (?, ?)",
-                [(u.task_id, u.history) for u in updates],
+                [(u.task_id, entry) for u in updates for entry in u.history],
             )
         self._notifier.notify()
 

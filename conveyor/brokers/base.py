@@ -91,8 +91,13 @@ class Broker(ABC):
         """Remove delivered messages for good. Stale leases are ignored."""
 
     @abstractmethod
-    def requeue(self, deliveries: Sequence[Delivery]) -> None:
-        """Give deliveries back: deliverable again at once, to any consumer."""
+    def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
+        """Give deliveries back: deliverable again after `delay` seconds, to any consumer.
+
+        A plain give-back (shutdown, a rate limit) does not count as a
+        delivery attempt; with `redelivery=True` (the process running it
+        died) it does, so poison messages can be stopped.
+        """
 
     @abstractmethod
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
@@ -113,6 +118,23 @@ class Broker(ABC):
     @abstractmethod
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
         """Messages held per queue (ready, delayed and leased); all queues when None."""
+
+    @abstractmethod
+    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
+        """Remember that these tasks are revoked (with `info`) until `expires_at`."""
+
+    @abstractmethod
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        """The revocations among these task ids still remembered, with their info."""
+
+    @abstractmethod
+    def take_token(self, key: str, rate: float) -> float:
+        """Take a token from the bucket `key` refilled at `rate` per second, shared by every worker.
+
+        Returns 0 when granted, else the seconds until a token is due (nothing
+        is taken). Tokens are spaced evenly (no bursts): `rate` per second
+        across all callers.
+        """
 
     @abstractmethod
     def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:

@@ -41,6 +41,8 @@ class _Store:
         self.waiting: list[tuple[float, int, str | None]] = []  # (visible_at, seq, lease)
         self.dead: list[DeadLetter] = []
         self.workers: dict[str, tuple[float, bytes]] = {}
+        self.revoked: dict[str, tuple[float, bytes]] = {}
+        self.buckets: dict[str, float] = {}
         self.seq = itertools.count()
 
 
@@ -130,13 +132,37 @@ class MemoryBroker(Broker):
                 if self._owned(delivery):
                     del self._store.records[delivery.tag[0]]
 
-    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+    def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
         with self._store.lock:
             for delivery in deliveries:
                 record = self._owned(delivery)
                 if record:
-                    self._make_ready(record)
+                    record.attempts -= 0 if redelivery else 1
+                    if delay > 0:
+                        self._hold(record, time.time() + delay, None)
+                    else:
+                        self._make_ready(record)
             self._store.lock.notify_all()
+
+    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
+        with self._store.lock:
+            for task_id in task_ids:
+                self._store.revoked[task_id] = (expires_at, info)
+
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        now = time.time()
+        with self._store.lock:
+            found = {t: self._store.revoked.get(t) for t in task_ids}
+            return {t: entry[1] for t, entry in found.items() if entry is not None and entry[0] > now}
+
+    def take_token(self, key: str, rate: float) -> float:
+        with self._store.lock:
+            now = time.time()
+            due = max(now, self._store.buckets.get(key, 0.0))
+            if due > now:
+                return due - now
+            self._store.buckets[key] = due + 1.0 / rate
+            return 0.0
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         lost = []

@@ -146,24 +146,40 @@ return lost
 """
 )
 
-# KEYS: ready, waiting, msgs, state; ARGV: (id, token)...
+# KEYS: ready, waiting, msgs, state; ARGV: visible_at_ms (0: now), uncount (0/1), (id, token)...
 REQUEUE = (
     OWNED
     + """
-for i = 1, #ARGV, 2 do
+local visible_at = tonumber(ARGV[1])
+for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   if lease_of(id) == ARGV[i + 1] then
     local state = redis.call('HGET', KEYS[4], id)
     local score, attempts = string.match(state, '^([^:]*):([^:]*):')
-    redis.call('ZREM', KEYS[2], id)
+    attempts = tonumber(attempts) - tonumber(ARGV[2])
     redis.call('HSET', KEYS[4], id, score .. ':' .. attempts .. ':')
-    redis.call('ZADD', KEYS[1], score, id)
+    if visible_at > 0 then
+      redis.call('ZADD', KEYS[2], visible_at, id)
+    else
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZADD', KEYS[1], score, id)
+    end
   end
 end
 redis.call('PUBLISH', string.gsub(KEYS[1], ':ready$', ':notify'), '1')
 return 1
 """
 )
+
+# KEYS: bucket; ARGV: now_ms, interval_ms. Returns ms to wait (0: granted).
+TAKE_TOKEN = """
+local now = tonumber(ARGV[1])
+local due = tonumber(redis.call('GET', KEYS[1]) or '0')
+if due < now then due = now end
+if due > now then return due - now end
+redis.call('SET', KEYS[1], string.format('%.0f', due + tonumber(ARGV[2])), 'PX', 3600000)
+return 0
+"""
 
 # KEYS: ready, waiting, msgs, state, dead; ARGV: id, token, entry
 DEAD_LETTER = (
@@ -213,7 +229,7 @@ class RedisBroker(Broker):
             self.client,
             {
                 "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
-                "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE,
+                "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE, "take_token": TAKE_TOKEN,
             },
         )  # fmt: skip
         self._known_queues: set[str] = set()
@@ -379,11 +395,42 @@ class RedisBroker(Broker):
             with self._translate("ack"):
                 self._run_per_queue("ack", deliveries)
 
-    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+    def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
         if not deliveries:
             return
+        visible_at = int((time.time() + delay) * 1000) if delay > 0 else 0
         with self._translate("requeue"):
-            self._run_per_queue("requeue", deliveries)
+            self._run_per_queue("requeue", deliveries, head=[visible_at, 0 if redelivery else 1])
+
+    @property
+    def _revoked_key(self) -> str:
+        return f"{self.prefix}:revoked"
+
+    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
+        # One key per revocation, with its own expiry: Redis forgets them for us.
+        ttl_ms = max(1, int((expires_at - time.time()) * 1000))
+        with self._translate("revoke"):
+            batch = self._scripts.batch()
+            for task_id in task_ids:
+                batch.command("set", f"{self._revoked_key}:{{{task_id}}}", info, None, ttl_ms)
+            batch.execute()
+
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        if not task_ids:
+            return {}
+        with self._translate("revoked"):
+            batch = self._scripts.batch()
+            for task_id in task_ids:
+                batch.command("get", f"{self._revoked_key}:{{{task_id}}}")
+            values = batch.execute()
+        return {task_id: value for task_id, value in zip(task_ids, values) if value is not None}
+
+    def take_token(self, key: str, rate: float) -> float:
+        with self._translate("take_token"):
+            wait_ms = self._scripts.run(
+                "take_token", [f"{self.prefix}:bucket:{{{key}}}"], [int(time.time() * 1000), max(1, int(1000 / rate))]
+            )
+        return float(wait_ms) / 1000
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         if not deliveries:

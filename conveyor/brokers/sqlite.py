@@ -122,15 +122,51 @@ class SQLiteBroker(Broker):
                 [d.tag for d in deliveries],
             )
 
-    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+    def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
         if not deliveries:
             return
+        ready, visible_at = (0, time.time() + delay) if delay > 0 else (1, 0.0)
+        uncount = 0 if redelivery else 1
         with self.db.transaction() as db:
             db.executemany(
-                "UPDATE conveyor_messages SET ready = 1, lease = NULL, visible_at = 0 WHERE id = ? AND lease = ?",
-                [d.tag for d in deliveries],
+                "UPDATE conveyor_messages SET ready = ?, lease = NULL, visible_at = ?, attempts = attempts - ?"
+                " WHERE id = ? AND lease = ?",
+                [(ready, visible_at, uncount, *d.tag) for d in deliveries],
             )
         self._notifier.notify()
+
+    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM conveyor_revoked WHERE expires_at <= ?", (time.time(),))
+            db.executemany(
+                "INSERT OR REPLACE INTO conveyor_revoked (task_id, info, expires_at) VALUES (?, ?, ?)",
+                [(task_id, info, expires_at) for task_id in task_ids],
+            )
+
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        if not task_ids:
+            return {}
+        with self.db.translate():
+            rows = (
+                self.db.connection()
+                .execute(
+                    "SELECT task_id, info FROM conveyor_revoked"
+                    f" WHERE task_id IN ({','.join('?' * len(task_ids))}) AND expires_at > ?",
+                    (*task_ids, time.time()),
+                )
+                .fetchall()
+            )
+        return dict(rows)
+
+    def take_token(self, key: str, rate: float) -> float:
+        with self.db.transaction() as db:
+            now = time.time()
+            row = db.execute("SELECT next_at FROM conveyor_buckets WHERE key = ?", (key,)).fetchone()
+            due = max(now, row[0] if row else 0.0)
+            if due > now:
+                return due - now
+            db.execute("INSERT OR REPLACE INTO conveyor_buckets (key, next_at) VALUES (?, ?)", (key, due + 1.0 / rate))
+            return 0.0
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         lost = []

@@ -23,7 +23,7 @@ from conveyor.backends.memory import MemoryBackend
 from conveyor.canvas import Signature
 from conveyor.exceptions import EncodeError, Retry
 from conveyor.result import EagerResult, in_task
-from conveyor.task import Context, Task, _current_request
+from conveyor.task import Context, Task, _current_request, state_sink
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -121,13 +121,19 @@ def execute(
     *,
     eager: bool = False,
     backend: ResultBackend | None = None,
+    on_update: Callable[[StateUpdate], None] | None = None,
 ) -> Outcome:
-    """Run a job's task and encode how it ended. Never raises for task errors."""
+    """Run a job's task and encode how it ended. Never raises for task errors.
+
+    `on_started(pid)` is called as it starts; `on_update(update)` receives the
+    task's own `update_state` calls.
+    """
     backend = backend or app.backend
     message = job.message
     task = app.tasks[message.task]
     request_token = _current_request.set(context_for(job, eager=eager))
     in_task_token = in_task.set(True)
+    sink_token = state_sink.set(on_update)
     on_started(os.getpid())
     started = time.monotonic()
     try:
@@ -136,7 +142,7 @@ def execute(
         except Retry as retry:
             return _finish(app, backend, task, job, states.RETRY, retry.exc or retry, started, exc=retry)
         except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is
-            _run_callbacks(app, message.errbacks, (message.id,))
+            _run_errbacks(app, message, exc)
             return _finish(app, backend, task, job, states.FAILURE, exc, started, exc=exc)
         outcome = _finish(app, backend, task, job, states.SUCCESS, value, started)
         if outcome.state == states.SUCCESS:
@@ -145,6 +151,7 @@ def execute(
     finally:
         in_task.reset(in_task_token)
         _current_request.reset(request_token)
+        state_sink.reset(sink_token)
 
 
 def _finish(
@@ -203,6 +210,14 @@ def result_updates(
     return (update,)
 
 
+def time_limits(app: Conveyor, job: Job) -> tuple[float | None, float | None]:
+    """The (hard, soft) limits of a job: from the call, else the task, else the settings."""
+    task = app.tasks.get(job.message.task)
+    hard = job.message.time_limit or option(task, "time_limit", app.conf.task_time_limit)
+    soft = job.message.soft_time_limit or option(task, "soft_time_limit", app.conf.task_soft_time_limit)
+    return hard, soft
+
+
 def option(task: Task[Any, Any] | None, name: str, default: Any) -> Any:
     """A task attribute, or the app-wide default when the task leaves it unset."""
     value = getattr(task, name, None) if task is not None else None
@@ -215,6 +230,29 @@ def failure_outcome(app: Conveyor, job: Job, error: BaseException, runtime: floa
     tb = "".join(traceback.format_exception(error))
     updates = result_updates(app, app.backend, task, job, states.FAILURE, error, runtime, tb)
     return Outcome(job.id, job.message.id, states.FAILURE, runtime, repr(error), updates, tb)
+
+
+def _run_errbacks(app: Conveyor, message: messages.Message, exc: BaseException) -> None:
+    """Celery's two errback forms: `(request, exc, traceback)`, called here in the worker
+    when the errback task is registered and takes three arguments; else it is sent with
+    the failed task's id."""
+    for data in message.errbacks or ():
+        errback = app.tasks.get(data["task"])
+        if errback is not None and _positional_arity(errback) >= 3:
+            try:
+                errback(_current_request.get(), exc, exc.__traceback__)  # type: ignore[call-arg]
+            except Exception:
+                logger.exception("Errback %s failed", data["task"])
+        else:
+            _run_callbacks(app, [data], (message.id,))
+
+
+def _positional_arity(task: Task[Any, Any]) -> int:
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    count = sum(1 for p in task._signature.parameters.values() if p.kind in kinds)
+    return count - 1 if task.bind else count
 
 
 def _run_callbacks(app: Conveyor, callbacks: list[dict[str, Any]] | None, args: tuple[Any, ...]) -> None:

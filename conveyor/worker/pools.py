@@ -6,6 +6,7 @@ Every pool implements `Pool`: it takes jobs, runs them with
 - `Started(job_id, pid)` when a task begins (the worker records STARTED and,
   without acks_late, acknowledges);
 - `Finished(outcome)` when it ends;
+- `Updated(update)` for the task's own `update_state` calls (kept in order);
 - `Lost(job_id, error)` when the process running it died or was killed.
 
 `threads` runs tasks on threads of the worker process; `solo` is one such
@@ -24,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Union
 
+from conveyor.backends.base import StateUpdate
 from conveyor.config import POOL_NAMES
-from conveyor.worker.execution import Job, Outcome, execute
+from conveyor.exceptions import SoftTimeLimitExceeded, TaskRevokedError
+from conveyor.worker.execution import Job, Outcome, execute, time_limits
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -45,12 +48,17 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Updated:
+    update: StateUpdate
+
+
+@dataclass(frozen=True)
 class Lost:
     job_id: int
     error: BaseException
 
 
-PoolEvent = Union[Started, Finished, Lost]
+PoolEvent = Union[Started, Updated, Finished, Lost]
 Emit = Callable[[PoolEvent], None]
 
 
@@ -74,6 +82,9 @@ class Pool(Protocol):
     def terminate(self) -> None:
         """Stop now: kill what can be killed (cold shutdown)."""
 
+    def kill(self, job_id: int, signum: int) -> None:
+        """Stop one running job (revoke with terminate=True); it then reports Finished or Lost."""
+
 
 _STOP = object()
 
@@ -94,6 +105,7 @@ class ThreadPool:
         self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._emit: Emit | None = None
+        self._running: dict[int, int] = {}  # job id -> thread ident
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
@@ -110,13 +122,40 @@ class ThreadPool:
             if job is _STOP:
                 return
             assert isinstance(job, Job)
+            self._running[job.id] = threading.get_ident()
+            timer = self._soft_limit_timer(job)
             try:
-                outcome = execute(self.app, job, _reporter(emit, job.id))
+                outcome = execute(self.app, job, _reporter(emit, job.id), on_update=_updater(emit))
             except BaseException as exc:  # a bug of ours, not the task's: never lose the job silently
                 logger.exception("Internal error running %s[%s]", job.message.task, job.message.id)
                 emit(Lost(job.id, exc))
             else:
                 emit(Finished(outcome))
+            finally:
+                self._running.pop(job.id, None)
+                if timer is not None:
+                    timer.cancel()
+
+    def _soft_limit_timer(self, job: Job) -> threading.Timer | None:
+        """Raises SoftTimeLimitExceeded in the task's thread when its soft limit passes.
+
+        An asynchronous exception is seen between Python bytecodes: a task
+        blocked in a C call (a long sleep, a socket read) gets it when that
+        call returns. Hard limits cannot stop a thread; use prefork for them.
+        """
+        soft = time_limits(self.app, job)[1]
+        if not soft:
+            return None
+        timer = threading.Timer(soft, _raise_in_thread, (threading.get_ident(), SoftTimeLimitExceeded))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def kill(self, job_id: int, signum: int) -> None:
+        # A thread cannot be killed: the task gets TaskRevokedError at its next bytecode.
+        ident = self._running.get(job_id)
+        if ident is not None:
+            _raise_in_thread(ident, TaskRevokedError)
 
     def submit(self, job: Job) -> None:
         self._jobs.put(job)
@@ -148,6 +187,19 @@ class SoloPool(ThreadPool):
 
     def __init__(self, app: Conveyor, concurrency: int = 1) -> None:
         super().__init__(app, 1)
+
+
+def _updater(emit: Emit) -> Callable[[StateUpdate], None]:
+    def updated(update: StateUpdate) -> None:
+        emit(Updated(update))
+
+    return updated
+
+
+def _raise_in_thread(ident: int, exception: type[BaseException]) -> None:
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exception))
 
 
 def create_pool(name: str, app: Conveyor, concurrency: int) -> Pool:

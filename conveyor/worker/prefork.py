@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
+from conveyor.backends.base import StateUpdate
 from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
-from conveyor.worker.execution import Job, execute, failure_outcome
-from conveyor.worker.pools import Emit, Finished, Lost, Started
+from conveyor.worker.execution import Job, execute, failure_outcome, time_limits
+from conveyor.worker.pools import Emit, Finished, Lost, Started, Updated
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -88,12 +89,11 @@ def _child_main(app: Conveyor, conn: Connection, max_tasks: int | None, max_memo
             break
         if job is None:
             break
-        task = app.tasks.get(job.message.task)
-        soft = job.message.soft_time_limit or (task.soft_time_limit if task else None) or app.conf.task_soft_time_limit
+        soft = time_limits(app, job)[1]
         if soft:
             signal.setitimer(signal.ITIMER_REAL, soft)
         try:
-            outcome = execute(app, job, _reporter(conn, job.id))
+            outcome = execute(app, job, _reporter(conn, job.id), on_update=conn.send)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         done += 1
@@ -163,8 +163,7 @@ class PreforkPool:
                         child.job = None
 
     def _hard_limit(self, job: Job) -> float | None:
-        task = self.app.tasks.get(job.message.task)
-        return job.message.time_limit or (task.time_limit if task else None) or self.app.conf.task_time_limit
+        return time_limits(self.app, job)[0]
 
     # -- Pool interface ------------------------------------------------------------------
     def start(self, emit: Emit) -> None:
@@ -199,6 +198,13 @@ class PreforkPool:
                 with contextlib.suppress(OSError):
                     child.process.kill()  # type: ignore[attr-defined]
         self._wake()
+
+    def kill(self, job_id: int, signum: int) -> None:
+        with self._lock:
+            for child in self._children:
+                if child.job is not None and child.job.id == job_id and child.process.pid:
+                    with contextlib.suppress(OSError):
+                        os.kill(child.process.pid, signum)
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -241,6 +247,8 @@ class PreforkPool:
                     limit = self._hard_limit(child.job)
                     child.deadline = time.monotonic() + limit if limit else None
                     emit(event)
+                elif isinstance(event, StateUpdate):
+                    emit(Updated(event))
                 elif isinstance(event, Finished):
                     with self._lock:
                         child.job, child.deadline = None, None

@@ -26,12 +26,13 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Union
 
 from conveyor import __version__, states
-from conveyor.backends.base import StateUpdate
+from conveyor.backends.base import StateUpdate, coalesce
 from conveyor.brokers.base import Delivery
+from conveyor.config import parse_rate
 from conveyor.exceptions import (
     BackendError,
     BrokerError,
@@ -39,12 +40,13 @@ from conveyor.exceptions import (
     DecodeError,
     NotRegistered,
     TaskRevokedError,
+    WorkerLostError,
 )
 from conveyor.messages import Envelope, Message
 from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
 from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option
-from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, create_pool
+from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, Updated, create_pool
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 HEARTBEAT_SECONDS = 10.0
+#: How often running tasks are checked against revocations with terminate=True.
+REVOKE_CHECK_SECONDS = 0.5
 CLEANUP_SECONDS = 3600.0
 #: Most events handled (and written) as one batch.
 MAX_BATCH = 2000
@@ -67,7 +71,13 @@ class _Stop:
     cold: bool
 
 
-_Event = Union[_Delivered, _Stop, PoolEvent]
+@dataclass(frozen=True)
+class _Terminate:
+    job_id: int
+    signum: int
+
+
+_Event = Union[_Delivered, _Stop, _Terminate, PoolEvent]
 
 
 @dataclass
@@ -75,6 +85,8 @@ class _Held:
     job: Job
     delivery: Delivery
     acked: bool = False
+    started: bool = False
+    terminated: bool = False
 
 
 class Worker:
@@ -114,6 +126,7 @@ class Worker:
         self.pool: Pool | None = None
         self.fetcher: Fetcher | None = None
         self.ready = threading.Event()
+        self._done = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     def stop(self, cold: bool = False) -> None:
@@ -139,6 +152,7 @@ class Worker:
         self.fetcher.start()
         self._heartbeat()
         self._cleanup_results()
+        threading.Thread(target=self._housekeeping, name="conveyor-housekeeping", daemon=True).start()
         logger.info(
             "%s ready: pool=%s concurrency=%d prefetch=%d queues=%s broker=%s backend=%s",
             self.hostname, self.pool_name, self.concurrency, self.prefetch,
@@ -148,17 +162,13 @@ class Worker:
         try:
             self._loop()
         finally:
+            self._done.set()
             self._finish()
 
     def _loop(self) -> None:
-        renew_every = self.app.broker.lease_seconds / 3
-        next_renew = time.monotonic() + renew_every
-        next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
-        next_cleanup = time.monotonic() + CLEANUP_SECONDS
         while not (self._stopping and not self.held) and not self._cold:
-            timeout = max(0.0, min(next_renew, next_heartbeat) - time.monotonic())
             try:
-                batch = [self.events.get(timeout=timeout)]
+                batch = [self.events.get(timeout=1.0)]
             except queue.Empty:
                 batch = []
             while batch and len(batch) < MAX_BATCH:
@@ -169,6 +179,19 @@ class Worker:
             for event in batch:
                 self._handle(event)
             self._flush()
+
+    def _housekeeping(self) -> None:
+        """Lease renewal, heartbeats and result clean-up, on a thread of their own.
+
+        Separate from the main loop, so that renewals keep their rhythm however
+        busy the loop is.
+        """
+        renew_every = self.app.broker.lease_seconds / 3
+        next_renew = time.monotonic() + renew_every
+        next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        next_cleanup = time.monotonic() + CLEANUP_SECONDS
+        while not self._done.wait(REVOKE_CHECK_SECONDS):
+            self._check_terminations()
             now = time.monotonic()
             if now >= next_renew:
                 self._renew_leases()
@@ -217,41 +240,77 @@ class Worker:
     # -- events -----------------------------------------------------------------------------
     def _handle(self, event: _Event) -> None:
         if isinstance(event, _Delivered):
-            for delivery in event.deliveries:
-                if self._stopping:
-                    self._requeue([delivery])
-                else:
-                    self._receive(delivery)
+            if self._stopping:
+                self._requeue(event.deliveries)
+            else:
+                self._receive_batch(event.deliveries)
         elif isinstance(event, Started):
             self._started(event)
+        elif isinstance(event, Updated):
+            self._updates.append(event.update)
         elif isinstance(event, Finished):
             self._finished(event.outcome)
         elif isinstance(event, Lost):
             self._lost(event)
+        elif isinstance(event, _Terminate):
+            held = self.held.get(event.job_id)
+            if held is not None and self.pool is not None:
+                logger.warning("Terminating %s[%s] (revoked)", held.job.message.display_name, held.job.message.id)
+                held.terminated = True
+                self.pool.kill(event.job_id, event.signum)
         elif isinstance(event, _Stop):
             if event.cold or self._stopping:
                 self._cold = True
             else:
                 self._begin_warm_shutdown()
 
-    def _receive(self, delivery: Delivery) -> None:
+    def _receive_batch(self, deliveries: list[Delivery]) -> None:
+        decoded = [(d, self._decode(d)) for d in deliveries]
+        ids = [message.id for _, message in decoded if message is not None]
+        try:
+            revoked = self.app.broker.revoked(ids) if ids else {}
+        except BrokerError as exc:
+            logger.error("Could not check revocations (the tasks are given back): %s", exc)
+            self._requeue([d for d, message in decoded if message is not None])
+            return
+        for delivery, message in decoded:
+            if message is not None:
+                self._receive(delivery, message, message.id in revoked)
+
+    def _decode(self, delivery: Delivery) -> Message | None:
+        """The delivery's message; None when it was dealt with (dead-lettered or refused)."""
         try:
             envelope = Envelope.parse(delivery.body)
         except DecodeError as exc:
             self._dead_letter(delivery, f"undecodable message: {exc}")
-            return
+            return None
         try:
-            message = envelope.message(self.accept)
+            return envelope.message(self.accept)
         except ContentDisallowed as exc:
             stub = Message(task=envelope.task_name or "?", id=envelope.task_id or "?")
             logger.error("Task %s[%s] refused: %s", stub.task, stub.id, exc)
             self._fail_now(delivery, stub, exc)
-            return
         except DecodeError as exc:
             self._dead_letter(delivery, f"task {envelope.task_name}[{envelope.task_id}]: {exc}")
-            return
+        return None
+
+    def _receive(self, delivery: Delivery, message: Message, revoked: bool) -> None:
         job = Job(next(self._job_ids), message, delivery.queue, self.hostname, delivery.redelivered)
         logger.info("Task %s[%s] received", message.display_name, message.id)
+        if revoked:
+            logger.info("Task %s[%s] is revoked: not run", message.display_name, message.id)
+            self._end_now(delivery, job, states.REVOKED, TaskRevokedError("revoked"))
+            return
+        redeliveries = delivery.attempts - 1
+        if redeliveries > self.app.conf.task_max_redeliveries:
+            reason = (
+                f"delivered {delivery.attempts} times and every run died before finishing "
+                f"(task_max_redeliveries={self.app.conf.task_max_redeliveries})"
+            )
+            logger.error("Task %s[%s] %s: moved to the dead letters", message.display_name, message.id, reason)
+            self._updates.extend(failure_outcome(self.app, job, WorkerLostError(reason)).updates)
+            self._dead_letter(delivery, reason, log=False)
+            return
         if message.task not in self.app.tasks:
             error = NotRegistered(
                 f"Task {message.task!r} is not registered in this worker (registered: "
@@ -262,10 +321,12 @@ class Worker:
             return
         if message.is_expired():
             logger.warning("Task %s[%s] expired at %s: not run", message.display_name, message.id, message.expires)
-            expired = TaskRevokedError(f"task expired at {message.expires}")
-            update = self.app.backend.make_update(message.id, states.REVOKED, expired, history=history_entry(job))
-            self._updates.append(update)
-            self._ack(delivery)
+            self._end_now(delivery, job, states.REVOKED, TaskRevokedError(f"task expired at {message.expires}"))
+            return
+        wait = self._rate_limit_wait(message.task)
+        if wait > 0:
+            # Back to the broker until a token is due: it holds no pool slot meanwhile.
+            self._requeue([delivery], delay=wait)
             return
         self.held[job.id] = _Held(job, delivery)
         assert self.pool is not None
@@ -275,6 +336,7 @@ class Worker:
         held = self.held.get(event.job_id)
         if held is None:
             return
+        held.started = True
         job, task = held.job, self.app.tasks.get(held.job.message.task)
         track = option(task, "track_started", self.app.conf.task_track_started)
         if track and not job.message.ignore_result:
@@ -287,7 +349,9 @@ class Worker:
                 )
             )
         if not self._acks_late(job):
-            self._acks.append(held.delivery)
+            # As in Celery, the prefetch window counts unacknowledged messages:
+            # acked at its start, a task frees its slot for the next reservation.
+            self._ack(held.delivery)
             held.acked = True
 
     def _finished(self, outcome: Outcome) -> None:
@@ -295,6 +359,8 @@ class Worker:
         if held is None:
             return
         self.processed += 1
+        if held.terminated:
+            outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(held.job))
         self._log_outcome(held.job.message, outcome)
         self._updates.extend(outcome.updates)
         if not held.acked:
@@ -303,8 +369,6 @@ class Worker:
                 self._dead_letter(held.delivery, f"task failed: {outcome.summary}", log=False)
             else:
                 self._ack(held.delivery)
-        else:
-            self._release()
 
     def _lost(self, event: Lost) -> None:
         held = self.held.pop(event.job_id, None)
@@ -320,14 +384,15 @@ class Worker:
                 job.message.id,
                 event.error,
             )
-            self._requeue([held.delivery])
+            self._requeue([held.delivery], redelivery=True)
             return
-        outcome = failure_outcome(self.app, job, event.error)
+        error = TaskRevokedError("terminated") if held.terminated else event.error
+        outcome = failure_outcome(self.app, job, error)
+        if held.terminated:
+            outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(job))
         self._log_outcome(job.message, outcome)
         self._updates.extend(outcome.updates)
-        if held.acked:
-            self._release()
-        else:
+        if not held.acked:
             self._ack(held.delivery)
 
     def _log_outcome(self, message: Message, outcome: Outcome) -> None:
@@ -352,6 +417,29 @@ class Worker:
         task = self.app.tasks.get(job.message.task)
         return bool(option(task, "acks_late", self.app.conf.task_acks_late))
 
+    def _revoked_updates(self, job: Job) -> tuple[StateUpdate, ...]:
+        error = TaskRevokedError("terminated")
+        return (self.app.backend.make_update(job.message.id, states.REVOKED, error, history=history_entry(job)),)
+
+    def _end_now(self, delivery: Delivery, job: Job, state: str, error: BaseException) -> None:
+        """End a task without running it (revoked, expired)."""
+        self._updates.append(self.app.backend.make_update(job.message.id, state, error, history=history_entry(job)))
+        self._ack(delivery)
+
+    def _rate_limit_wait(self, name: str) -> float:
+        """Seconds until this task may start under its rate limit (0: now). The bucket is in the broker."""
+        if self.app.conf.worker_disable_rate_limits:
+            return 0.0
+        task = self.app.tasks.get(name)
+        rate = parse_rate(option(task, "rate_limit", self.app.conf.task_default_rate_limit))
+        if rate is None:
+            return 0.0
+        try:
+            return self.app.broker.take_token(f"rate:{name}", rate)
+        except BrokerError as exc:
+            logger.error("Could not take a rate-limit token for %s (running it anyway): %s", name, exc)
+            return 0.0
+
     def _fail_now(self, delivery: Delivery, message: Message, error: BaseException, job: Job | None = None) -> None:
         job = job or Job(0, message, delivery.queue, self.hostname)
         self._updates.extend(failure_outcome(self.app, job, error).updates)
@@ -365,11 +453,11 @@ class Worker:
         assert self.fetcher is not None
         self.fetcher.release()
 
-    def _requeue(self, deliveries: list[Delivery]) -> None:
+    def _requeue(self, deliveries: list[Delivery], delay: float = 0.0, redelivery: bool = False) -> None:
         if not deliveries:
             return
         try:
-            self.app.broker.requeue(deliveries)
+            self.app.broker.requeue(deliveries, delay, redelivery=redelivery)
         except BrokerError as exc:
             logger.error("Could not requeue %d deliveries (their leases will lapse instead): %s", len(deliveries), exc)
         if self.fetcher is not None:
@@ -386,10 +474,10 @@ class Worker:
 
     # -- I/O ------------------------------------------------------------------------------------
     def _flush(self) -> None:
-        """Write results, then acknowledge: a crash between the two reruns, never loses, a task."""
+        """Write results, then acknowledge: a crash between the two reruns a task, never loses it."""
         if self._updates:
             try:
-                self.app.backend.write(self._updates)
+                self.app.backend.write(coalesce(self._updates))
                 self._updates = []
             except BackendError as exc:
                 logger.error("Could not store %d results (will retry): %s", len(self._updates), exc)
@@ -407,7 +495,8 @@ class Worker:
         return sum(1 for h in self.held.values() if not h.acked)
 
     def _renew_leases(self) -> None:
-        mine = [h.delivery for h in self.held.values() if not h.acked]
+        # A snapshot: the main loop changes `held` meanwhile (list() of a dict view is atomic in CPython).
+        mine = [h.delivery for h in list(self.held.values()) if not h.acked]
         if not mine:
             return
         try:
@@ -417,6 +506,21 @@ class Worker:
             return
         for delivery in lost:
             logger.warning("Lease on a message from queue %r was lost: another worker may run it", delivery.queue)
+
+    def _check_terminations(self) -> None:
+        """Ask the broker whether a running task was revoked with terminate=True."""
+        running = {h.job.message.id: h.job.id for h in list(self.held.values()) if h.started and not h.terminated}
+        if not running:
+            return
+        try:
+            revoked = self.app.broker.revoked(list(running))
+        except BrokerError as exc:
+            logger.error("Could not check revocations: %s", exc)
+            return
+        for task_id, raw in revoked.items():
+            info = json.loads(raw)
+            if info.get("terminate"):
+                self.events.put(_Terminate(running[task_id], int(info.get("signal", signal.SIGTERM))))
 
     def _heartbeat(self) -> None:
         info = {

@@ -83,3 +83,22 @@ def test_wait_for_is_woken_by_the_write(backend: ResultBackend) -> None:
 def test_wait_for_times_out(backend: ResultBackend) -> None:
     with pytest.raises(TimeoutError):
         backend.wait_for("never", timeout=0.3)
+
+
+def test_coalesced_updates_keep_every_history_entry_and_success(backend: ResultBackend) -> None:
+    """A batch's STARTED and result for one task are stored as one; a SUCCESS still wins."""
+    from conveyor.backends.base import coalesce
+
+    batch = coalesce(
+        [
+            backend.make_update("t1", states.STARTED),
+            backend.make_update("t2", states.STARTED),
+            backend.make_update("t1", states.SUCCESS, 1),
+            backend.make_update("t1", states.FAILURE, ValueError("late duplicate")),
+        ]
+    )
+    assert [u.task_id for u in batch] == ["t1", "t2"]
+    backend.write(batch)
+    assert backend.get_meta("t1")["result"] == 1
+    assert [h["state"] for h in backend.get_history("t1")] == [states.STARTED, states.SUCCESS, states.FAILURE]
+    assert backend.get_meta("t2")["status"] == states.STARTED

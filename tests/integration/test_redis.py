@@ -215,3 +215,50 @@ def test_redis_cluster_runs_the_tutorial_flow(e2e: E2E, cluster) -> None:  # typ
     assert "CROSSSLOT" not in worker.log
     worker.signal(signal.SIGTERM)
     assert worker.process.wait(30) == 0
+
+
+def test_sentinel_failover_is_followed(e2e: E2E, tmp_path: Path) -> None:
+    """sentinel:// with master_name: after the master dies and a replica is promoted, work goes on."""
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port))
+    replica.start()
+    sentinel_port = free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n"
+    )
+    sentinel = subprocess.Popen(
+        ["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1.5)
+        url = f"sentinel://127.0.0.1:{sentinel_port}/0"
+        e2e.write_app(broker=url, options={"master_name": "main"})
+        worker = e2e.start_worker("-P", "threads", name="follower")
+        app = e2e.app
+        assert app.tasks["e2e.add"].delay(1, 2).get(timeout=20) == 3
+        master.stop()
+        promoted = redis.Redis(host="127.0.0.1", port=replica.port)
+        deadline = time.monotonic() + 30
+        while promoted.info("replication")["role"] != "master":
+            assert time.monotonic() < deadline, "sentinel did not promote the replica"
+            time.sleep(0.2)
+        promoted.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                result = app.tasks["e2e.add"].delay(2, 3)
+                break
+            except BrokerConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+        assert result.get(timeout=30) == 5
+        assert worker.process.poll() is None
+    finally:
+        e2e.stop_all()
+        sentinel.send_signal(signal.SIGTERM)
+        sentinel.wait(10)
+        replica.stop()
+        master.stop()

@@ -1,0 +1,292 @@
+"""Conveyor against Celery, Dramatiq, RQ, arq, Huey and Taskiq on the same Redis, in one run.
+
+    ./scripts/bench --broker redis --peers            # installs the `bench` extra (the peers)
+
+The workload follows ../shared/reference/peer-benchmarks.md: N no-op tasks
+whose body INCRs a Redis counter; enqueued one call at a time with no worker
+running; then ONE worker process is spawned and timed until the counter
+reaches N ("drain", from spawn, the peers' method; "steady" from the first
+completion). Latency: sequential submit-and-wait calls against the idle
+worker. Redis memory per queued task is the growth of `used_memory` over the
+enqueue. Each peer gets its own Redis database, flushed before use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_URL = os.environ.get("CONVEYOR_REDIS_BENCH_URL", "redis://127.0.0.1:6379")
+
+
+@dataclass
+class Peer:
+    name: str
+    db: int
+    worker: Callable[[str], list[str]]
+    enqueue: Callable[[int], None]
+    """Enqueue tasks 0..n-1, one call each."""
+    round_trips: Callable[[int], list[float]]
+    """k sequential submit-and-wait calls; their latencies in ms."""
+
+
+def _each(n: int, one: Callable[[int], Any]) -> None:
+    for i in range(n):
+        one(i)
+
+
+def _timed(calls: int, one: Callable[[int], Any]) -> list[float]:
+    out = []
+    for i in range(calls):
+        started = time.perf_counter()
+        one(i)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def _bin(name: str) -> str:
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or name
+
+
+def conveyor_peer() -> Peer:
+    from benchmarks.peers.conveyor_app import noop
+
+    return Peer(
+        "Conveyor",
+        0,
+        lambda url: [sys.executable, "-m", "conveyor.cli", "-A", "benchmarks.peers.conveyor_app", "worker",
+                     "-P", "solo", "-l", "warning"],
+        lambda n: _each(n, noop.delay),
+        lambda k: _timed(k, lambda i: noop.delay(i).get(timeout=10)),
+    )  # fmt: skip
+
+
+def celery_peer() -> Peer:
+    from benchmarks.peers.celery_app import noop
+
+    return Peer(
+        "Celery 5 (solo)",
+        0,
+        lambda url: [sys.executable, "-m", "celery", "-A", "benchmarks.peers.celery_app", "worker", "-P", "solo",
+                     "-l", "warning"],
+        lambda n: _each(n, noop.delay),
+        lambda k: _timed(k, lambda i: noop.delay(i).get(timeout=10)),
+    )  # fmt: skip
+
+
+def dramatiq_peer() -> Peer:
+    from benchmarks.peers.dramatiq_app import noop
+
+    return Peer(
+        "Dramatiq",
+        0,
+        lambda url: [sys.executable, "-m", "dramatiq", "benchmarks.peers.dramatiq_app", "-p", "1"],
+        lambda n: _each(n, noop.send),
+        lambda k: _timed(k, lambda i: noop.send(i).get_result(block=True, timeout=10_000)),
+    )
+
+
+def rq_peer() -> Peer:
+    from rq import Queue
+
+    from benchmarks.peers.common import RESULTS
+    from benchmarks.peers.rq_app import noop
+
+    queue = Queue(connection=redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]))
+    ttl = 500 if RESULTS else 0
+    return Peer(
+        "RQ (SimpleWorker)",
+        0,
+        lambda url: [_bin("rq"), "worker", "--worker-class", "rq.worker.SimpleWorker", "--url", url, "-q"],
+        lambda n: _each(n, lambda i: queue.enqueue(noop, i, result_ttl=ttl)),
+        lambda k: _timed(k, lambda i: queue.enqueue(noop, i, result_ttl=ttl).latest_result(timeout=10)),
+    )
+
+
+def huey_peer() -> Peer:
+    from benchmarks.peers.huey_app import noop
+
+    return Peer(
+        "Huey",
+        0,
+        lambda url: [_bin("huey_consumer"), "benchmarks.peers.huey_app.huey", "-w", "1", "-q"],
+        lambda n: _each(n, noop),
+        lambda k: _timed(k, lambda i: noop(i).get(blocking=True, timeout=10)),
+    )
+
+
+def arq_peer() -> Peer:
+    from arq import create_pool
+    from arq.jobs import ResultNotFound
+
+    from benchmarks.peers.arq_app import WorkerSettings
+
+    async def enqueue(n: int) -> None:
+        pool = await create_pool(WorkerSettings.redis_settings)
+        for i in range(n):
+            await pool.enqueue_job("noop", i)
+        await pool.aclose()
+
+    async def trips(k: int) -> list[float]:
+        pool = await create_pool(WorkerSettings.redis_settings)
+        out = []
+        for i in range(k):
+            started = time.perf_counter()
+            job = await pool.enqueue_job("noop", i)
+            while True:
+                try:
+                    await job.result(timeout=10, poll_delay=0.005)
+                    break
+                except ResultNotFound:  # raced the worker between "in progress" and "complete"
+                    await asyncio.sleep(0.005)
+            out.append((time.perf_counter() - started) * 1000)
+        await pool.aclose()
+        return out
+
+    return Peer(
+        "arq (5 ms polls)",
+        0,
+        lambda url: [_bin("arq"), "benchmarks.peers.arq_app.WorkerSettings"],
+        lambda n: asyncio.run(enqueue(n)),
+        lambda k: asyncio.run(trips(k)),
+    )
+
+
+def taskiq_peer() -> Peer:
+    from benchmarks.peers.taskiq_app import broker, noop
+
+    async def enqueue(n: int) -> None:
+        await broker.startup()
+        for i in range(n):
+            await noop.kiq(i)
+        await broker.shutdown()
+
+    async def trips(k: int) -> list[float]:
+        await broker.startup()
+        out = []
+        for i in range(k):
+            started = time.perf_counter()
+            task = await noop.kiq(i)
+            await task.wait_result(check_interval=0.005, timeout=10)
+            out.append((time.perf_counter() - started) * 1000)
+        await broker.shutdown()
+        return out
+
+    return Peer(
+        "Taskiq (5 ms checks)",
+        0,
+        lambda url: [_bin("taskiq"), "worker", "benchmarks.peers.taskiq_app:broker", "--workers", "1"],
+        lambda n: asyncio.run(enqueue(n)),
+        lambda k: asyncio.run(trips(k)),
+    )
+
+
+PEERS: dict[str, tuple[int, Callable[[], Peer]]] = {
+    "conveyor": (8, conveyor_peer),
+    "celery": (9, celery_peer),
+    "dramatiq": (10, dramatiq_peer),
+    "rq": (11, rq_peer),
+    "huey": (12, huey_peer),
+    "arq": (13, arq_peer),
+    "taskiq": (7, taskiq_peer),
+}
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_peer(key: str, tasks: int, trips: int, results: bool) -> tuple[str, dict[str, float]]:
+    db, factory = PEERS[key]
+    url = f"{BASE_URL}/{db}"
+    os.environ["BENCH_REDIS_URL"] = url
+    os.environ["BENCH_RESULTS"] = "1" if results else "0"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    for module in [m for m in sys.modules if m.startswith("benchmarks.peers.")]:
+        del sys.modules[module]
+    peer = factory()
+    before = client.info("memory")["used_memory"]
+    started = time.perf_counter()
+    peer.enqueue(tasks)
+    enqueue_rate = tasks / (time.perf_counter() - started)
+    per_task = (client.info("memory")["used_memory"] - before) / tasks
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    spawned = time.perf_counter()
+    worker = subprocess.Popen(peer.worker(url), cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        first = None
+        deadline = time.monotonic() + 600
+        while True:
+            done = int(client.get("bench:done") or 0)
+            if done and first is None:
+                first = (time.perf_counter(), done)
+            if done >= tasks:
+                break
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{peer.name} worker stopped or stalled at {done}/{tasks}")
+            time.sleep(0.002)
+        finished = time.perf_counter()
+        drain = tasks / (finished - spawned)
+        assert first is not None
+        steady = (tasks - first[1]) / max(finished - first[0], 1e-9)
+        latency = sorted(peer.round_trips(trips)) if results else []
+        rss = rss_mib(worker.pid)
+    finally:
+        try:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(worker.pid, signal.SIGKILL)
+    client.flushdb()
+    row = {"enqueue": enqueue_rate, "drain": drain, "steady": steady, "bytes": per_task, "rss": rss}
+    if latency:
+        row["p50"] = statistics.median(latency)
+        row["p99"] = latency[max(0, int(len(latency) * 0.99) - 1)]
+    return peer.name, row
+
+
+def main(tasks: int, trips: int, runs: int, only: list[str] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    keys = only or list(PEERS)
+    table = Table(title=f"{tasks:,} no-op tasks on Redis, one worker process, median of {runs}")
+    for column in ("queue", "enqueue/s", "drain/s stored", "steady/s stored", "drain/s ignored",
+                   "p50 ms", "p99 ms", "bytes/queued task", "worker RSS MiB"):  # fmt: skip
+        table.add_column(column, justify="right" if column != "queue" else "left")
+    for key in keys:
+        try:
+            named = [run_peer(key, tasks, trips, True) for _ in range(runs)]
+            ignored = [run_peer(key, tasks, trips, False)[1] for _ in range(runs)]
+        except Exception as exc:  # one peer failing must not lose the others' figures
+            console.print(f"[red]{key} failed: {exc!r}[/red]")
+            continue
+        name, stored = named[0][0], [row for _, row in named]
+
+        def med(rows: list[dict[str, float]], field: str) -> float:
+            return statistics.median(r[field] for r in rows)
+
+        table.add_row(
+            name, f"{med(stored, 'enqueue'):,.0f}", f"{med(stored, 'drain'):,.0f}", f"{med(stored, 'steady'):,.0f}",
+            f"{med(ignored, 'drain'):,.0f}", f"{med(stored, 'p50'):.2f}", f"{med(stored, 'p99'):.2f}",
+            f"{med(stored, 'bytes'):,.0f}", f"{med(stored, 'rss'):.0f}",
+        )  # fmt: skip
+        console.print(f"done: {name}")
+    console.print(table)
