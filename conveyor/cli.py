@@ -122,11 +122,12 @@ def main(ctx: click.Context, app_spec: str | None, broker: str | None, result_ba
 @click.option(
     "--max-memory-per-child", type=click.IntRange(min=1), help="Recycle a prefork child above this RSS in KiB."
 )
+@click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run beat (safe with several beats running).")
 @pass_context
 def worker(
     obj: _Context, loglevel: str, concurrency: int | None, pool: str | None, queues: str | None,
     hostname: str | None, prefetch_multiplier: int | None, max_tasks_per_child: int | None,
-    max_memory_per_child: int | None,
+    max_memory_per_child: int | None, embed_beat: bool,
 ) -> None:  # fmt: skip
     """Start a worker that runs tasks from the queues."""
     from conveyor.worker import Worker
@@ -146,10 +147,37 @@ def worker(
     try:
         instance = Worker(
             app, queues=chosen, concurrency=concurrency, pool=pool, hostname=hostname,
-            prefetch_multiplier=prefetch_multiplier,
+            prefetch_multiplier=prefetch_multiplier, beat=embed_beat,
         )  # fmt: skip
         _banner(instance)
         instance.run()
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option(
+    "-l",
+    "--loglevel",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
+@click.option("--max-interval", type=float, help="Longest sleep between checks (beat_max_loop_interval).")
+@pass_context
+def beat(obj: _Context, loglevel: str, max_interval: float | None) -> None:
+    """Submit periodic tasks from beat_schedule; run as many as you like, each run is sent once."""
+    import signal as signals
+    import threading
+
+    from conveyor.beat import Beat
+
+    setup_logging(loglevel)
+    stop = threading.Event()
+    for signum in (signals.SIGTERM, signals.SIGINT):
+        signals.signal(signum, lambda *_: stop.set())
+    try:
+        Beat(obj.app, max_interval).run(stop)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
 

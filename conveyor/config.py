@@ -264,6 +264,10 @@ class Settings:
     worker_revoke_expires: float = _setting(10800.0, _seconds, "seconds the broker remembers a revocation")
     # Beat
     beat_schedule: dict[str, Any] = _setting({}, _dict, "periodic tasks")
+    beat_cron_starting_deadline: float | None = _setting(
+        None, _optional(_seconds), "skip a crontab run missed by more than this many seconds"
+    )
+    beat_max_loop_interval: float = _setting(1.0, _seconds, "longest sleep between beat checks")
     # Modules
     imports: tuple[str, ...] = _setting((), _names, "modules the worker imports")
     include: tuple[str, ...] = _setting((), _names, "modules the worker imports (as Celery(include=...))")

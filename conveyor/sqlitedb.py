@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS conveyor_buckets (
     key TEXT PRIMARY KEY,
     next_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS conveyor_kv (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
 CREATE TABLE IF NOT EXISTS conveyor_results (
     task_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,

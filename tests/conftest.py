@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from tests.processes import E2E
 
@@ -62,3 +63,15 @@ def e2e(tmp_path: Path) -> Iterator[E2E]:
     env = E2E(tmp_path)
     yield env
     env.stop_all()
+
+
+@pytest.fixture
+def redis_store() -> Iterator[tuple[str, dict[str, str]]]:
+    """The shared Redis (CONVEYOR_REDIS_URL) with a key prefix of this test's own, deleted afterwards."""
+    url = require_service("CONVEYOR_REDIS_URL", REDIS_DEFAULT)
+    prefix = f"it{uuid.uuid4().hex[:12]}:"
+    yield url, {"global_keyprefix": prefix}
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(f"{prefix}*", count=5000):
+        client.delete(key)
+    client.close()

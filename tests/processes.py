@@ -116,18 +116,29 @@ class E2E:
             env={**os.environ, "NO_COLOR": "1"},
         )  # fmt: skip
 
-    def start_worker(self, *args: str, app: str = "e2eapp", name: str = "w") -> Worker:
+    def start_beat(self, *args: str, app: str = "e2eapp", name: str = "beat") -> Worker:
+        return self.start_worker(*args, app=app, name=name, command=("beat", "-l", "info"), ready="beat: Starting")
+
+    def start_worker(
+        self,
+        *args: str,
+        app: str = "e2eapp",
+        name: str = "w",
+        command: tuple[str, ...] = ("worker", "-l", "info"),
+        ready: str = "ready:",
+    ) -> Worker:
         log = self.directory / f"{name}-{len(self.workers)}.log"
         handle = open(log, "w")  # noqa: SIM115 - kept open for the worker's lifetime
+        identity = ("-n", f"{name}@e2e") if command[0] == "worker" else ()
         process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor.cli", "-A", app, "worker", "-l", "info", "-n", f"{name}@e2e", *args],
+            [sys.executable, "-m", "conveyor.cli", "-A", app, *command, *identity, *args],
             cwd=self.directory, stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True,
             env={**os.environ, "NO_COLOR": "1"},
         )  # fmt: skip
         handle.close()
         worker = Worker(process, log)
         self.workers.append(worker)
-        worker.wait_for_log("ready:")
+        worker.wait_for_log(ready)
         return worker
 
     def stop_all(self) -> None:

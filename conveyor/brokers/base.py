@@ -137,6 +137,18 @@ class Broker(ABC):
         """
 
     @abstractmethod
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        """Every key and value of a small shared namespace (beat state, runtime schedule entries)."""
+
+    @abstractmethod
+    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
+        """Atomically set `key` to `new` (None deletes) if its value is still `expected` (None: absent).
+
+        The one primitive beat needs: of many processes swapping the same
+        expected value, exactly one succeeds.
+        """
+
+    @abstractmethod
     def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
         """Announce a live worker for `ttl` seconds (repeated as a heartbeat)."""
 

@@ -43,6 +43,7 @@ class _Store:
         self.workers: dict[str, tuple[float, bytes]] = {}
         self.revoked: dict[str, tuple[float, bytes]] = {}
         self.buckets: dict[str, float] = {}
+        self.kv: dict[str, dict[str, bytes]] = {}
         self.seq = itertools.count()
 
 
@@ -154,6 +155,21 @@ class MemoryBroker(Broker):
         with self._store.lock:
             found = {t: self._store.revoked.get(t) for t in task_ids}
             return {t: entry[1] for t, entry in found.items() if entry is not None and entry[0] > now}
+
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        with self._store.lock:
+            return dict(self._store.kv.get(namespace, {}))
+
+    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
+        with self._store.lock:
+            space = self._store.kv.setdefault(namespace, {})
+            if space.get(key) != expected:
+                return False
+            if new is None:
+                space.pop(key, None)
+            else:
+                space[key] = new
+            return True
 
     def take_token(self, key: str, rate: float) -> float:
         with self._store.lock:

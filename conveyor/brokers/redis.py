@@ -181,6 +181,18 @@ redis.call('SET', KEYS[1], string.format('%.0f', due + tonumber(ARGV[2])), 'PX',
 return 0
 """
 
+# KEYS: namespace hash; ARGV: key, expected ('' flag in ARGV[3]), new, has_expected, has_new
+KV_SWAP = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[4] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) else redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"""
+
 # KEYS: ready, waiting, msgs, state, dead; ARGV: id, token, entry
 DEAD_LETTER = (
     OWNED
@@ -230,6 +242,7 @@ class RedisBroker(Broker):
             {
                 "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
                 "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE, "take_token": TAKE_TOKEN,
+                "kv_swap": KV_SWAP,
             },
         )  # fmt: skip
         self._known_queues: set[str] = set()
@@ -424,6 +437,18 @@ class RedisBroker(Broker):
                 batch.command("get", f"{self._revoked_key}:{{{task_id}}}")
             values = batch.execute()
         return {task_id: value for task_id, value in zip(task_ids, values) if value is not None}
+
+    def _kv_key(self, namespace: str) -> str:
+        return f"{self.prefix}:kv:{{{namespace}}}"
+
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        with self._translate("kv_items"):
+            return {k.decode(): v for k, v in self.client.hgetall(self._kv_key(namespace)).items()}
+
+    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
+        args = [key, expected or b"", new or b"", "1" if expected is not None else "0", "1" if new is not None else "0"]
+        with self._translate("kv_swap"):
+            return bool(self._scripts.run("kv_swap", [self._kv_key(namespace)], args))
 
     def take_token(self, key: str, rate: float) -> float:
         with self._translate("take_token"):

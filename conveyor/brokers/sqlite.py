@@ -158,6 +158,30 @@ class SQLiteBroker(Broker):
             )
         return dict(rows)
 
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        with self.db.translate():
+            rows = (
+                self.db.connection()
+                .execute("SELECT key, value FROM conveyor_kv WHERE namespace = ?", (namespace,))
+                .fetchall()
+            )
+        return dict(rows)
+
+    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
+        with self.db.transaction() as db:
+            row = db.execute(
+                "SELECT value FROM conveyor_kv WHERE namespace = ? AND key = ?", (namespace, key)
+            ).fetchone()
+            if (row[0] if row else None) != expected:
+                return False
+            if new is None:
+                db.execute("DELETE FROM conveyor_kv WHERE namespace = ? AND key = ?", (namespace, key))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO conveyor_kv (namespace, key, value) VALUES (?, ?, ?)", (namespace, key, new)
+                )
+            return True
+
     def take_token(self, key: str, rate: float) -> float:
         with self.db.transaction() as db:
             now = time.time()

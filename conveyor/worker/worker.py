@@ -101,6 +101,7 @@ class Worker:
         pool: str | None = None,
         hostname: str | None = None,
         prefetch_multiplier: int | None = None,
+        beat: bool = False,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -125,6 +126,7 @@ class Worker:
         self._cold = False
         self.pool: Pool | None = None
         self.fetcher: Fetcher | None = None
+        self.embed_beat = beat
         self.ready = threading.Event()
         self._done = threading.Event()
 
@@ -153,6 +155,10 @@ class Worker:
         self._heartbeat()
         self._cleanup_results()
         threading.Thread(target=self._housekeeping, name="conveyor-housekeeping", daemon=True).start()
+        if self.embed_beat:
+            from conveyor.beat import Beat
+
+            threading.Thread(target=Beat(app).run, args=(self._done,), name="conveyor-beat", daemon=True).start()
         logger.info(
             "%s ready: pool=%s concurrency=%d prefetch=%d queues=%s broker=%s backend=%s",
             self.hostname, self.pool_name, self.concurrency, self.prefetch,
@@ -349,9 +355,10 @@ class Worker:
                 )
             )
         if not self._acks_late(job):
-            # As in Celery, the prefetch window counts unacknowledged messages:
-            # acked at its start, a task frees its slot for the next reservation.
-            self._ack(held.delivery)
+            # Acknowledged, but its window slot stays taken until it finishes: a busy
+            # worker reserves no more than its window, so a later high-priority task
+            # is not stuck behind a low one it took while busy.
+            self._acks.append(held.delivery)
             held.acked = True
 
     def _finished(self, outcome: Outcome) -> None:
@@ -363,12 +370,12 @@ class Worker:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(held.job))
         self._log_outcome(held.job.message, outcome)
         self._updates.extend(outcome.updates)
-        if not held.acked:
-            failed = outcome.state == states.FAILURE
-            if failed and not self.app.conf.task_acks_on_failure_or_timeout:
-                self._dead_letter(held.delivery, f"task failed: {outcome.summary}", log=False)
-            else:
-                self._ack(held.delivery)
+        if held.acked:
+            self._release()
+        elif outcome.state == states.FAILURE and not self.app.conf.task_acks_on_failure_or_timeout:
+            self._dead_letter(held.delivery, f"task failed: {outcome.summary}", log=False)
+        else:
+            self._ack(held.delivery)
 
     def _lost(self, event: Lost) -> None:
         held = self.held.pop(event.job_id, None)
@@ -392,7 +399,9 @@ class Worker:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(job))
         self._log_outcome(job.message, outcome)
         self._updates.extend(outcome.updates)
-        if not held.acked:
+        if held.acked:
+            self._release()
+        else:
             self._ack(held.delivery)
 
     def _log_outcome(self, message: Message, outcome: Outcome) -> None:

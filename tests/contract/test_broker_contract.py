@@ -154,3 +154,57 @@ def test_workers_registry(broker: Broker) -> None:
     assert set(broker.workers()) == {"w1"}
     broker.unregister_worker("w1")
     assert broker.workers() == {}
+
+
+def test_kv_swap_is_compare_and_set(broker: Broker) -> None:
+    """The primitive beat relies on: of many swaps from one value, exactly one wins."""
+    assert broker.kv_swap("ns", "k", None, b"1")
+    assert not broker.kv_swap("ns", "k", None, b"2")
+    assert not broker.kv_swap("ns", "k", b"0", b"2")
+    assert broker.kv_swap("ns", "k", b"1", b"2")
+    assert broker.kv_items("ns") == {"k": b"2"}
+    assert broker.kv_swap("ns", "k", b"2", None)
+    assert broker.kv_items("ns") == {}
+
+
+def test_kv_swap_races_have_one_winner(broker: Broker) -> None:
+    broker.kv_swap("race", "tick", None, b"0")
+    wins: list[bool] = []
+
+    def contend() -> None:
+        wins.append(broker.kv_swap("race", "tick", b"0", b"1"))
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wins.count(True) == 1
+
+
+def test_revocations_are_remembered_until_they_expire(broker: Broker) -> None:
+    broker.revoke(["a", "b"], b'{"terminate": false}', time.time() + 60)
+    broker.revoke(["c"], b"{}", time.time() + 0.3)
+    assert broker.revoked(["a", "c", "z"]) == {"a": b'{"terminate": false}', "c": b"{}"}
+    time.sleep(0.5)
+    assert set(broker.revoked(["a", "b", "c"])) == {"a", "b"}
+
+
+def test_token_bucket_spaces_grants_evenly(broker: Broker) -> None:
+    assert broker.take_token("k", 5) == 0
+    wait = broker.take_token("k", 5)
+    assert 0.1 < wait <= 0.2
+    time.sleep(wait)
+    assert broker.take_token("k", 5) == 0
+
+
+def test_requeue_with_delay_and_uncounted_attempt(broker: Broker) -> None:
+    broker.publish_one("q", b"x")
+    [delivery] = broker.fetch(["q"], 1, 0)
+    broker.requeue([delivery], delay=0.4)
+    assert broker.fetch(["q"], 1, 0) == []
+    [again] = broker.fetch(["q"], 1, 3)
+    assert again.attempts == 1  # a give-back is not a failed delivery
+    broker.requeue([again], redelivery=True)
+    [third] = broker.fetch(["q"], 1, 0)
+    assert third.attempts == 2
