@@ -218,7 +218,7 @@ class Conveyor:
         conf = self.conf
         serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
         compression = options.get("compression") or (task and task.compression) or conf.task_compression
-        body = message.encode(serializer, compression)
+        body = message.encode(serializer, compression, conf.task_message_format)
         outgoing = Outgoing(queue, body, message.priority, message.eta.timestamp() if message.eta else None)
         retry = options.get("retry", conf.task_publish_retry)
         policy = {**conf.task_publish_retry_policy, **(options.get("retry_policy") or {})}

@@ -110,6 +110,15 @@ def _compression(value: Any) -> str:
     return value  # type: ignore[no-any-return]
 
 
+def _choice(*choices: str) -> Check:
+    def choice(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"one of {', '.join(map(repr, choices))}")
+        return value  # type: ignore[no-any-return]
+
+    return choice
+
+
 def _dict(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError("a dict")
@@ -210,6 +219,9 @@ class Settings:
         None, _optional(_accept), "serializers accepted for results; none means accept_content"
     )
     task_compression: str | None = _setting(None, _optional(_compression), "compression of task messages")
+    task_message_format: str = _setting(
+        "compact", _choice("compact", "celery"), "message envelope: compact msgpack, or kombu's JSON for Celery"
+    )
     # Time
     timezone: str | None = _setting(None, _optional(_timezone), "time zone for schedules and dates shown")
     enable_utc: bool = _setting(True, _bool, "keep dates in UTC")

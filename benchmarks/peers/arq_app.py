@@ -1,4 +1,5 @@
 import os
+from typing import ClassVar
 
 from arq.connections import RedisSettings
 
@@ -11,7 +12,7 @@ async def noop(ctx, i):
 
 
 class WorkerSettings:
-    functions = [noop]
+    functions: ClassVar = [noop]
     redis_settings = RedisSettings.from_dsn(os.environ["BENCH_REDIS_URL"])
     poll_delay = 0.005  # tuned: the default 0.5 s poll caps arq at about 200 tasks/s
     max_jobs = 100

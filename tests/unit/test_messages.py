@@ -40,11 +40,12 @@ def test_message_is_frozen() -> None:
         message.task = "other"  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("envelope", ["celery", "compact"])
 @pytest.mark.parametrize("serializer", ["json", "msgpack", "yaml", "pickle"])
 @pytest.mark.parametrize("compression", [None, "zlib", "bzip2", "gzip", "lzma", "zstd"])
-def test_round_trip(serializer: str, compression: str | None) -> None:
+def test_round_trip(serializer: str, compression: str | None, envelope: str) -> None:
     message = Message("t.x", args=(1, "two", [3.0]), kwargs={"k": {"n": None}}, expires=datetime.now(timezone.utc))
-    data = message.encode(serializer, compression)
+    data = message.encode(serializer, compression, envelope)
     decoded = decode(data, accepted_content_types([serializer]))
     assert decoded.args == (1, "two", [3.0]) and decoded.kwargs == {"k": {"n": None}}
     assert decoded.id == message.id and decoded.expires == message.expires
@@ -90,3 +91,24 @@ def test_naive_eta_is_utc() -> None:
     decoded = decode(json.dumps(envelope).encode())
     assert decoded.eta == datetime(2030, 1, 1, 8, tzinfo=timezone.utc)
     assert decoded.eta - datetime(2030, 1, 1, tzinfo=timezone.utc) == timedelta(hours=8)
+
+
+def test_compact_envelope_carries_every_field_in_a_third_of_the_size() -> None:
+    full = Message(
+        "tasks.add", "id-1", (4, 3), {"z": 1}, root_id="root", parent_id="parent", group="g", group_index=2,
+        shadow="adder", eta=datetime(2030, 1, 1, tzinfo=timezone.utc), retries=2, time_limit=30,
+        soft_time_limit=10, ignore_result=True, callbacks=[{"task": "cb"}], headers={"custom": "x"}, priority=5,
+    )  # fmt: skip
+    decoded = decode(full.encode(format="compact"))
+    fields = ["task", "id", "args", "kwargs", "root_id", "parent_id", "group", "group_index", "shadow", "eta"]
+    fields += ["retries", "time_limit", "soft_time_limit", "ignore_result", "callbacks", "headers", "priority"]
+    for field in fields:
+        assert getattr(decoded, field) == getattr(full, field), field
+    small = Message("bench.noop", args=(1,))
+    assert len(small.encode(format="compact")) * 3 < len(small.encode(format="celery"))
+    assert len(small.encode(format="compact")) < 120
+
+
+def test_malformed_compact_envelope_says_why() -> None:
+    with pytest.raises(DecodeError, match="compact message envelope"):
+        Envelope.parse(b"\xc1\x93garbage")
