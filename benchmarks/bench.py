@@ -76,7 +76,9 @@ def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str
 
     from conveyor.brokers.base import Outgoing
 
-    bodies = [app.build_message("bench.noop", (i,))[0].encode() for i in range(tasks)]
+    bodies = [
+        app.build_message("bench.noop", (i,))[0].encode(format=app.conf.task_message_format) for i in range(tasks)
+    ]
     started = time.perf_counter()
     for offset in range(0, tasks, 1000):
         app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
@@ -99,7 +101,7 @@ def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str
         # Drains: publish in batches (milliseconds), then time until the worker is through.
         for ignore_result in (False, True):
             messages = [app.build_message("bench.noop", (i,), ignore_result=ignore_result)[0] for i in range(tasks)]
-            bodies = [m.encode() for m in messages]
+            bodies = [m.encode(format=app.conf.task_message_format) for m in messages]
             started = time.perf_counter()
             for offset in range(0, tasks, 1000):
                 app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
