@@ -85,6 +85,13 @@ class _Context:
 
 
 pass_context = click.make_pass_decorator(_Context)
+loglevel_option = click.option(
+    "-l",
+    "--loglevel",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,13 +106,7 @@ def main(ctx: click.Context, app_spec: str | None, broker: str | None, result_ba
 
 
 @main.command()
-@click.option(
-    "-l",
-    "--loglevel",
-    default="WARNING",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
-)
+@loglevel_option
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Pool size [default: CPU count].")
 @click.option(
     "-P",
@@ -156,13 +157,7 @@ def worker(
 
 
 @main.command()
-@click.option(
-    "-l",
-    "--loglevel",
-    default="WARNING",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
-)
+@loglevel_option
 @click.option("--max-interval", type=float, help="Longest sleep between checks (beat_max_loop_interval).")
 @pass_context
 def beat(obj: _Context, loglevel: str, max_interval: float | None) -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 #: Seconds a delivery stays leased without renewal (transport option `lease_timeout`).
 DEFAULT_LEASE_SECONDS = 30.0
@@ -173,8 +173,44 @@ class Broker(ABC):
         return f"<{type(self).__name__} {self.url}>"
 
 
-def now() -> float:
-    return time.time()
+class WakeSignal(Protocol):
+    """How an idle consumer waits for "something was published" (a socket, a pub/sub channel)."""
+
+    def drain(self) -> None:
+        """Forget signals already received."""
+
+    def wait(self, timeout: float) -> object:
+        """Sleep until signalled or `timeout` passes."""
+
+
+def claim_or_wait(
+    claim: Callable[[], tuple[list[Delivery], float | None]],
+    signal: WakeSignal | None,
+    timeout: float,
+    polling_interval: float,
+) -> list[Delivery]:
+    """The consumer side every blocking broker shares: claim; if nothing, sleep until woken.
+
+    Signals are drained *before* looking, so one sent after the look wakes the
+    wait. `claim` returns what it leased and, when nothing, the time the
+    earliest waiting message falls due; the sleep never passes that time nor
+    the polling interval (the fallback should a signal be lost).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if signal is not None:
+            signal.drain()
+        taken, next_due = claim()
+        remaining = deadline - time.monotonic()
+        if taken or remaining <= 0:
+            return taken
+        wait = min(remaining, polling_interval)
+        if next_due is not None:
+            wait = min(wait, max(0.0, next_due - time.time()))
+        if signal is not None:
+            signal.wait(wait)
+        else:
+            time.sleep(wait)
 
 
 def deadline_wait(deadline: float) -> float:

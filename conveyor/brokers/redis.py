@@ -34,7 +34,7 @@ from itertools import groupby
 from typing import Any
 
 from conveyor import redisdb
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing, claim_or_wait
 from conveyor.exceptions import BrokerConnectionError, BrokerError
 
 PRIORITY_SHIFT = 2**40
@@ -230,6 +230,20 @@ return removed
 """
 
 
+class _PubSubSignal:
+    """The wake-up signal of an idle consumer: its subscription to the queues' notify channels."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self.pubsub = pubsub
+
+    def drain(self) -> None:
+        while self.pubsub.get_message(timeout=0) is not None:
+            pass
+
+    def wait(self, timeout: float) -> None:
+        self.pubsub.get_message(timeout=timeout)
+
+
 class RedisBroker(Broker):
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -321,26 +335,13 @@ class RedisBroker(Broker):
             self._local.pubsub = None
 
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._translate("fetch"):
-                try:
-                    pubsub = self._pubsub(queues) if timeout > 0 else None
-                    # Subscribed before looking: a publish after the look wakes the wait below.
-                    while pubsub is not None and pubsub.get_message(timeout=0) is not None:
-                        pass
-                    taken, next_due = self._claim(queues, limit)
-                    remaining = deadline - time.monotonic()
-                    if taken or remaining <= 0:
-                        return taken
-                    wait = min(remaining, self.polling_interval)
-                    if next_due is not None:
-                        wait = min(wait, max(0.0, next_due - time.time()))
-                    if pubsub is not None:
-                        pubsub.get_message(timeout=wait)
-                except Exception:
-                    self._drop_pubsub()
-                    raise
+        with self._translate("fetch"):
+            try:
+                signal = _PubSubSignal(self._pubsub(queues)) if timeout > 0 else None
+                return claim_or_wait(lambda: self._claim(queues, limit), signal, timeout, self.polling_interval)
+            except Exception:
+                self._drop_pubsub()
+                raise
 
     def _claim(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], float | None]:
         now_ms = int(time.time() * 1000)

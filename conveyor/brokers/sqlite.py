@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor import wakeup
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing, claim_or_wait
 from conveyor.exceptions import BrokerError
 from conveyor.sqlitedb import Database, path_from_url
 
@@ -64,19 +64,7 @@ class SQLiteBroker(Broker):
         self._notifier.notify()
 
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        listener = self._listener()
-        while True:
-            # Drain before looking: a signal sent after the look wakes the wait below.
-            listener.drain()
-            taken, next_due = self._claim(queues, limit)
-            remaining = deadline - time.monotonic()
-            if taken or remaining <= 0:
-                return taken
-            wait = min(remaining, self.polling_interval)
-            if next_due is not None:
-                wait = min(wait, max(0.0, next_due - time.time()))
-            listener.wait(wait)
+        return claim_or_wait(lambda: self._claim(queues, limit), self._listener(), timeout, self.polling_interval)
 
     def _claim(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], float | None]:
         now = time.time()
