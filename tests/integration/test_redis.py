@@ -14,7 +14,7 @@ import redis
 
 from conveyor import Celery, states
 from conveyor.brokers.base import Outgoing
-from conveyor.exceptions import BrokerConnectionError
+from conveyor.exceptions import BrokerConnectionError, BrokerError
 from tests.processes import E2E, RedisServer, free_port
 
 
@@ -262,3 +262,52 @@ def test_sentinel_failover_is_followed(e2e: E2E, tmp_path: Path) -> None:
         sentinel.wait(10)
         replica.stop()
         master.stop()
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A redis-server of our own that speaks only TLS and wants a password."""
+    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=conveyor-test-ca")  # fmt: skip
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+         "--tls-auth-clients", "no", "--requirepass", "s3cret"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.crt'}&ssl_cert_reqs=required"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "TLS redis-server did not start"
+            time.sleep(0.1)
+    yield url, port, tmp_path / "ca.crt"
+    server.terminate()
+    server.wait(10)
+
+
+def test_tls_and_password_in_the_url(e2e: E2E, tls_redis) -> None:  # type: ignore[no-untyped-def]
+    """rediss:// with a password and CA options: the whole flow over TLS; wrong secrets are clear errors."""
+    url, port, _ca = tls_redis
+    e2e.write_app(broker=url)
+    e2e.start_worker("-P", "threads", name="tls")
+    assert e2e.app.tasks["e2e.add"].delay(20, 22).get(timeout=20) == 42
+
+    wrong_password = Celery("t", broker=url.replace("s3cret", "nope"))
+    with pytest.raises(BrokerError, match="(?i)password|WRONGPASS|auth"):
+        wrong_password.broker.queue_sizes(["celery"])
+    wrong_password.close()
+    untrusted = Celery("t", broker=f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_cert_reqs=required")
+    with pytest.raises(BrokerConnectionError, match="(?i)certificate"):
+        untrusted.broker.queue_sizes(["celery"])
+    untrusted.close()
