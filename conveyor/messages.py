@@ -150,22 +150,40 @@ class Message:
     def _encode_compact(self, serializer: str, compression: str | None, embed: dict[str, Any]) -> bytes:
         import msgpack
 
-        body, content_type = serialization.dumps(
-            [list(self.args), self.kwargs, {k: v for k, v in embed.items() if v is not None}], serializer, compression
-        )
-        headers: dict[str, Any] = {**self.headers, "task": self.task, "id": self.id, "origin": self.origin}
+        used = {k: v for k, v in embed.items() if v is not None}
+        payload = [list(self.args), self.kwargs, used] if used else [list(self.args), self.kwargs]
+        body, content_type = serialization.dumps(payload, serializer, compression)
+        headers: dict[str, Any] = {**self.headers, "task": self.task, "id": _pack_id(self.id)}
         optional = {
             "shadow": self.shadow, "eta": _iso(self.eta), "expires": _iso(self.expires), "group": self.group,
             "group_index": self.group_index, "retries": self.retries or None,
             "timelimit": [self.time_limit, self.soft_time_limit] if self.time_limit or self.soft_time_limit else None,
-            "root_id": self.root_id if self.root_id != self.id else None, "parent_id": self.parent_id,
+            "root_id": _pack_id(self.root_id) if self.root_id != self.id else None,
+            "parent_id": _pack_id(self.parent_id) if self.parent_id else None,
             "ignore_result": self.ignore_result or None,
             "compression": serialization.codec(compression).content_type if compression else None,
         }  # fmt: skip
         headers.update((k, v) for k, v in optional.items() if v is not None)
         properties = {k: v for k, v in (("priority", self.priority), ("reply_to", self.reply_to)) if v}
-        packed: bytes = msgpack.packb([COMPACT_VERSION, content_type, headers, properties, body], use_bin_type=True)
+        # JSON, the usual content type, is left implicit.
+        kind = None if content_type == "application/json" else content_type
+        packed: bytes = msgpack.packb([COMPACT_VERSION, kind, headers, properties, body], use_bin_type=True)
         return COMPACT_MAGIC + packed
+
+
+def _pack_id(value: str | None) -> str | bytes | None:
+    """A canonical UUID as its 16 bytes (the compact envelope); any other id unchanged."""
+    if value is None or len(value) != 36:
+        return value
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return value
+    return parsed.bytes if str(parsed) == value else value
+
+
+def _unpack_id(value: Any) -> Any:
+    return str(uuid.UUID(bytes=value)) if isinstance(value, bytes) and len(value) == 16 else value
 
 
 #: First byte of a compact envelope: 0xc1 is never used by msgpack, and is not '{'.
@@ -236,18 +254,22 @@ class Envelope:
             raise DecodeError(f"compact message envelope version {version} is not supported")
         if not isinstance(headers, dict) or not isinstance(properties, dict) or not isinstance(body, bytes):
             raise DecodeError("compact message envelope has the wrong shape")
+        for key in ("id", "root_id", "parent_id"):
+            if key in headers:
+                headers[key] = _unpack_id(headers[key])
         for required in ("task", "id"):
             if not isinstance(headers.get(required), str):
                 raise DecodeError(f"message header {required!r} is missing or not a string")
-        return cls(headers, properties, body, str(content_type))
+        return cls(headers, properties, body, content_type or "application/json")
 
     def message(self, accept: frozenset[str] | None = None) -> Message:
         """Decode the body into a Message (ContentDisallowed or DecodeError on failure)."""
         compression = self.headers.get("compression")
         payload = serialization.loads(self.body, self.content_type, accept=accept, compression=compression)
-        if not (isinstance(payload, (list, tuple)) and len(payload) == 3):
+        # Protocol 2 bodies are [args, kwargs, embed]; the compact envelope drops an empty embed.
+        if not (isinstance(payload, (list, tuple)) and len(payload) in (2, 3)):
             raise DecodeError("message body is not [args, kwargs, embed]")
-        args, kwargs, embed = payload
+        args, kwargs, embed = (*payload, {}) if len(payload) == 2 else payload
         if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
             raise DecodeError("message body has args that are not a list or kwargs not a dict")
         embed = embed if isinstance(embed, dict) else {}
