@@ -7,11 +7,11 @@ hash tag `{id}` so a task's keys share a cluster slot:
 |---|---|---|
 | `P:task:{id}` | HASH | `state`, `meta` (the serialized result record) |
 | `P:history:{id}` | LIST | history entries, oldest first |
-| `P:done:{id}` | LIST | one token once the task is ready: what `get()` blocks on |
+| `P:done:{id}` | LIST | the ready meta, once the task is ready: what `get()` blocks on |
 
 All three expire after `result_expires`. A write never replaces a SUCCESS.
-`get()` blocks in `BLMOVE done done` (which leaves the token for other
-waiters) instead of polling.
+`get()` blocks in `BLMOVE done done` (which leaves the entry for other
+waiters) instead of polling, and gets the result in the same reply.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from conveyor.exceptions import BackendConnectionError, BackendError
 WRITE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'SUCCESS' then
   redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2])
+  if ARGV[4] == '1' then
+    -- waiters get the ready meta itself: no read after they wake
+    redis.call('DEL', KEYS[3])
+    redis.call('RPUSH', KEYS[3], ARGV[2])
+  end
 end
 redis.call('RPUSH', KEYS[2], unpack(ARGV, 5))
-if ARGV[4] == '1' and redis.call('LLEN', KEYS[3]) == 0 then
-  redis.call('RPUSH', KEYS[3], '1')
-end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
@@ -90,17 +92,17 @@ class RedisBackend(ResultBackend):
             pipe.execute()
 
     def wait_for(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Block in BLMOVE first (it returns at once when the task is already ready), then read:
-        one round trip fewer than reading first."""
+        """One blocking command: BLMOVE returns the ready meta itself (at once if already there)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = float(self.options.get("polling_interval", 5.0))
         done_key = self._keys(task_id)[2]
         while True:
             remaining = interval if deadline is None else min(interval, deadline - time.monotonic())
+            ready = None
             if remaining > 0:
                 with self._translate("wait"):
-                    self.client.blmove(done_key, done_key, max(0.01, remaining), "RIGHT", "LEFT")
-            meta = self.get_meta(task_id)
+                    ready = self.client.blmove(done_key, done_key, max(0.01, remaining), "RIGHT", "LEFT")
+            meta = self.decode(ready) if ready is not None else self.get_meta(task_id)
             if meta["status"] in states.READY_STATES:
                 return meta
             if deadline is not None and time.monotonic() >= deadline:
