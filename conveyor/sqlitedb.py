@@ -12,7 +12,8 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
@@ -145,6 +146,14 @@ class Database:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+
+    def select_in(self, sql: str, values: Sequence[Any], *params: Any) -> list[Any]:
+        """Rows of a SELECT whose `{values}` placeholder stands for `IN (?, ?, ...)` over `values`."""
+        if not values:
+            return []
+        with self.translate():
+            query = sql.format(values=",".join("?" * len(values)))
+            return self.connection().execute(query, (*values, *params)).fetchall()
 
     def close(self) -> None:
         """Close every thread's connection (each reopens on next use)."""

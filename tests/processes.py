@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from conveyor import Celery
 
@@ -214,3 +215,11 @@ class RedisServer:
             self.process.send_signal(signal.SIGTERM)  # a graceful shutdown flushes the AOF
             self.process.wait(20)
         self.process = None
+
+
+def wait_for_state(result: Any, state: str, timeout: float = 20) -> None:
+    """Poll an AsyncResult until it reaches `state` (tests only)."""
+    deadline = time.monotonic() + timeout
+    while result.state != state:
+        assert time.monotonic() < deadline, f"{result.id} never reached {state} (is {result.state})"
+        time.sleep(0.02)

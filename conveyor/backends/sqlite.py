@@ -59,19 +59,12 @@ class SQLiteBackend(ResultBackend):
         self._notifier.notify()
 
     def read(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        if not task_ids:
-            return {}
-        with self.db.translate():
-            rows = (
-                self.db.connection()
-                .execute(
-                    "SELECT task_id, meta FROM conveyor_results"
-                    f" WHERE task_id IN ({','.join('?' * len(task_ids))})"
-                    " AND (expires_at IS NULL OR expires_at > ?)",
-                    (*task_ids, time.time()),
-                )
-                .fetchall()
-            )
+        rows = self.db.select_in(
+            "SELECT task_id, meta FROM conveyor_results"
+            " WHERE task_id IN ({values}) AND (expires_at IS NULL OR expires_at > ?)",
+            task_ids,
+            time.time(),
+        )
         return dict(rows)
 
     def read_history(self, task_id: str) -> list[bytes]:

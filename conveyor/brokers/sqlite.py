@@ -132,18 +132,11 @@ class SQLiteBroker(Broker):
             )
 
     def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        if not task_ids:
-            return {}
-        with self.db.translate():
-            rows = (
-                self.db.connection()
-                .execute(
-                    "SELECT task_id, info FROM conveyor_revoked"
-                    f" WHERE task_id IN ({','.join('?' * len(task_ids))}) AND expires_at > ?",
-                    (*task_ids, time.time()),
-                )
-                .fetchall()
-            )
+        rows = self.db.select_in(
+            "SELECT task_id, info FROM conveyor_revoked WHERE task_id IN ({values}) AND expires_at > ?",
+            task_ids,
+            time.time(),
+        )
         return dict(rows)
 
     def kv_items(self, namespace: str) -> dict[str, bytes]:

@@ -6,14 +6,7 @@ import signal
 import time
 
 from conveyor import states
-from tests.processes import E2E
-
-
-def wait_for_state(result, state: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while result.state != state:
-        assert time.monotonic() < deadline, f"{result.id} never reached {state} (is {result.state})"
-        time.sleep(0.05)
+from tests.processes import E2E, wait_for_state
 
 
 def test_sigkill_mid_task_with_acks_late_loses_nothing(e2e: E2E) -> None:

@@ -15,14 +15,7 @@ import redis
 from conveyor import Celery, states
 from conveyor.brokers.base import Outgoing
 from conveyor.exceptions import BrokerConnectionError, BrokerError
-from tests.processes import E2E, RedisServer, free_port
-
-
-def wait_for_state(result, state: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while result.state != state:
-        assert time.monotonic() < deadline, f"{result.id} never reached {state} (is {result.state})"
-        time.sleep(0.02)
+from tests.processes import E2E, RedisServer, free_port, wait_for_state
 
 
 def rss_kib(pid: int) -> int:
