@@ -281,12 +281,24 @@ class Conveyor:
             priority=check_priority(int(priority or 0)),
             reply_to=options.get("reply_to"),
         )
-        queue = self.router.route(
+        queue = self._checked_queue(self.router.route(
             name, message.args, message.kwargs,
             queue=options.get("queue"), exchange=options.get("exchange"),
             routing_key=options.get("routing_key"), task_queue=task.queue if task else None,
-        )  # fmt: skip
+        ))  # fmt: skip
         return message, queue
+
+    def _checked_queue(self, queue: str) -> str:
+        """With task_create_missing_queues off, only queues in task_queues (or the default) are allowed."""
+        conf = self.conf
+        if not conf.task_create_missing_queues and conf.task_queues:
+            known = {q.name for q in conf.task_queues} | {conf.task_default_queue}
+            if queue not in known:
+                raise ImproperlyConfigured(
+                    f"queue {queue!r} is not in task_queues ({', '.join(sorted(known))}) "
+                    "and task_create_missing_queues is off"
+                )
+        return queue
 
     def publish_with_retry(self, outgoing: Sequence[Outgoing], retry: bool, policy: Mapping[str, Any]) -> None:
         """Publish; on connection errors retry per `policy`, then raise BrokerConnectionError."""

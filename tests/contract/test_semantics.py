@@ -302,3 +302,29 @@ def test_routing_by_exchange_and_routing_key_reaches_the_bound_queue(app: Celery
     with running(app, "threads"):
         result = app.tasks["s.request"].apply_async(exchange="media", routing_key="media.images")
         assert result.get(timeout=10)["queue"] == "media"
+
+
+def test_get_inside_a_task_is_refused(app: Celery) -> None:
+    """As in Celery: a task blocking on another task's result can deadlock the worker."""
+
+    @app.task(name="s.nested")
+    def nested() -> int:
+        return app.tasks["s.noop"].delay(1).get(timeout=5)  # type: ignore[no-any-return]
+
+    with running(app, "threads"), pytest.raises(RuntimeError, match="Never call result.get\\(\\) within a task"):
+        nested.delay().get(timeout=10)
+
+
+def test_result_extended_and_errors_even_if_ignored(app: Celery) -> None:
+    app.conf.result_extended = True
+    app.conf.task_store_errors_even_if_ignored = True
+    with running(app, "threads"):
+        ok = app.tasks["s.add"].apply_async((1, 2))
+        assert ok.get(timeout=10) == 3
+        assert (ok.name, ok.args, ok.kwargs, ok.worker, ok.queue) == ("s.add", [1, 2], {}, "w1@test", "celery")
+        failed = app.tasks["s.fail"].apply_async(ignore_result=True)
+        wait_for(lambda: app.backend.read([failed.id]) != {})
+        assert app.backend.get_meta(failed.id)["status"] == states.FAILURE
+        ignored = app.tasks["s.noop"].apply_async((1,), ignore_result=True)
+        app.tasks["s.add"].delay(0, 0).get(timeout=10)
+        assert app.backend.read([ignored.id]) == {}

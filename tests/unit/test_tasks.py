@@ -181,3 +181,19 @@ def test_delay_is_typed_with_paramspec(tmp_path: Path) -> None:
     assert 'Revealed type is "conveyor.result.AsyncResult[int]"' in run.stdout, run.stdout
     assert 'Argument 1 to "delay" of "Task" has incompatible type "str"; expected "int"' in run.stdout, run.stdout
     assert run.stdout.count("error:") == 1, run.stdout
+
+
+def test_missing_queues_can_be_refused(memory_app: Celery) -> None:
+    from conveyor import Queue
+    from conveyor.exceptions import ImproperlyConfigured
+
+    @memory_app.task
+    def noop() -> None:
+        return None
+
+    memory_app.conf.task_queues = [Queue("known")]
+    noop.apply_async(queue="adhoc")  # allowed by default, as in Celery
+    memory_app.conf.task_create_missing_queues = False
+    noop.apply_async(queue="known")
+    with pytest.raises(ImproperlyConfigured, match="queue 'adhoc' is not in task_queues"):
+        noop.apply_async(queue="adhoc")
