@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS conveyor_history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     entry BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS conveyor_history_task ON conveyor_history (task_id);
+-- Unique: a batch written again after a failure does not record its history twice.
+CREATE UNIQUE INDEX IF NOT EXISTS conveyor_history_task ON conveyor_history (task_id, entry);
 """
 
 DEFAULT_URL = "sqlite:///conveyor.db"

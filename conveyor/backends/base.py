@@ -138,7 +138,9 @@ class ResultBackend(ABC):
         """Store updates in order, in one round trip where possible.
 
         Each sets the task's meta (unless it is already SUCCESS: a late
-        duplicate never overwrites a success) and appends its history entries.
+        duplicate never overwrites a success) and appends its history entries,
+        skipping any already recorded, so a batch written again after a lost
+        reply leaves the history as if written once.
         """
 
     @abstractmethod

@@ -53,7 +53,8 @@ class MemoryBackend(ResultBackend):
                 current = self._store.meta.get(update.task_id)
                 if current is None or current[0] != states.SUCCESS:
                     self._store.meta[update.task_id] = (update.state, update.meta, update.expires_at)
-                self._store.history.setdefault(update.task_id, []).extend(update.history)
+                history = self._store.history.setdefault(update.task_id, [])
+                history.extend(entry for entry in update.history if entry not in history[-32:])
             self._store.generation += 1
             self._store.changed.notify_all()
 

@@ -34,7 +34,12 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'SUCCESS' then
     redis.call('RPUSH', KEYS[3], ARGV[2])
   end
 end
-redis.call('RPUSH', KEYS[2], unpack(ARGV, 5))
+-- A batch retried after a lost reply must not record its history twice.
+local recent = {}
+for _, entry in ipairs(redis.call('LRANGE', KEYS[2], -32, -1)) do recent[entry] = true end
+for i = 5, #ARGV do
+  if not recent[ARGV[i]] then redis.call('RPUSH', KEYS[2], ARGV[i]) end
+end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)

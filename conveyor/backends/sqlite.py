@@ -53,7 +53,7 @@ class SQLiteBackend(ResultBackend):
                 [(u.task_id, u.state, u.meta, u.expires_at) for u in updates],
             )
             db.executemany(
-                "INSERT INTO conveyor_history (task_id, entry) VALUES (?, ?)",
+                "INSERT OR IGNORE INTO conveyor_history (task_id, entry) VALUES (?, ?)",
                 [(u.task_id, entry) for u in updates for entry in u.history],
             )
         self._notifier.notify()

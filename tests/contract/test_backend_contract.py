@@ -10,6 +10,7 @@ import pytest
 
 from conveyor import states
 from conveyor.backends import ResultBackend, backend_from_url
+from conveyor.backends.base import coalesce
 from conveyor.exceptions import TimeoutError
 from tests.conftest import BROKERS, store_url
 
@@ -102,3 +103,13 @@ def test_coalesced_updates_keep_every_history_entry_and_success(backend: ResultB
     assert backend.get_meta("t1")["result"] == 1
     assert [h["state"] for h in backend.get_history("t1")] == [states.STARTED, states.SUCCESS, states.FAILURE]
     assert backend.get_meta("t2")["status"] == states.STARTED
+
+
+def test_a_retried_write_records_history_once(backend: ResultBackend) -> None:
+    """A batch written again (its first reply was lost) leaves the history as written once."""
+    started = backend.make_update("t1", states.STARTED)
+    success = backend.make_update("t1", states.SUCCESS, 1)
+    backend.write([started])
+    backend.write([started])
+    backend.write(coalesce([started, success]))
+    assert [h["state"] for h in backend.get_history("t1")] == [states.STARTED, states.SUCCESS]
