@@ -114,9 +114,6 @@ def isoformat(timestamp: float) -> str:
 class ResultBackend(ABC):
     """Stores task states and results. Thread-safe."""
 
-    #: Whether `waiter()` is woken by writes (else it polls).
-    pushes = False
-
     def __init__(
         self,
         url: str,

@@ -37,8 +37,6 @@ class _MemoryWaiter(Waiter):
 
 
 class MemoryBackend(ResultBackend):
-    pushes = True
-
     def __init__(self, url: str = "memory://", options: Any = None, **kwargs: Any) -> None:
         super().__init__(url, options, **kwargs)
         with _STORES_LOCK:

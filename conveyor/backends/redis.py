@@ -51,8 +51,6 @@ return 1
 
 
 class RedisBackend(ResultBackend):
-    pushes = True
-
     def __init__(self, url: str, options: Any = None, **kwargs: Any) -> None:
         super().__init__(url, options, **kwargs)
         self.prefix = f"{self.options.get('global_keyprefix', '')}conveyor"

@@ -33,8 +33,6 @@ class _SocketWaiter(Waiter):
 
 
 class SQLiteBackend(ResultBackend):
-    pushes = True
-
     def __init__(self, url: str, options: Any = None, **kwargs: Any) -> None:
         super().__init__(url, options, **kwargs)
         self.db = Database(path_from_url(url), BackendError)
