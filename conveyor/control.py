@@ -48,7 +48,8 @@ class Control:
         self.app.broker.revoke(ids, info, time.time() + self.app.conf.worker_revoke_expires)
         # Callers waiting in get() learn at once; a task that already finished keeps its state.
         backend = self.app.backend
-        pending = [t for t in ids if backend.get_meta(t)["status"] not in states.READY_STATES]
+        stored = backend.read(ids)  # one round trip for all of them
+        pending = [t for t in ids if t not in stored or backend.decode(stored[t])["status"] not in states.READY_STATES]
         if pending and not terminate:
             error = TaskRevokedError("revoked")
             backend.write([backend.make_update(t, states.REVOKED, error, history={"revoked": True}) for t in pending])

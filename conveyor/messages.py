@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from reprlib import Repr
 from typing import Any
@@ -314,4 +314,4 @@ def decode(data: bytes, accept: frozenset[str] | None = None) -> Message:
     return Envelope.parse(data).message(accept)
 
 
-__all__ = ["Envelope", "Message", "decode", "new_id", "replace", "utcnow"]
+__all__ = ["Envelope", "Message", "decode", "new_id", "utcnow"]

@@ -77,6 +77,10 @@ def make_app(store: tuple[str, dict[str, str]]) -> Celery:
     def noop(i: int = 0) -> int:
         return i
 
+    @app.task(name="s.pid")
+    def pid(i: int) -> tuple[int, int]:
+        return i, os.getpid()
+
     @app.task(name="s.limited", rate_limit="10/s")
     def limited(i: int) -> float:
         return time.time()
@@ -196,10 +200,11 @@ def test_failed_acks_late_task_is_dead_lettered_when_not_acked_on_failure(app: C
 
 def test_max_memory_per_child_recycles_without_loss(app: Celery) -> None:
     app.conf.worker_max_memory_per_child = 1  # KiB: every child retires after its task
-    app.tasks["s.pid"] = app.tasks["s.noop"]
     with running(app, "prefork", concurrency=1):
-        results = [app.tasks["s.noop"].delay(i) for i in range(4)]
-        assert [r.get(timeout=20) for r in results] == [0, 1, 2, 3]
+        results = [app.tasks["s.pid"].delay(i) for i in range(4)]
+        outcomes = [r.get(timeout=20) for r in results]
+    assert [i for i, _ in outcomes] == [0, 1, 2, 3]  # nothing lost
+    assert len({pid for _, pid in outcomes}) == 4  # a fresh child for every task
 
 
 def test_rate_limit_is_global_across_workers(app: Celery) -> None:
