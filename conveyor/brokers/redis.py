@@ -306,7 +306,7 @@ class RedisBroker(Broker):
             for call in calls:
                 batch.script(*call)
             if new_queues:
-                batch.command("sadd", self._queues_key, *new_queues)
+                batch.command("SADD", self._queues_key, *new_queues)
             batch.execute()
             self._known_queues.update(new_queues)
 
@@ -426,17 +426,18 @@ class RedisBroker(Broker):
         with self._translate("revoke"):
             batch = self._scripts.batch()
             for task_id in task_ids:
-                batch.command("set", f"{self._revoked_key}:{{{task_id}}}", info, None, ttl_ms)
+                batch.command("SET", f"{self._revoked_key}:{{{task_id}}}", info, "PX", ttl_ms)
             batch.execute()
 
     def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
         if not task_ids:
             return {}
+        keys = [f"{self._revoked_key}:{{{task_id}}}" for task_id in task_ids]
         with self._translate("revoked"):
-            batch = self._scripts.batch()
-            for task_id in task_ids:
-                batch.command("get", f"{self._revoked_key}:{{{task_id}}}")
-            values = batch.execute()
+            if self.cluster:  # one slot per key: MGET would be CROSSSLOT
+                values = self._scripts.execute([("GET", key) for key in keys])
+            else:
+                values = self._scripts.execute([("MGET", *keys)])[0]
         return {task_id: value for task_id, value in zip(task_ids, values) if value is not None}
 
     def _kv_key(self, namespace: str) -> str:
@@ -539,4 +540,5 @@ class RedisBroker(Broker):
                     pass
             self._pubsubs.clear()
         self._local = threading.local()
+        self._scripts.close()
         self.client.close()

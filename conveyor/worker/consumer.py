@@ -37,6 +37,7 @@ class Fetcher:
         self.window = window
         self.deliver = deliver
         self._free = window
+        self._low_water = max(1, window // 2)
         self._changed = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="conveyor-fetcher", daemon=True)
@@ -64,7 +65,10 @@ class Fetcher:
         failures = 0
         while True:
             with self._changed:
-                while self._free <= 0 and not self._stopped:
+                # Under load, wait until half the window is free: one fetch then takes a
+                # batch, not a message per finished task. An idle worker's window is
+                # all free, so it fetches at once and nothing waits.
+                while self._free < self._low_water and not self._stopped:
                     self._changed.wait()
                 if self._stopped:
                     return

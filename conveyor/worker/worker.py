@@ -121,6 +121,9 @@ class Worker:
         self.processed = 0
         self._job_ids = itertools.count(1)
         self._updates: list[StateUpdate] = []
+        # STARTED records not yet encoded: a task that finishes before the next write
+        # needs only its history entry, folded into its final update.
+        self._starting: dict[str, tuple[Job, int, float]] = {}
         self._acks: list[Delivery] = []
         self._stopping = False
         self._cold = False
@@ -253,6 +256,7 @@ class Worker:
         elif isinstance(event, Started):
             self._started(event)
         elif isinstance(event, Updated):
+            self._materialize_start(event.update.task_id)
             self._updates.append(event.update)
         elif isinstance(event, Finished):
             self._finished(event.outcome)
@@ -346,14 +350,7 @@ class Worker:
         job, task = held.job, self.app.tasks.get(held.job.message.task)
         track = option(task, "track_started", self.app.conf.task_track_started)
         if track and not job.message.ignore_result:
-            self._updates.append(
-                self.app.backend.make_update(
-                    job.message.id,
-                    states.STARTED,
-                    {"pid": event.pid, "hostname": self.hostname},
-                    history=history_entry(job, pid=event.pid, name=job.message.task),
-                )
-            )
+            self._starting[job.message.id] = (job, event.pid, time.time())
         if not self._acks_late(job):
             # Acknowledged, but its window slot stays taken until it finishes: a busy
             # worker reserves no more than its window, so a later high-priority task
@@ -369,7 +366,8 @@ class Worker:
         if held.terminated:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(held.job))
         self._log_outcome(held.job.message, outcome)
-        self._updates.extend(outcome.updates)
+        self._add_final(outcome.updates)
+        self._starting.pop(held.job.message.id, None)  # ignored results leave no STARTED behind
         if held.acked:
             self._release()
         elif outcome.state == states.FAILURE and not self.app.conf.task_acks_on_failure_or_timeout:
@@ -398,11 +396,40 @@ class Worker:
         if held.terminated:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(job))
         self._log_outcome(job.message, outcome)
-        self._updates.extend(outcome.updates)
+        self._add_final(outcome.updates)
         if held.acked:
             self._release()
         else:
             self._ack(held.delivery)
+
+    def _add_final(self, updates: Sequence[StateUpdate]) -> None:
+        """Queue a task's final writes, its STARTED folded in as a history entry when still unwritten."""
+        for update in updates:
+            start = self._starting.pop(update.task_id, None)
+            if start is not None:
+                job, pid, at = start
+                entry = self.app.backend.encode_history(
+                    states.STARTED, history_entry(job, pid=pid, name=job.message.task), at
+                )
+                update = StateUpdate(
+                    update.task_id, update.state, update.meta, (entry, *update.history), update.expires_at
+                )
+            self._updates.append(update)
+
+    def _materialize_start(self, task_id: str) -> None:
+        """Queue a pending STARTED as a write of its own (the task is still running)."""
+        start = self._starting.pop(task_id, None)
+        if start is not None:
+            job, pid, at = start
+            self._updates.append(
+                self.app.backend.make_update(
+                    task_id,
+                    states.STARTED,
+                    {"pid": pid, "hostname": self.hostname},
+                    history=history_entry(job, pid=pid, name=job.message.task),
+                    now=at,
+                )
+            )
 
     def _log_outcome(self, message: Message, outcome: Outcome) -> None:
         name, task_id = message.display_name, message.id
@@ -484,6 +511,8 @@ class Worker:
     # -- I/O ------------------------------------------------------------------------------------
     def _flush(self) -> None:
         """Write results, then acknowledge: a crash between the two reruns a task, never loses it."""
+        for task_id in list(self._starting):
+            self._materialize_start(task_id)
         if self._updates:
             try:
                 self.app.backend.write(coalesce(self._updates))
