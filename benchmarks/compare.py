@@ -68,7 +68,7 @@ def conveyor_peer() -> Peer:
         "Conveyor",
         0,
         lambda url: [sys.executable, "-m", "conveyor.cli", "-A", "benchmarks.peers.conveyor_app", "worker",
-                     "-P", "solo", "-l", "warning"],
+                     *os.environ.get("CONVEYOR_BENCH_WORKER_ARGS", "-P solo").split(), "-l", "warning"],
         lambda n: _each(n, noop.delay),
         lambda k: _timed(k, lambda i: noop.delay(i).get(timeout=10)),
     )  # fmt: skip

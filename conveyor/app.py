@@ -26,7 +26,7 @@ from conveyor.exceptions import BrokerConnectionError, ImproperlyConfigured
 from conveyor.result import AsyncResult
 from conveyor.routing import Router
 from conveyor.sqlitedb import DEFAULT_URL
-from conveyor.task import Task, _as_list, _current_request
+from conveyor.task import Task, _as_list, current_request
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -258,7 +258,7 @@ class Conveyor:
         ignore_result = options.get("ignore_result")
         if ignore_result is None:
             ignore_result = task.ignore_result if task and task.ignore_result is not None else conf.task_ignore_result
-        parent = _current_request.get()
+        parent = current_request()
         message = messages.Message(
             task=name,
             id=task_id or messages.new_id(),

@@ -58,7 +58,30 @@ class Context:
     chord: dict[str, Any] | None = None
 
 
-_current_request: ContextVar[Context | None] = ContextVar("conveyor_request", default=None)
+class LazyRequest:
+    """The running task's `Context`, built on first use: most tasks never look at `self.request`."""
+
+    __slots__ = ("_build", "_context")
+
+    def __init__(self, build: Callable[[], Context]) -> None:
+        self._build = build
+        self._context: Context | None = None
+
+    def get(self) -> Context:
+        if self._context is None:
+            self._context = self._build()
+        return self._context
+
+
+_current_request: ContextVar[LazyRequest | None] = ContextVar("conveyor_request", default=None)
+
+
+def current_request() -> Context | None:
+    """The context of the task running in this thread, if any."""
+    lazy = _current_request.get()
+    return lazy.get() if lazy is not None else None
+
+
 #: Set by the worker while a task runs: where `update_state` sends its updates.
 state_sink: ContextVar[Callable[[StateUpdate], None] | None] = ContextVar("conveyor_state_sink", default=None)
 
@@ -129,7 +152,7 @@ class Task(Generic[P, R]):
     @property
     def request(self) -> Context:
         """The current call's context (empty when called directly)."""
-        return _current_request.get() or Context()
+        return current_request() or Context()
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError, naming the task, when the arguments do not fit its signature."""

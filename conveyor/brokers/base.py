@@ -46,6 +46,8 @@ class Delivery:
     """The broker's handle on this delivery, lease token included."""
     attempts: int = 1
     """How many times this message has been delivered, this time included."""
+    not_revoked: bool = False
+    """True when the broker saw at fetch time that no revocation was live: `revoked()` need not be asked."""
 
     @property
     def redelivered(self) -> bool:

@@ -181,6 +181,12 @@ redis.call('SET', KEYS[1], string.format('%.0f', due + tonumber(ARGV[2])), 'PX',
 return 0
 """
 
+# KEYS: the "some revocation is live" marker; ARGV: ms the new revocation lives. Keeps the longest.
+MARK_REVOKED = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 1
+"""
+
 # KEYS: namespace hash; ARGV: key, expected ('' flag in ARGV[3]), new, has_expected, has_new
 KV_SWAP = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
@@ -256,7 +262,7 @@ class RedisBroker(Broker):
             {
                 "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
                 "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE, "take_token": TAKE_TOKEN,
-                "kv_swap": KV_SWAP,
+                "kv_swap": KV_SWAP, "mark_revoked": MARK_REVOKED,
             },
         )  # fmt: skip
         self._known_queues: set[str] = set()
@@ -350,8 +356,11 @@ class RedisBroker(Broker):
         if len(queues) > 1:
             return self._claim_many(queues, limit, now_ms, token, lease_ms)
         [queue] = queues
-        reply = self._scripts.run("fetch", self._keys(queue)[:4], [now_ms, lease_ms, limit, token])
-        return self._deliveries(queue, reply, token)
+        batch = self._scripts.batch()
+        batch.script("fetch", self._keys(queue)[:4], [now_ms, lease_ms, limit, token])
+        batch.command("EXISTS", self._revocations_key)  # same round trip: spares the worker a revoked() call
+        reply, revocations = batch.execute()
+        return self._deliveries(queue, reply, token, not revocations)
 
     def _claim_many(
         self, queues: Sequence[str], limit: int, now_ms: int, token: str, lease_ms: int
@@ -367,11 +376,13 @@ class RedisBroker(Broker):
         batch = self._scripts.batch()
         for queue in queues:
             batch.script("fetch", self._keys(queue)[:4], [now_ms, lease_ms, max(1, wanted[queue]), token])
+        batch.command("EXISTS", self._revocations_key)
+        *replies, revocations = batch.execute()
         taken: list[Delivery] = []
         next_due: float | None = None
         surplus: list[Delivery] = []
-        for queue, reply in zip(queues, batch.execute()):
-            deliveries, due = self._deliveries(queue, reply, token)
+        for queue, reply in zip(queues, replies):
+            deliveries, due = self._deliveries(queue, reply, token, not revocations)
             keep = wanted[queue]
             taken += deliveries[:keep]
             surplus += deliveries[keep:]
@@ -382,12 +393,12 @@ class RedisBroker(Broker):
         return taken, (None if taken else next_due)
 
     @staticmethod
-    def _deliveries(queue: str, reply: list[Any], token: str) -> tuple[list[Delivery], float | None]:
+    def _deliveries(queue: str, reply: list[Any], token: str, not_revoked: bool) -> tuple[list[Delivery], float | None]:
         if len(reply) == 1:
             due = reply[0]
             return [], (float(due) / 1000 if due else None)
         return [
-            Delivery(queue, reply[i + 1], (queue, reply[i].decode(), token), int(reply[i + 2]))
+            Delivery(queue, reply[i + 1], (queue, reply[i].decode(), token), int(reply[i + 2]), not_revoked)
             for i in range(0, len(reply), 3)
         ], None
 
@@ -420,6 +431,11 @@ class RedisBroker(Broker):
     def _revoked_key(self) -> str:
         return f"{self.prefix}:revoked"
 
+    @property
+    def _revocations_key(self) -> str:
+        """Exists while any revocation does: a fetch that finds it absent needs no revoked() call."""
+        return f"{self.prefix}:revocations"
+
     def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
         # One key per revocation, with its own expiry: Redis forgets them for us.
         ttl_ms = max(1, int((expires_at - time.time()) * 1000))
@@ -427,6 +443,7 @@ class RedisBroker(Broker):
             batch = self._scripts.batch()
             for task_id in task_ids:
                 batch.command("SET", f"{self._revoked_key}:{{{task_id}}}", info, "PX", ttl_ms)
+            batch.script("mark_revoked", [self._revocations_key], [ttl_ms])
             batch.execute()
 
     def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:

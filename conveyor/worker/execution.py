@@ -23,7 +23,7 @@ from conveyor.backends.memory import MemoryBackend
 from conveyor.canvas import Signature
 from conveyor.exceptions import EncodeError, Retry
 from conveyor.result import EagerResult, in_task
-from conveyor.task import Context, Task, _current_request, state_sink
+from conveyor.task import Context, LazyRequest, Task, _current_request, current_request, state_sink
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -107,8 +107,19 @@ def extended_meta(job: Job) -> dict[str, Any]:
     }  # fmt: skip
 
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def history_entry(job: Job, **extra: Any) -> dict[str, Any]:
-    entry = {"worker": job.hostname, "retries": job.message.retries, "pid": os.getpid()}
+    entry = {"worker": job.hostname, "retries": job.message.retries, "pid": _pid}
     if job.message.shadow:
         entry["shadow"] = job.message.shadow
     return {**entry, **extra}
@@ -131,10 +142,10 @@ def execute(
     backend = backend or app.backend
     message = job.message
     task = app.tasks[message.task]
-    request_token = _current_request.set(context_for(job, eager=eager))
+    request_token = _current_request.set(LazyRequest(lambda: context_for(job, eager=eager)))
     in_task_token = in_task.set(True)
     sink_token = state_sink.set(on_update)
-    on_started(os.getpid())
+    on_started(_pid)
     started = time.monotonic()
     try:
         try:
@@ -240,7 +251,7 @@ def _run_errbacks(app: Conveyor, message: messages.Message, exc: BaseException) 
         errback = app.tasks.get(data["task"])
         if errback is not None and _positional_arity(errback) >= 3:
             try:
-                errback(_current_request.get(), exc, exc.__traceback__)  # type: ignore[call-arg]
+                errback(current_request(), exc, exc.__traceback__)  # type: ignore[call-arg]
             except Exception:
                 logger.exception("Errback %s failed", data["task"])
         else:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from conveyor import __version__, states
 from conveyor.backends.base import StateUpdate, coalesce
@@ -80,6 +80,14 @@ class _Terminate:
 _Event = Union[_Delivered, _Stop, _Terminate, PoolEvent]
 
 
+class _Policy(NamedTuple):
+    acks_late: bool
+    track_started: bool
+    reject_on_worker_lost: bool
+    rate: float | None
+    """Tasks per second (None: no limit)."""
+
+
 @dataclass
 class _Held:
     job: Job
@@ -124,6 +132,8 @@ class Worker:
         # STARTED records not yet encoded: a task that finishes before the next write
         # needs only its history entry, folded into its final update.
         self._starting: dict[str, tuple[Job, int, float]] = {}
+        self._policies: dict[str, _Policy] = {}
+        self._freed_slots = 0
         self._acks: list[Delivery] = []
         self._stopping = False
         self._cold = False
@@ -276,7 +286,7 @@ class Worker:
 
     def _receive_batch(self, deliveries: list[Delivery]) -> None:
         decoded = [(d, self._decode(d)) for d in deliveries]
-        ids = [message.id for _, message in decoded if message is not None]
+        ids = [message.id for d, message in decoded if message is not None and not d.not_revoked]
         try:
             revoked = self.app.broker.revoked(ids) if ids else {}
         except BrokerError as exc:
@@ -347,11 +357,11 @@ class Worker:
         if held is None:
             return
         held.started = True
-        job, task = held.job, self.app.tasks.get(held.job.message.task)
-        track = option(task, "track_started", self.app.conf.task_track_started)
-        if track and not job.message.ignore_result:
+        job = held.job
+        policy = self._policy(job.message.task)
+        if policy.track_started and not job.message.ignore_result:
             self._starting[job.message.id] = (job, event.pid, time.time())
-        if not self._acks_late(job):
+        if not policy.acks_late:
             # Acknowledged, but its window slot stays taken until it finishes: a busy
             # worker reserves no more than its window, so a later high-priority task
             # is not stuck behind a low one it took while busy.
@@ -380,9 +390,8 @@ class Worker:
         if held is None:
             return
         job = held.job
-        task = self.app.tasks.get(job.message.task)
-        reject = option(task, "reject_on_worker_lost", self.app.conf.task_reject_on_worker_lost)
-        if not held.acked and self._acks_late(job) and reject:
+        policy = self._policy(job.message.task)
+        if not held.acked and policy.acks_late and policy.reject_on_worker_lost:
             logger.error(
                 "Process running %s[%s] was lost (%s): returning it to the queue",
                 job.message.display_name,
@@ -449,9 +458,20 @@ class Worker:
             )
 
     # -- decisions shared by the handlers --------------------------------------------------------
-    def _acks_late(self, job: Job) -> bool:
-        task = self.app.tasks.get(job.message.task)
-        return bool(option(task, "acks_late", self.app.conf.task_acks_late))
+    def _policy(self, name: str) -> _Policy:
+        """A task's worker-side options, resolved against the settings once per worker."""
+        policy = self._policies.get(name)
+        if policy is None:
+            task, conf = self.app.tasks.get(name), self.app.conf
+            policy = self._policies[name] = _Policy(
+                acks_late=bool(option(task, "acks_late", conf.task_acks_late)),
+                track_started=bool(option(task, "track_started", conf.task_track_started)),
+                reject_on_worker_lost=bool(option(task, "reject_on_worker_lost", conf.task_reject_on_worker_lost)),
+                rate=None
+                if conf.worker_disable_rate_limits
+                else parse_rate(option(task, "rate_limit", conf.task_default_rate_limit)),
+            )
+        return policy
 
     def _revoked_updates(self, job: Job) -> tuple[StateUpdate, ...]:
         error = TaskRevokedError("terminated")
@@ -464,10 +484,7 @@ class Worker:
 
     def _rate_limit_wait(self, name: str) -> float:
         """Seconds until this task may start under its rate limit (0: now). The bucket is in the broker."""
-        if self.app.conf.worker_disable_rate_limits:
-            return 0.0
-        task = self.app.tasks.get(name)
-        rate = parse_rate(option(task, "rate_limit", self.app.conf.task_default_rate_limit))
+        rate = self._policy(name).rate
         if rate is None:
             return 0.0
         try:
@@ -486,8 +503,8 @@ class Worker:
         self._release()
 
     def _release(self) -> None:
-        assert self.fetcher is not None
-        self.fetcher.release()
+        # Given back to the fetcher once per batch, in _flush: one wake-up, not one per task.
+        self._freed_slots += 1
 
     def _requeue(self, deliveries: list[Delivery], delay: float = 0.0, redelivery: bool = False) -> None:
         if not deliveries:
@@ -511,6 +528,9 @@ class Worker:
     # -- I/O ------------------------------------------------------------------------------------
     def _flush(self) -> None:
         """Write results, then acknowledge: a crash between the two reruns a task, never loses it."""
+        if self._freed_slots and self.fetcher is not None:
+            self.fetcher.release(self._freed_slots)
+            self._freed_slots = 0
         for task_id in list(self._starting):
             self._materialize_start(task_id)
         if self._updates:

@@ -190,6 +190,15 @@ def test_revocations_are_remembered_until_they_expire(broker: Broker) -> None:
     assert set(broker.revoked(["a", "b", "c"])) == {"a", "b"}
 
 
+def test_a_delivery_marked_not_revoked_was_fetched_with_no_revocation_live(broker: Broker) -> None:
+    """`Delivery.not_revoked` lets a worker skip revoked(): it must never be set while one is live."""
+    broker.publish([Outgoing("q", b"1")])
+    broker.revoke(["some-task"], b"{}", time.time() + 60)
+    [delivery] = broker.fetch(["q"], 1, 1.0)
+    assert not delivery.not_revoked
+    broker.ack([delivery])
+
+
 def test_token_bucket_spaces_grants_evenly(broker: Broker) -> None:
     assert broker.take_token("k", 5) == 0
     wait = broker.take_token("k", 5)
