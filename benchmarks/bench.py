@@ -128,9 +128,20 @@ def main() -> None:
     parser.add_argument("--pool", default="solo", help="worker pool (solo, threads, prefork)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--peers", nargs="*", help="compare with peers on Redis (all, or the ones named)")
+    parser.add_argument("--floor", action="store_true", help="measure this machine's Redis round trips")
     parser.add_argument("--runs", type=int, default=1, help="with --peers: runs per figure (median)")
     parser.add_argument("--trips", type=int, default=300, help="with --peers: round trips for latency")
     args = parser.parse_args()
+    if args.floor:
+        from benchmarks import floor
+
+        table = Table(title="Redis round trips on this machine (median)")
+        table.add_column("measure")
+        table.add_column("result", justify="right")
+        for row in floor.rows():
+            table.add_row(*row)
+        Console().print(table)
+        return
     if args.peers is not None:
         from benchmarks import compare
 

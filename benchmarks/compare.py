@@ -61,14 +61,14 @@ def _bin(name: str) -> str:
     return shutil.which(name, path=str(Path(sys.executable).parent)) or name
 
 
-def conveyor_peer() -> Peer:
+def conveyor_peer(name: str = "Conveyor -P solo", pool: tuple[str, ...] = ("-P", "solo")) -> Peer:
     from benchmarks.peers.conveyor_app import noop
 
     return Peer(
-        "Conveyor",
+        name,
         0,
         lambda url: [sys.executable, "-m", "conveyor.cli", "-A", "benchmarks.peers.conveyor_app", "worker",
-                     *os.environ.get("CONVEYOR_BENCH_WORKER_ARGS", "-P solo").split(), "-l", "warning"],
+                     *pool, "-l", "warning"],
         lambda n: _each(n, noop.delay),
         lambda k: _timed(k, lambda i: noop.delay(i).get(timeout=10)),
     )  # fmt: skip
@@ -196,6 +196,8 @@ def taskiq_peer() -> Peer:
 
 PEERS: dict[str, tuple[int, Callable[[], Peer]]] = {
     "conveyor": (8, conveyor_peer),
+    # Threads overlap the task bodies' own Redis round trips, as Dramatiq's 8 worker threads do.
+    "conveyor-threads": (6, lambda: conveyor_peer("Conveyor -P threads -c 4", ("-P", "threads", "-c", "4"))),
     "celery": (9, celery_peer),
     "dramatiq": (10, dramatiq_peer),
     "rq": (11, rq_peer),

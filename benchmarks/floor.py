@@ -1,0 +1,55 @@
+"""What this machine allows: Redis round trips through redis-py, back to back and after idling.
+
+    ./scripts/bench --floor
+
+A task queue cannot beat these. `delay().get()` crosses at least four
+process wake-ups (producer -> Redis -> worker -> Redis -> producer); the
+"after 5 ms idle" row is what one costs when the other side was asleep,
+which is the normal case for a round trip on an idle worker.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import redis
+
+URL = os.environ.get("CONVEYOR_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def _median_us(call: Callable[[], object], n: int, idle: float = 0.0) -> float:
+    samples = []
+    for _ in range(n):
+        if idle:
+            time.sleep(idle)
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1e6)
+    return statistics.median(samples)
+
+
+def rows(n: int = 3000) -> list[tuple[str, str]]:
+    client = redis.Redis.from_url(URL)
+    connection = client.connection_pool.get_connection()
+
+    def raw_ping() -> object:
+        connection.send_command("PING")
+        return connection.read_response()
+
+    client.ping()
+    out = []
+    for label, call in (("redis-py client", client.ping), ("redis-py connection", raw_ping)):
+        per_call = _median_us(call, n)
+        out.append((f"PING back to back, {label}", f"{per_call:.0f} µs ({1e6 / per_call:,.0f}/s)"))
+    out.append(("PING after 5 ms idle, redis-py connection", f"{_median_us(raw_ping, 300, idle=0.005):.0f} µs"))
+    connection.disconnect()
+    client.close()
+    return out
+
+
+if __name__ == "__main__":
+    for row in rows():
+        print(*row, sep=": ")
