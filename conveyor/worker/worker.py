@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from conveyor import __version__, states
-from conveyor.backends.base import StateUpdate, coalesce
+from conveyor.backends.base import StateUpdate
 from conveyor.brokers.base import Delivery
 from conveyor.config import parse_rate
 from conveyor.exceptions import (
@@ -47,6 +47,7 @@ from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
 from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option
 from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, Updated, create_pool
+from conveyor.worker.writer import Writer
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -139,6 +140,7 @@ class Worker:
         self._cold = False
         self.pool: Pool | None = None
         self.fetcher: Fetcher | None = None
+        self.writer: Writer | None = None
         self.embed_beat = beat
         self.ready = threading.Event()
         self._done = threading.Event()
@@ -161,6 +163,8 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         self._warn_unconsumed_default_queue()
         broker, backend = app.broker, app.backend
+        self.writer = Writer(backend, broker)
+        self.writer.start()
         self.pool = create_pool(self.pool_name, app, self.concurrency)
         self.pool.start(self.events.put)
         self.fetcher = Fetcher(broker, self.queues, self.prefetch, lambda d: self.events.put(_Delivered(d)))
@@ -241,6 +245,8 @@ class Worker:
             if isinstance(event, _Delivered):
                 self._requeue(event.deliveries)
         self._flush()
+        assert self.writer is not None
+        self.writer.close(timeout=60)
         try:
             self.app.broker.unregister_worker(self.hostname)
         except BrokerError:
@@ -527,27 +533,16 @@ class Worker:
 
     # -- I/O ------------------------------------------------------------------------------------
     def _flush(self) -> None:
-        """Write results, then acknowledge: a crash between the two reruns a task, never loses it."""
+        """Hand the batch's results and acks to the writer (results first: a crash between reruns a task)."""
         if self._freed_slots and self.fetcher is not None:
             self.fetcher.release(self._freed_slots)
             self._freed_slots = 0
         for task_id in list(self._starting):
             self._materialize_start(task_id)
-        if self._updates:
-            try:
-                self.app.backend.write(coalesce(self._updates))
-                self._updates = []
-            except BackendError as exc:
-                logger.error("Could not store %d results (will retry): %s", len(self._updates), exc)
-                time.sleep(0.5)
-                return
-        if self._acks:
-            try:
-                self.app.broker.ack(self._acks)
-                self._acks = []
-            except BrokerError as exc:
-                logger.error("Could not acknowledge %d messages (will retry): %s", len(self._acks), exc)
-                time.sleep(0.5)
+        if self._updates or self._acks:
+            assert self.writer is not None
+            self.writer.submit(self._updates, self._acks)
+            self._updates, self._acks = [], []
 
     def _unacked_count(self) -> int:
         return sum(1 for h in self.held.values() if not h.acked)

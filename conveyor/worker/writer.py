@@ -1,0 +1,102 @@
+"""The writer: results, then acks, on a thread of its own.
+
+The main loop hands over each batch and goes back to feeding the pool, so a
+busy worker keeps running tasks while a batch is on the wire. Batches are
+written in the order handed over, results before acks (a crash in between
+reruns a task, never loses it); whatever queued up meanwhile goes out as one
+batch. When the store is unreachable the batch is kept and retried with
+backoff, logged once on loss and once on recovery.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+
+from conveyor.backends.base import ResultBackend, StateUpdate, coalesce
+from conveyor.brokers.base import Broker, Delivery
+from conveyor.exceptions import BackendError, BrokerError
+
+logger = logging.getLogger("conveyor.worker")
+
+MAX_BACKOFF = 5.0
+#: Attempts made at shutdown before what is left is given up (and its leases lapse).
+FINAL_ATTEMPTS = 3
+
+_Batch = tuple[Sequence[StateUpdate], Sequence[Delivery]]
+
+
+class Writer:
+    def __init__(self, backend: ResultBackend, broker: Broker) -> None:
+        self.backend = backend
+        self.broker = broker
+        self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="conveyor-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, updates: Sequence[StateUpdate], acks: Sequence[Delivery]) -> None:
+        """Queue a batch: its results are written, then its deliveries acknowledged."""
+        self._batches.put((updates, acks))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is queued, then stop."""
+        self._batches.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        updates: list[StateUpdate] = []
+        acks: list[Delivery] = []
+        closing = False
+        while not closing:
+            batch = self._batches.get()
+            while True:
+                if batch is None:
+                    closing = True
+                else:
+                    updates += batch[0]
+                    acks += batch[1]
+                try:
+                    batch = self._batches.get_nowait()
+                except queue.Empty:
+                    break
+            updates, acks = self._write(updates, acks, closing)
+
+    def _write(
+        self, updates: list[StateUpdate], acks: list[Delivery], closing: bool
+    ) -> tuple[list[StateUpdate], list[Delivery]]:
+        """Write and acknowledge; on failure return what is left (merged with the next batch)."""
+        failures = 0
+        while updates or acks:
+            try:
+                if updates:
+                    self.backend.write(coalesce(updates))
+                    updates = []
+                if acks:
+                    self.broker.ack(acks)
+                    acks = []
+            except (BackendError, BrokerError) as exc:
+                failures += 1
+                if failures == 1:
+                    logger.error(
+                        "Could not store %d results / acknowledge %d messages (retrying): %s",
+                        len(updates), len(acks), exc,
+                    )  # fmt: skip
+                if closing and failures >= FINAL_ATTEMPTS:
+                    logger.error(
+                        "Giving up on %d results and %d acknowledgements at shutdown "
+                        "(unacknowledged tasks will be redelivered when their leases lapse)",
+                        len(updates), len(acks),
+                    )  # fmt: skip
+                    return [], []
+                time.sleep(min(MAX_BACKOFF, 0.25 * 2**failures))
+                if not closing and not self._batches.empty():
+                    return updates, acks  # go out together with what queued up meanwhile
+        if failures:
+            logger.warning("Results and acknowledgements stored again after %d failed attempts", failures)
+        return updates, acks

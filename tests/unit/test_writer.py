@@ -1,0 +1,85 @@
+"""The worker's writer thread: results before acks, retried while the store is down, given up at shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import pytest
+
+from conveyor import states
+from conveyor.backends.base import StateUpdate
+from conveyor.backends.memory import MemoryBackend
+from conveyor.brokers.base import Outgoing
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.exceptions import BackendConnectionError
+from conveyor.worker import writer
+from conveyor.worker.writer import Writer
+
+
+class FlakyBackend(MemoryBackend):
+    """A memory backend whose first `failures` writes fail as an unreachable store would."""
+
+    def __init__(self, failures: int, events: list[str]) -> None:
+        super().__init__("memory://writer-test")
+        self.failures = failures
+        self.events = events
+
+    def write(self, updates: Sequence[StateUpdate]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise BackendConnectionError("store unreachable")
+        self.events.append("write")
+        super().write(updates)
+
+
+class RecordingBroker(MemoryBroker):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__("memory://writer-test")
+        self.events = events
+
+    def ack(self, deliveries):  # type: ignore[no-untyped-def]
+        self.events.append("ack")
+        super().ack(deliveries)
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer, "MAX_BACKOFF", 0.01)
+
+
+def test_results_are_written_before_acks_and_retried_until_the_store_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: list[str] = []
+    backend, broker = FlakyBackend(2, events), RecordingBroker(events)
+    broker.publish([Outgoing("q", b"m")])
+    [delivery] = broker.fetch(["q"], 1, 0)
+    w = Writer(backend, broker)
+    w.start()
+    with caplog.at_level(logging.WARNING, "conveyor.worker"):
+        w.submit([backend.make_update("t1", states.SUCCESS, 3)], [delivery])
+        w.close(timeout=10)
+    assert events == ["write", "ack"]
+    assert backend.get_meta("t1")["result"] == 3
+    assert broker.queue_sizes(["q"]) == {"q": 0}
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("Could not store" in m for m in messages) == 1
+    assert sum("stored again after 2 failed attempts" in m for m in messages) == 1
+
+
+def test_shutdown_gives_up_on_an_unreachable_store_and_leaves_the_message_leased(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: list[str] = []
+    backend, broker = FlakyBackend(100, events), RecordingBroker(events)
+    broker.publish([Outgoing("q", b"m")])
+    [delivery] = broker.fetch(["q"], 1, 0)
+    w = Writer(backend, broker)
+    w.start()
+    with caplog.at_level(logging.ERROR, "conveyor.worker"):
+        w.submit([backend.make_update("t1", states.SUCCESS, 3)], [delivery])
+        w.close(timeout=10)
+    assert events == []  # never acknowledged without its result
+    assert broker.queue_sizes(["q"]) == {"q": 1}
+    assert any("Giving up" in r.getMessage() for r in caplog.records)
