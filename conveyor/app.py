@@ -259,27 +259,29 @@ class Conveyor:
         if ignore_result is None:
             ignore_result = task.ignore_result if task and task.ignore_result is not None else conf.task_ignore_result
         parent = current_request()
-        message = messages.Message(
-            task=name,
-            id=task_id or messages.new_id(),
-            args=tuple(args or ()),
-            kwargs=dict(kwargs or {}),
-            root_id=options.get("root_id") or (parent.root_id if parent else None),
-            parent_id=options.get("parent_id") or (parent.id if parent else None),
-            group=options.get("group_id"),
-            group_index=options.get("group_index"),
-            shadow=shadow,
-            eta=_aware(eta),
-            expires=_aware(expires),
-            retries=int(options.get("retries") or 0),
-            time_limit=hard,
-            soft_time_limit=soft,
-            ignore_result=bool(ignore_result),
-            callbacks=[dict(s) for s in _as_list(link)] or None,
-            errbacks=[dict(s) for s in _as_list(link_error)] or None,
-            headers=dict(options.get("headers") or {}),
-            priority=check_priority(int(priority or 0)),
-            reply_to=options.get("reply_to"),
+        message = messages.Message._of_fields(
+            {
+                "task": name,
+                "id": task_id or messages.new_id(),
+                "args": tuple(args or ()),
+                "kwargs": dict(kwargs or {}),
+                "root_id": options.get("root_id") or (parent.root_id if parent else None),
+                "parent_id": options.get("parent_id") or (parent.id if parent else None),
+                "group": options.get("group_id"),
+                "group_index": options.get("group_index"),
+                "shadow": shadow,
+                "eta": _aware(eta),
+                "expires": _aware(expires),
+                "retries": int(options.get("retries") or 0),
+                "time_limit": hard,
+                "soft_time_limit": soft,
+                "ignore_result": bool(ignore_result),
+                "callbacks": [dict(s) for s in _as_list(link)] or None,
+                "errbacks": [dict(s) for s in _as_list(link_error)] or None,
+                "headers": dict(options.get("headers") or {}),
+                "priority": check_priority(int(priority or 0)),
+                "reply_to": options.get("reply_to"),
+            }
         )
         queue = self._checked_queue(self.router.route(
             name, message.args, message.kwargs,

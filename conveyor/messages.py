@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from reprlib import Repr
 from typing import Any
@@ -89,10 +89,14 @@ class Message:
 
     @classmethod
     def _of_fields(cls, fields: dict[str, Any]) -> Message:
-        """A message from every one of its fields, past the frozen `__init__`, which costs
-        ten times more (one `object.__setattr__` per field): decoding makes one per task."""
+        """A message from its fields (the others default), past the frozen `__init__`, which
+        costs ten times more (one `object.__setattr__` per field): every `delay()` and every
+        delivery makes one."""
         message = object.__new__(cls)
+        message.__dict__.update(_DEFAULTS)
         message.__dict__.update(fields)
+        if message.root_id is None:
+            message.__dict__["root_id"] = message.id
         return message
 
     @property
@@ -179,15 +183,20 @@ class Message:
         return COMPACT_MAGIC + packed
 
 
+#: Field defaults for `Message._of_fields` (the factories' fields, id, kwargs and headers, are always given).
+_DEFAULTS = {f.name: f.default for f in fields(Message) if f.default is not MISSING}
+
+
 def _pack_id(value: str | None) -> str | bytes | None:
     """A canonical UUID as its 16 bytes (the compact envelope); any other id unchanged."""
     if value is None or len(value) != 36:
         return value
     try:
-        parsed = uuid.UUID(value)
+        packed = bytes.fromhex(value.replace("-", ""))
     except ValueError:
         return value
-    return parsed.bytes if str(parsed) == value else value
+    # Only an id that unpacks to itself is packed (lower-case hex, dashes where uuid puts them).
+    return packed if len(packed) == 16 and _unpack_id(packed) == value else value
 
 
 def _unpack_id(value: Any) -> Any:
