@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol, Union
 from conveyor.backends.base import StateUpdate
 from conveyor.config import POOL_NAMES
 from conveyor.exceptions import SoftTimeLimitExceeded, TaskRevokedError
-from conveyor.worker.execution import Job, Outcome, execute, time_limits
+from conveyor.worker.execution import Job, Outcome, execute, task_time_limits
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -106,6 +106,7 @@ class ThreadPool:
         self._threads: list[threading.Thread] = []
         self._emit: Emit | None = None
         self._running: dict[int, int] = {}  # job id -> thread ident
+        self._soft_limits: dict[str, float | None] = {}  # task name -> its soft limit (task, else settings)
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
@@ -117,15 +118,16 @@ class ThreadPool:
     def _run(self) -> None:
         emit = self._emit
         assert emit is not None
+        ident, updater = threading.get_ident(), _updater(emit)
         while True:
             job = self._jobs.get()
             if job is _STOP:
                 return
             assert isinstance(job, Job)
-            self._running[job.id] = threading.get_ident()
-            timer = self._soft_limit_timer(job)
+            self._running[job.id] = ident
+            timer = self._soft_limit_timer(job, ident)
             try:
-                outcome = execute(self.app, job, _reporter(emit, job.id), on_update=_updater(emit))
+                outcome = execute(self.app, job, _reporter(emit, job.id), on_update=updater)
             except BaseException as exc:  # a bug of ours, not the task's: never lose the job silently
                 logger.exception("Internal error running %s[%s]", job.message.task, job.message.id)
                 emit(Lost(job.id, exc))
@@ -136,17 +138,20 @@ class ThreadPool:
                 if timer is not None:
                     timer.cancel()
 
-    def _soft_limit_timer(self, job: Job) -> threading.Timer | None:
+    def _soft_limit_timer(self, job: Job, ident: int) -> threading.Timer | None:
         """Raises SoftTimeLimitExceeded in the task's thread when its soft limit passes.
 
         An asynchronous exception is seen between Python bytecodes: a task
         blocked in a C call (a long sleep, a socket read) gets it when that
         call returns. Hard limits cannot stop a thread; use prefork for them.
         """
-        soft = time_limits(self.app, job)[1]
+        name = job.message.task
+        if name not in self._soft_limits:
+            self._soft_limits[name] = task_time_limits(self.app, name)[1]
+        soft = job.message.soft_time_limit or self._soft_limits[name]
         if not soft:
             return None
-        timer = threading.Timer(soft, _raise_in_thread, (threading.get_ident(), SoftTimeLimitExceeded))
+        timer = threading.Timer(soft, _raise_in_thread, (ident, SoftTimeLimitExceeded))
         timer.daemon = True
         timer.start()
         return timer
