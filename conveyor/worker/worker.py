@@ -1,10 +1,11 @@
 """The worker: fetch, decide, run, record, acknowledge.
 
-One thread (`Worker.run`) owns every decision and every write. The fetcher
-thread and the pool report to it through one queue; it drains everything that
-is waiting and handles it as a batch, so results and acks are written in one
-backend round trip and one broker round trip per batch: under load batches
-grow, when idle a batch is a single event and is written at once.
+One thread (`Worker.run`) owns every decision. The fetcher thread and the
+pool report to it through one queue; it drains everything that is waiting and
+handles it as a batch, whose results and acks the writer thread
+(`worker/writer.py`) sends in one backend round trip and one broker round trip:
+under load batches grow, when idle a batch is a single event and is written
+at once.
 
 For each delivery: decode (undecodable -> dead letter), refuse content not in
 accept_content (FAILURE), unknown task name (FAILURE), expired (REVOKED), else
