@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -126,8 +127,7 @@ class Scripts:
         self.shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in sources.items()}
         self.cluster = is_cluster(client)
         self._local = threading.local()
-        self._connections: list[Any] = []
-        self._lock = threading.Lock()
+        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
 
     def load(self) -> None:
         for source in self.sources.values():
@@ -142,14 +142,11 @@ class Scripts:
 
     def _connection(self) -> Any:
         """This thread's own connection (a new one in a forked child: sockets are not shared)."""
-        pid = os.getpid()
-        mine = getattr(self._local, "connection", None)
-        if mine is None or self._local.pid != pid:
-            mine = self.client.connection_pool.get_connection()
-            self._local.connection, self._local.pid = mine, pid
-            with self._lock:
-                self._connections.append(mine)
-        return mine
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():
+            held = self._local.held = _Held(self.client.connection_pool)
+            self._held.add(held)
+        return held.connection
 
     def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send raw commands in one round trip; replies in order. A NOSCRIPT reply reloads and retries."""
@@ -182,12 +179,10 @@ class Scripts:
             raise
 
     def _drop(self, connection: Any) -> None:
-        self._local.connection = None
-        with self._lock:
-            if connection in self._connections:
-                self._connections.remove(connection)
+        held = self._local.held
+        self._local.held = None
         connection.disconnect()
-        self.client.connection_pool.release(connection)
+        held.release()
 
     def _each_on_cluster(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """One by one through redis-py's cluster client, which routes each to its slot's node."""
@@ -203,14 +198,31 @@ class Scripts:
         return replies
 
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
+        for held in list(self._held):
             try:
-                connection.disconnect()
+                held.connection.disconnect()
             except Exception:  # already broken: nothing to close cleanly
                 pass
+            held.release()
         self._local = threading.local()
+
+
+class _Held:
+    """One thread's connection, checked out of the pool; given back when the thread ends
+    (its thread-local data goes, and this with it), so short-lived producer threads do
+    not each keep a connection open."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pid = os.getpid()
+        self.connection = pool.get_connection()
+        self.release = weakref.finalize(self, _give_back, pool, self.connection, self.pid)
+
+
+def _give_back(pool: Any, connection: Any, pid: int) -> None:
+    # A forked child drops its copies of the parent's threads (and so these) while
+    # forking: the pool there is not the parent's to touch.
+    if os.getpid() == pid:
+        pool.release(connection)
 
 
 def _pack(connection: Any, commands: Sequence[tuple[Any, ...]]) -> Any:

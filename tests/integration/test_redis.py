@@ -50,6 +50,25 @@ def test_long_task_with_short_lease_on_a_live_worker_runs_once(e2e: E2E, redis_s
     assert [h["state"] for h in result.scoreboard["history"]] == [states.STARTED, states.SUCCESS]
 
 
+def test_a_thread_that_ends_gives_its_connection_back(redis_store) -> None:  # type: ignore[no-untyped-def]
+    """Hot paths keep one connection per thread; threads that come and go must not each keep one open."""
+    import gc
+    import threading
+
+    url, options = redis_store
+    app = Celery("threads", broker=url, broker_transport_options=options)
+    broker = app.broker
+    for _ in range(20):
+        thread = threading.Thread(target=broker.revoked, args=(["some-task"],))
+        thread.start()
+        thread.join()
+    gc.collect()
+    pool = broker.client.connection_pool
+    assert len(pool._in_use_connections) == 0  # every thread's connection is back in the pool
+    assert len(pool._available_connections) <= 1  # and reused by the next thread, not one each
+    app.close()
+
+
 def test_worker_survives_a_redis_restart_and_every_task_succeeds_once(e2e: E2E, tmp_path: Path) -> None:
     """Restart redis-server (appendonly) while 10,000 tasks flow: each ends SUCCESS exactly once."""
     server = RedisServer(tmp_path / "redis")
