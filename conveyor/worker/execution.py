@@ -223,16 +223,10 @@ def result_updates(
 
 def time_limits(app: Conveyor, job: Job) -> tuple[float | None, float | None]:
     """The (hard, soft) limits of a job: from the call, else the task, else the settings."""
-    hard, soft = task_time_limits(app, job.message.task)
-    return job.message.time_limit or hard, job.message.soft_time_limit or soft
-
-
-def task_time_limits(app: Conveyor, name: str) -> tuple[float | None, float | None]:
-    """The (hard, soft) limits a task's calls get unless they set their own."""
-    task = app.tasks.get(name)
-    return option(task, "time_limit", app.conf.task_time_limit), option(
-        task, "soft_time_limit", app.conf.task_soft_time_limit
-    )
+    task = app.tasks.get(job.message.task)
+    hard = job.message.time_limit or option(task, "time_limit", app.conf.task_time_limit)
+    soft = job.message.soft_time_limit or option(task, "soft_time_limit", app.conf.task_soft_time_limit)
+    return hard, soft
 
 
 def option(task: Task[Any, Any] | None, name: str, default: Any) -> Any:

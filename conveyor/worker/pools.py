@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol, Union
 from conveyor.backends.base import StateUpdate
 from conveyor.config import POOL_NAMES
 from conveyor.exceptions import SoftTimeLimitExceeded, TaskRevokedError
-from conveyor.worker.execution import Job, Outcome, execute, task_time_limits
+from conveyor.worker.execution import Job, Outcome, execute, time_limits
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -106,7 +106,6 @@ class ThreadPool:
         self._threads: list[threading.Thread] = []
         self._emit: Emit | None = None
         self._running: dict[int, int] = {}  # job id -> thread ident
-        self._soft_limits: dict[str, float | None] = {}  # task name -> its soft limit (task, else settings)
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
@@ -145,10 +144,7 @@ class ThreadPool:
         blocked in a C call (a long sleep, a socket read) gets it when that
         call returns. Hard limits cannot stop a thread; use prefork for them.
         """
-        name = job.message.task
-        if name not in self._soft_limits:
-            self._soft_limits[name] = task_time_limits(self.app, name)[1]
-        soft = job.message.soft_time_limit or self._soft_limits[name]
+        soft = time_limits(self.app, job)[1]
         if not soft:
             return None
         timer = threading.Timer(soft, _raise_in_thread, (ident, SoftTimeLimitExceeded))

@@ -48,11 +48,10 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(writer, "MAX_BACKOFF", 0.01)
 
 
-def test_results_are_written_before_acks_and_retried_until_the_store_is_back(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def write_once(failures: int, caplog: pytest.LogCaptureFixture) -> tuple[list[str], FlakyBackend, RecordingBroker]:
+    """One result and one ack through a writer whose store fails `failures` times; closed after."""
     events: list[str] = []
-    backend, broker = FlakyBackend(2, events), RecordingBroker(events)
+    backend, broker = FlakyBackend(failures, events), RecordingBroker(events)
     broker.publish([Outgoing("q", b"m")])
     [delivery] = broker.fetch(["q"], 1, 0)
     w = Writer(backend, broker)
@@ -60,6 +59,13 @@ def test_results_are_written_before_acks_and_retried_until_the_store_is_back(
     with caplog.at_level(logging.WARNING, "conveyor.worker"):
         w.submit([backend.make_update("t1", states.SUCCESS, 3)], [delivery])
         w.close(timeout=10)
+    return events, backend, broker
+
+
+def test_results_are_written_before_acks_and_retried_until_the_store_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events, backend, broker = write_once(2, caplog)
     assert events == ["write", "ack"]
     assert backend.get_meta("t1")["result"] == 3
     assert broker.queue_sizes(["q"]) == {"q": 0}
@@ -71,15 +77,7 @@ def test_results_are_written_before_acks_and_retried_until_the_store_is_back(
 def test_shutdown_gives_up_on_an_unreachable_store_and_leaves_the_message_leased(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    events: list[str] = []
-    backend, broker = FlakyBackend(100, events), RecordingBroker(events)
-    broker.publish([Outgoing("q", b"m")])
-    [delivery] = broker.fetch(["q"], 1, 0)
-    w = Writer(backend, broker)
-    w.start()
-    with caplog.at_level(logging.ERROR, "conveyor.worker"):
-        w.submit([backend.make_update("t1", states.SUCCESS, 3)], [delivery])
-        w.close(timeout=10)
+    events, _, broker = write_once(100, caplog)
     assert events == []  # never acknowledged without its result
     assert broker.queue_sizes(["q"]) == {"q": 1}
     assert any("Giving up" in r.getMessage() for r in caplog.records)
