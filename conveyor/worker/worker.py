@@ -9,9 +9,10 @@ at once.
 
 For each delivery: decode (undecodable -> dead letter), refuse content not in
 accept_content (FAILURE), unknown task name (FAILURE), expired (REVOKED), else
-submit to the pool. STARTED is recorded when the pool reports the start; the
-message is acknowledged then (or, with acks_late, after the result is
-written). Leases of unacknowledged deliveries are renewed every third of the
+submit to the pool. The message is acknowledged when the pool reports the
+start (or, with acks_late, after the result is written). STARTED is written
+once the task has run for STARTED_GRACE_SECONDS; a shorter task's STARTED
+goes into its final write as a history entry, so it costs no write of its own. Leases of unacknowledged deliveries are renewed every third of the
 lease time, so a long task on a live worker is never delivered twice.
 """
 
@@ -61,6 +62,9 @@ REVOKE_CHECK_SECONDS = 0.5
 CLEANUP_SECONDS = 3600.0
 #: Most events handled (and written) as one batch.
 MAX_BATCH = 2000
+#: A task still running this long after it started gets its STARTED written on its own;
+#: one that ends sooner has it folded into its final write (one write, not two).
+STARTED_GRACE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,13 @@ class Worker:
 
     def _loop(self) -> None:
         while not (self._stopping and not self.held) and not self._cold:
+            timeout = 1.0
+            if self._starting:
+                # Wake when the oldest pending STARTED is due (dicts keep insertion order).
+                first_start = next(iter(self._starting.values()))[2]
+                timeout = max(0.0, min(timeout, first_start + STARTED_GRACE_SECONDS - time.time()))
             try:
-                batch = [self.events.get(timeout=1.0)]
+                batch = [self.events.get(timeout=timeout)]
             except queue.Empty:
                 batch = []
             while batch and len(batch) < MAX_BATCH:
@@ -405,6 +414,7 @@ class Worker:
                 job.message.id,
                 event.error,
             )
+            self._materialize_start(job.message.id)  # the run that died stays in the history
             self._requeue([held.delivery], redelivery=True)
             return
         error = TaskRevokedError("terminated") if held.terminated else event.error
@@ -538,8 +548,10 @@ class Worker:
         if self._freed_slots and self.fetcher is not None:
             self.fetcher.release(self._freed_slots)
             self._freed_slots = 0
-        for task_id in list(self._starting):
-            self._materialize_start(task_id)
+        if self._starting:
+            due = time.time() - STARTED_GRACE_SECONDS
+            for task_id in [t for t, (_, _, at) in self._starting.items() if at <= due]:
+                self._materialize_start(task_id)
         if self._updates or self._acks:
             assert self.writer is not None
             self.writer.submit(self._updates, self._acks)
