@@ -12,8 +12,9 @@ accept_content (FAILURE), unknown task name (FAILURE), expired (REVOKED), else
 submit to the pool. The message is acknowledged when the pool reports the
 start (or, with acks_late, after the result is written). STARTED is written
 once the task has run for STARTED_GRACE_SECONDS; a shorter task's STARTED
-goes into its final write as a history entry, so it costs no write of its own. Leases of unacknowledged deliveries are renewed every third of the
-lease time, so a long task on a live worker is never delivered twice.
+goes into its final write as a history entry, so it costs no write of its
+own. Leases of unacknowledged deliveries are renewed every third of the lease
+time, so a long task on a live worker is never delivered twice.
 """
 
 from __future__ import annotations
