@@ -301,8 +301,13 @@ class Envelope:
         args, kwargs, embed = (*payload, {}) if len(payload) == 2 else payload
         if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
             raise DecodeError("message body has args that are not a list or kwargs not a dict")
-        embed = embed if isinstance(embed, dict) else {}
         h = self.headers
+        if not embed and len(h) == 2 and not self.properties and self.content_type == "application/json":
+            # A plain call in the compact envelope (only task and id): every other field is its default.
+            return Message._of_fields(
+                {"task": h["task"], "id": h["id"], "args": tuple(args), "kwargs": kwargs, "headers": {}, "origin": ""}
+            )
+        embed = embed if isinstance(embed, dict) else {}
         hard, soft = [*(h.get("timelimit") or ()), None, None][:2]
         custom = {k: v for k, v in h.items() if k not in _KNOWN_HEADERS} if len(h) > 2 else {}
         return Message._of_fields(

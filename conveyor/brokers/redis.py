@@ -39,10 +39,27 @@ from conveyor.exceptions import BrokerConnectionError, BrokerError
 
 PRIORITY_SHIFT = 2**40
 
+# Scripts make one variadic call per structure for a whole batch, not one call per message:
+# a call costs the server more than an item. unpack() is bounded by Lua's C stack (8000),
+# so the calls go in chunks of 4000 items (even: HSET and ZADD take pairs).
+VARIADIC = """
+local function variadic(command, key, items)
+  local out = {}
+  for j = 1, #items, 4000 do
+    local reply = redis.call(command, key, unpack(items, j, math.min(j + 3999, #items)))
+    if type(reply) == 'table' then
+      for k = 1, #reply do out[#out + 1] = reply[k] end
+    end
+  end
+  return out
+end
+"""
+
 # KEYS: ready, waiting, msgs, state, seq; ARGV: now_ms, channel, then (priority, not_before_ms, body) per message
-# One command per structure for the whole batch (ids reserved with one INCRBY): a batch
-# costs the server a few calls, not three per message.
-PUBLISH = """
+# The batch's ids are reserved with one INCRBY.
+PUBLISH = (
+    VARIADIC
+    + """
 local now = tonumber(ARGV[1])
 local count = (#ARGV - 2) / 3
 local id = redis.call('INCRBY', KEYS[5], count) - count
@@ -64,12 +81,6 @@ for i = 3, #ARGV, 3 do
     ready[#ready + 1] = id
   end
 end
--- unpack() is bounded by Lua's C stack: variadic calls go in chunks
-local function variadic(command, key, items)
-  for j = 1, #items, 4000 do
-    redis.call(command, key, unpack(items, j, math.min(j + 3999, #items)))
-  end
-end
 variadic('HSET', KEYS[3], bodies)
 variadic('ZADD', KEYS[1], ready)
 variadic('ZADD', KEYS[2], delayed)
@@ -77,6 +88,7 @@ variadic('HSET', KEYS[4], states)
 redis.call('PUBLISH', ARGV[2], '1')
 return #ready / 2
 """
+)
 
 # Moves due waiting entries back to ready. Shared head of FETCH.
 PROMOTE = """
@@ -97,7 +109,8 @@ end
 # KEYS: ready, waiting, msgs, state; ARGV: now_ms, lease_ms, limit, token
 # Returns {id, body, attempts, ...} or {next_due_ms} when nothing is ready.
 FETCH = (
-    PROMOTE
+    VARIADIC
+    + PROMOTE
     + """
 local now = tonumber(ARGV[1])
 promote(now)
@@ -106,19 +119,25 @@ if #popped == 0 then
   local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   return {first[2] or false}
 end
-local out = {}
+local ids = {}
+for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+local previous = variadic('HMGET', KEYS[4], ids)
+local bodies = variadic('HMGET', KEYS[3], ids)
 local until_ms = now + tonumber(ARGV[2])
-for i = 1, #popped, 2 do
-  local id, score = popped[i], popped[i + 1]
-  local state = redis.call('HGET', KEYS[4], id)
+local states, leases, out = {}, {}, {}
+for j, id in ipairs(ids) do
   local attempts = 1
-  if state then attempts = tonumber(string.match(state, '^[^:]*:([^:]*):')) + 1 end
-  redis.call('HSET', KEYS[4], id, score .. ':' .. attempts .. ':' .. ARGV[4])
-  redis.call('ZADD', KEYS[2], until_ms, id)
+  if previous[j] then attempts = tonumber(string.match(previous[j], '^[^:]*:([^:]*):')) + 1 end
+  states[#states + 1] = id
+  states[#states + 1] = popped[2 * j] .. ':' .. attempts .. ':' .. ARGV[4]
+  leases[#leases + 1] = until_ms
+  leases[#leases + 1] = id
   out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', KEYS[3], id)
+  out[#out + 1] = bodies[j]
   out[#out + 1] = attempts
 end
+variadic('HSET', KEYS[4], states)
+variadic('ZADD', KEYS[2], leases)
 return out
 """
 )
@@ -134,14 +153,20 @@ end
 
 # KEYS: ready, waiting, msgs, state; ARGV: (id, token)...
 ACK = (
-    OWNED
+    VARIADIC
     + """
-for i = 1, #ARGV, 2 do
-  if lease_of(ARGV[i]) == ARGV[i + 1] then
-    redis.call('ZREM', KEYS[2], ARGV[i])
-    redis.call('HDEL', KEYS[3], ARGV[i])
-    redis.call('HDEL', KEYS[4], ARGV[i])
-  end
+local ids = {}
+for i = 1, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local states = variadic('HMGET', KEYS[4], ids)
+local owned = {}
+for j, id in ipairs(ids) do
+  local state = states[j]
+  if state and string.match(state, '^[^:]*:[^:]*:(.*)$') == ARGV[2 * j] then owned[#owned + 1] = id end
+end
+if #owned > 0 then
+  variadic('ZREM', KEYS[2], owned)
+  variadic('HDEL', KEYS[3], owned)
+  variadic('HDEL', KEYS[4], owned)
 end
 return 1
 """

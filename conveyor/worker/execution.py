@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 
-@dataclass(frozen=True)
+# Job and Outcome are made per task: slots, not frozen (a frozen __init__ costs four times more).
+@dataclass(slots=True)
 class Job:
     """A task message accepted by a worker, on its way to a pool."""
 
@@ -43,7 +44,7 @@ class Job:
     redelivered: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """How one run of a task ended."""
 

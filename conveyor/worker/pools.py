@@ -36,23 +36,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Started:
     job_id: int
     pid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Finished:
     outcome: Outcome
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Updated:
     update: StateUpdate
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Lost:
     job_id: int
     error: BaseException

@@ -68,7 +68,7 @@ MAX_BATCH = 2000
 STARTED_GRACE_SECONDS = 0.05
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Delivered:
     deliveries: list[Delivery]
 

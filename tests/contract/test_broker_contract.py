@@ -73,6 +73,16 @@ def test_ack_removes_for_good(broker: Broker) -> None:
     assert broker.fetch(["q"], 1, 0) == []
 
 
+def test_large_batches_fetch_and_ack_whole(broker: Broker) -> None:
+    """A fetch and an ack of 9,000 at once (Redis makes its variadic calls in chunks)."""
+    broker.publish([Outgoing("q", f"m{i}".encode()) for i in range(9000)])
+    deliveries = broker.fetch(["q"], 9000, 0)
+    assert bodies(deliveries) == [f"m{i}".encode() for i in range(9000)]
+    assert {d.attempts for d in deliveries} == {1}
+    broker.ack(deliveries[:1] + deliveries)  # a repeated ack is harmless
+    assert broker.queue_sizes(["q"]) == {"q": 0}
+
+
 def test_lapsed_lease_redelivers(broker: Broker) -> None:
     """At-least-once: a delivery whose holder stops renewing comes back."""
     broker.publish_one("q", b"x")

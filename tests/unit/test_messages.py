@@ -114,3 +114,10 @@ def test_compact_envelope_carries_every_field_in_a_third_of_the_size() -> None:
 def test_malformed_compact_envelope_says_why() -> None:
     with pytest.raises(DecodeError, match="compact message envelope"):
         Envelope.parse(b"\xc1\x93garbage")
+
+
+def test_plain_compact_call_decodes_to_the_same_message_as_the_full_envelope() -> None:
+    plain = Message("bench.noop", args=(1,), kwargs={"k": 2})
+    assert len(Envelope.parse(plain.encode(format="compact")).headers) == 2  # takes the plain-call path
+    from_compact, from_celery = decode(plain.encode(format="compact")), decode(plain.encode(format="celery"))
+    assert {**vars(from_compact), "origin": None} == {**vars(from_celery), "origin": None}
