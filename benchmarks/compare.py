@@ -197,7 +197,13 @@ def taskiq_peer() -> Peer:
 PEERS: dict[str, tuple[int, Callable[[], Peer]]] = {
     "conveyor": (8, conveyor_peer),
     # Threads overlap the task bodies' own Redis round trips, as Dramatiq's 8 worker threads do.
-    "conveyor-threads": (6, lambda: conveyor_peer("Conveyor -P threads -c 4", ("-P", "threads", "-c", "4"))),
+    "conveyor-threads": (
+        6,
+        lambda: conveyor_peer(
+            "Conveyor -P threads -c 4 --prefetch-multiplier 16",
+            ("-P", "threads", "-c", "4", "--prefetch-multiplier", "16"),
+        ),
+    ),
     "celery": (9, celery_peer),
     "dramatiq": (10, dramatiq_peer),
     "rq": (11, rq_peer),

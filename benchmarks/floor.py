@@ -5,13 +5,17 @@
 A task queue cannot beat these. `delay().get()` crosses at least four
 process wake-ups (producer -> Redis -> worker -> Redis -> producer); the
 "after 5 ms idle" row is what one costs when the other side was asleep,
-which is the normal case for a round trip on an idle worker.
+which is the normal case for a round trip on an idle worker. The last rows
+run the peer comparison's task body alone (one INCR through the redis-py
+client) on 1 and 4 threads of one process: no queue drains that workload
+faster than its body runs.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -46,8 +50,26 @@ def rows(n: int = 3000) -> list[tuple[str, str]]:
         out.append((f"PING back to back, {label}", f"{per_call:.0f} µs ({1e6 / per_call:,.0f}/s)"))
     out.append(("PING after 5 ms idle, redis-py connection", f"{_median_us(raw_ping, 300, idle=0.005):.0f} µs"))
     connection.disconnect()
+    for threads in (1, 4):
+        out.append((f"the peer workload's body alone (INCR, redis-py client), {threads} thread(s)",
+                    f"{_incr_rate(client, threads, n):,.0f}/s"))  # fmt: skip
+    client.delete("bench:floor")
     client.close()
     return out
+
+
+def _incr_rate(client: redis.Redis, threads: int, n: int) -> float:
+    def loop() -> None:
+        for _ in range(n // threads):
+            client.incr("bench:floor")
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return (n // threads) * threads / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":
