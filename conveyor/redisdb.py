@@ -18,11 +18,10 @@ caller translates them with `translate()` into its own Conveyor error.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,15 +95,26 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
-@contextlib.contextmanager
-def translate(error: type[ConveyorError], connection_error: type[ConveyorError], where: str) -> Iterator[None]:
-    """Turn redis-py errors into Conveyor errors: connection problems into `connection_error`."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise connection_error(f"{where}: {exc}") from exc
-    except redis.RedisError as exc:
-        raise error(f"{where}: {exc}") from exc
+class translate:  # noqa: N801 - used as a function: `with translate(...)`
+    """Turn redis-py errors into Conveyor errors: connection problems into `connection_error`.
+
+    A class, not a generator context manager: it wraps every hot-path call, and
+    entering a generator costs several times more.
+    """
+
+    __slots__ = ("connection_error", "error", "where")
+
+    def __init__(self, error: type[ConveyorError], connection_error: type[ConveyorError], where: str) -> None:
+        self.error, self.connection_error, self.where = error, connection_error, where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            raise self.connection_error(f"{self.where}: {exc}") from exc
+        if isinstance(exc, redis.RedisError):
+            raise self.error(f"{self.where}: {exc}") from exc
 
 
 class Scripts:

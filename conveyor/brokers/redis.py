@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from itertools import groupby
 from typing import Any
 
 from conveyor import redisdb
@@ -308,14 +307,19 @@ class RedisBroker(Broker):
             },
         )  # fmt: skip
         self._known_queues: set[str] = set()
+        self._queue_keys: dict[str, list[str]] = {}
         self._local = threading.local()
         self._pubsubs: list[Any] = []
         self._lock = threading.Lock()
 
     # -- keys ----------------------------------------------------------------------------
     def _keys(self, queue: str) -> list[str]:
-        base = f"{self.prefix}:{{{queue}}}"
-        return [f"{base}:ready", f"{base}:waiting", f"{base}:msgs", f"{base}:state", f"{base}:seq"]
+        keys = self._queue_keys.get(queue)
+        if keys is None:
+            base = f"{self.prefix}:{{{queue}}}"
+            keys = [f"{base}:ready", f"{base}:waiting", f"{base}:msgs", f"{base}:state", f"{base}:seq"]
+            self._queue_keys[queue] = keys
+        return keys
 
     def _channel(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:notify"
@@ -338,14 +342,14 @@ class RedisBroker(Broker):
     # -- Broker ----------------------------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now_ms = int(time.time() * 1000)
-        by_queue = groupby(sorted(messages, key=lambda m: m.queue), key=lambda m: m.queue)
-        calls: list[tuple[str, list[str], list[Any]]] = []
-        for queue, group in by_queue:
-            args: list[Any] = [now_ms, self._channel(queue)]
-            for m in group:
-                args += [m.priority, int(m.not_before * 1000) if m.not_before else 0, m.body]
-            calls.append(("publish", self._keys(queue), args))
-        new_queues = sorted({m.queue for m in messages} - self._known_queues)
+        by_queue: dict[str, list[Any]] = {}
+        for m in messages:
+            args = by_queue.get(m.queue)
+            if args is None:
+                args = by_queue[m.queue] = [now_ms, self._channel(m.queue)]
+            args += (m.priority, int(m.not_before * 1000) if m.not_before else 0, m.body)
+        calls = [("publish", self._keys(queue), args) for queue, args in by_queue.items()]
+        new_queues = sorted(by_queue.keys() - self._known_queues)
         with self._translate("publish"):
             if len(calls) == 1 and not new_queues:
                 self._scripts.run(*calls[0])  # the common case: one round trip, no pipeline
