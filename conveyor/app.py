@@ -9,11 +9,12 @@ order before anything connects.
 from __future__ import annotations
 
 import importlib
+import inspect
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from conveyor import messages
 from conveyor.backends import ResultBackend, backend_from_url
@@ -26,10 +27,31 @@ from conveyor.exceptions import BrokerConnectionError, ImproperlyConfigured
 from conveyor.result import AsyncResult
 from conveyor.routing import Router
 from conveyor.sqlitedb import DEFAULT_URL
-from conveyor.task import Task, _as_list, current_request
+from conveyor.task import AsyncTask, Task, _as_list, current_request
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _TaskDecorator(Protocol):
+    """`@app.task(...)`: an `async def` function becomes an AsyncTask, any other a Task."""
+
+    @overload
+    def __call__(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class _BoundTaskDecorator(Protocol):
+    """`@app.task(bind=True, ...)`: the function's first argument is the task itself."""
+
+    @overload
+    def __call__(self, fun: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, fun: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+
 
 _current_app: Conveyor | None = None
 
@@ -99,28 +121,29 @@ class Conveyor:
 
     # -- tasks -------------------------------------------------------------------------------
     @overload
+    def task(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
     def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(
-        self, *, bind: Literal[True], name: str | None = None, **options: Any
-    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    def task(self, *, bind: Literal[True], name: str | None = None, **options: Any) -> _BoundTaskDecorator: ...
 
     @overload
-    def task(
-        self, *, bind: Literal[False] = False, name: str | None = None, **options: Any
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(self, *, bind: Literal[False] = False, name: str | None = None, **options: Any) -> _TaskDecorator: ...
 
     def task(  # type: ignore[misc]  # mypy cannot match ParamSpec overloads to **options
         self, fun: Callable[..., Any] | None = None, /, *, bind: bool = False, name: str | None = None, **options: Any
     ) -> Any:
         """Register a function as a task: `@app.task` or `@app.task(name=..., bind=True, ...)`.
 
-        The name defaults to `<module>.<function>`.
+        The name defaults to `<module>.<function>`. An `async def` function
+        becomes an `AsyncTask`, which workers await.
         """
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
-            task: Task[Any, Any] = Task(self, function, name or self.task_name(function), bind=bind, **options)
+            kind = AsyncTask if inspect.iscoroutinefunction(function) else Task
+            task: Task[Any, Any] = kind(self, function, name or self.task_name(function), bind=bind, **options)
             self.tasks[task.name] = task
             return task
 
@@ -345,7 +368,7 @@ def _aware(value: Any) -> datetime | None:
         value = datetime.fromisoformat(value)
     if not isinstance(value, datetime):
         raise TypeError(f"expected a datetime, seconds or an ISO string, not {value!r}")
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 Celery = Conveyor

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -105,7 +105,7 @@ class ScheduleStore:
 
 
 def app_timezone(app: Conveyor) -> tzinfo:
-    return ZoneInfo(app.conf.timezone) if app.conf.timezone else timezone.utc
+    return ZoneInfo(app.conf.timezone) if app.conf.timezone else UTC
 
 
 class Beat:
@@ -123,7 +123,7 @@ class Beat:
 
     def tick(self, now: datetime | None = None) -> float:
         """Submit every due entry this beat wins; seconds until the next check."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         broker = self.app.broker
         last_runs = broker.kv_items(LAST_RUN)
         wake = self.max_interval
@@ -184,4 +184,4 @@ def _stamp(moment: datetime) -> bytes:
 
 
 def _parse(raw: bytes) -> datetime:
-    return datetime.fromtimestamp(float(raw), timezone.utc)
+    return datetime.fromtimestamp(float(raw), UTC)

@@ -107,12 +107,14 @@ def main(ctx: click.Context, app_spec: str | None, broker: str | None, result_ba
 
 @main.command()
 @loglevel_option
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Pool size [default: CPU count].")
+@click.option(
+    "-c", "--concurrency", type=click.IntRange(min=1), help="Pool size [default: CPU count; asyncio: 100 tasks]."
+)
 @click.option(
     "-P",
     "--pool",
     type=click.Choice(POOL_NAMES),
-    help="Pool type [default: prefork]; gevent and eventlet run on threads.",
+    help="Pool type [default: prefork]; asyncio interleaves async def tasks; gevent and eventlet run on threads.",
 )
 @click.option("-Q", "--queues", help="Comma-separated queues [default: every queue in task_queues].")
 @click.option("-n", "--hostname", help="Worker name [default: conveyor@<host>].")

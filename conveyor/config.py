@@ -184,7 +184,7 @@ def _retry_policy(value: Any) -> dict[str, Any]:
 
 
 #: Pool names `-P/--pool` accepts (gevent and eventlet run on threads: see worker/pools.py).
-POOL_NAMES = ("prefork", "processes", "threads", "solo", "gevent", "eventlet")
+POOL_NAMES = ("prefork", "processes", "threads", "solo", "asyncio", "gevent", "eventlet")
 
 
 def _pool(value: Any) -> str:
@@ -264,7 +264,7 @@ class Settings:
     result_extended: bool = _setting(False, _bool, "also store name, args, kwargs, worker, retries, queue")
     # Worker
     worker_concurrency: int | None = _setting(None, _optional(_int(1)), "pool size; none means the CPU count")
-    worker_pool: str = _setting("prefork", _pool, "pool: prefork, threads, solo (gevent, eventlet accepted)")
+    worker_pool: str = _setting("prefork", _pool, "pool: prefork, threads, solo, asyncio (gevent, eventlet accepted)")
     worker_prefetch_multiplier: int = _setting(4, _int(0), "prefetch = concurrency x this; 0 means unlimited")
     worker_max_tasks_per_child: int | None = _setting(
         None, _optional(_int(1)), "recycle a prefork child after this many tasks"

@@ -15,7 +15,7 @@ import os
 import socket
 import uuid
 from dataclasses import MISSING, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from reprlib import Repr
 from typing import Any
 
@@ -34,7 +34,7 @@ def new_id() -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -49,7 +49,7 @@ def _parse_iso(value: Any, header: str) -> datetime | None:
     except (TypeError, ValueError):
         raise DecodeError(f"header {header!r} is not an ISO-8601 time: {value!r}") from None
     # Protocol 2: a time without an offset is UTC.
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

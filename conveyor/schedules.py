@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
-UTC = timezone.utc
+UTC = UTC
 
 
 class BaseSchedule(ABC):

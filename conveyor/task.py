@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -141,6 +141,8 @@ class Task(Generic[P, R]):
         self.__wrapped__ = fun
         self.__module__ = fun.__module__
         self._signature = inspect.signature(fun)
+        #: An `async def` task: its worker awaits it (see `AsyncTask`).
+        self.is_async = inspect.iscoroutinefunction(fun)
 
     # -- running here ----------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -308,6 +310,19 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
+
+
+class AsyncTask(Task[P, R]):
+    """A task defined with `async def`: `R` is what it returns once awaited.
+
+    Workers run it natively: the asyncio pool (`-P asyncio`) interleaves many on
+    one event loop; the other pools run it to completion on an event loop of the
+    thread or process that took it. Calling it directly returns the coroutine,
+    as calling the function does.
+    """
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:  # type: ignore[override]
+        return super().__call__(*args, **kwargs)  # type: ignore[return-value]
 
 
 def _as_list(value: Any) -> list[Any]:

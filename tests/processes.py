@@ -19,6 +19,7 @@ from typing import Any
 from conveyor import Celery
 
 APP_TEMPLATE = """
+import asyncio
 import os
 import time
 
@@ -49,6 +50,12 @@ def limited(i):
 @app.task(name="e2e.die", acks_late=True, reject_on_worker_lost=True)
 def die():
     os._exit(1)
+
+
+@app.task(name="e2e.async_sleep")
+async def async_sleep(seconds):
+    await asyncio.sleep(seconds)
+    return os.getpid()
 """
 
 

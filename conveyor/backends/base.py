@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from conveyor import exceptions, serialization, states
@@ -108,7 +108,7 @@ def decode_exception(data: Mapping[str, Any]) -> BaseException:
 
 
 def isoformat(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 class ResultBackend(ABC):

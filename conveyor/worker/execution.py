@@ -9,8 +9,10 @@ writes bytes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -82,22 +84,66 @@ def context_for(job: Job, *, eager: bool = False) -> Context:
 
 
 def _call(task: Task[Any, Any], message: messages.Message) -> Any:
-    """Call the task function, turning `autoretry_for` exceptions into `self.retry`."""
+    """Call the task function (an `async def` one to completion, on this thread's event loop)."""
     try:
-        return task(*message.args, **message.kwargs)
+        value = task(*message.args, **message.kwargs)
+        return _thread_loop().run(value) if task.is_async else value
     except Retry:
         raise
     except Exception as exc:
-        if (
-            task.autoretry_for
-            and isinstance(exc, task.autoretry_for)
-            and not (task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for))
-        ):
-            retry_kwargs = dict(task.retry_kwargs)
-            if task.retry_backoff and "countdown" not in retry_kwargs:
-                retry_kwargs["countdown"] = task.retry_delay(task.request.retries)
-            task.retry(exc=exc, **retry_kwargs)
+        _autoretry(task, exc)
         raise
+
+
+async def _call_async(task: Task[Any, Any], message: messages.Message) -> Any:
+    """`_call` on an event loop: an `async def` task is awaited here, beside others."""
+    try:
+        value = task(*message.args, **message.kwargs)
+        return await value if task.is_async else value
+    except Retry:
+        raise
+    except Exception as exc:
+        _autoretry(task, exc)
+        raise
+
+
+def _autoretry(task: Task[Any, Any], exc: Exception) -> None:
+    """Turn an `autoretry_for` exception into `self.retry` (which raises Retry)."""
+    if (
+        task.autoretry_for
+        and isinstance(exc, task.autoretry_for)
+        and not (task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for))
+    ):
+        retry_kwargs = dict(task.retry_kwargs)
+        if task.retry_backoff and "countdown" not in retry_kwargs:
+            retry_kwargs["countdown"] = task.retry_delay(task.request.retries)
+        task.retry(exc=exc, **retry_kwargs)
+
+
+class _ThreadLoop:
+    """A thread's event loop for `async def` tasks, closed when the thread ends (and its
+    thread-local data with it)."""
+
+    def __init__(self) -> None:
+        self.runner = asyncio.Runner()
+
+    def __del__(self) -> None:
+        try:
+            self.runner.close()
+        except Exception:  # interpreter shutdown: nothing left to close cleanly
+            pass
+
+
+_loops = threading.local()
+
+
+def _thread_loop() -> asyncio.Runner:
+    """This thread's event loop for `async def` tasks, kept for its next one (a pool thread
+    reuses it, so connections a task keeps on the loop stay usable)."""
+    loop: _ThreadLoop | None = getattr(_loops, "loop", None)
+    if loop is None:
+        loop = _loops.loop = _ThreadLoop()
+    return loop.runner
 
 
 def extended_meta(job: Job) -> dict[str, Any]:
@@ -141,29 +187,81 @@ def execute(
     task's own `update_state` calls.
     """
     backend = backend or app.backend
-    message = job.message
-    task = app.tasks[message.task]
-    request_token = _current_request.set(LazyRequest(lambda: context_for(job, eager=eager)))
-    in_task_token = in_task.set(True)
-    sink_token = state_sink.set(on_update)
-    on_started(_pid)
-    started = time.monotonic()
-    try:
+    task = app.tasks[job.message.task]
+    with _Running(job, eager, on_update):
+        on_started(_pid)
+        started = time.monotonic()
         try:
-            value = _call(task, message)
-        except Retry as retry:
-            return _finish(app, backend, task, job, states.RETRY, retry.exc or retry, started, exc=retry)
-        except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is
-            _run_errbacks(app, message, exc)
-            return _finish(app, backend, task, job, states.FAILURE, exc, started, exc=exc)
-        outcome = _finish(app, backend, task, job, states.SUCCESS, value, started)
-        if outcome.state == states.SUCCESS:
-            _run_callbacks(app, message.callbacks, (value,))
-        return outcome
-    finally:
+            value = _call(task, job.message)
+        except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is (Retry too)
+            return _ended(app, backend, task, job, exc, started)
+        return _succeeded(app, backend, task, job, value, started)
+
+
+async def execute_async(
+    app: Conveyor,
+    job: Job,
+    on_started: Callable[[int], None],
+    *,
+    on_update: Callable[[StateUpdate], None] | None = None,
+) -> Outcome:
+    """`execute` on an event loop: an `async def` task is awaited, so others run meanwhile.
+
+    Call it in a task of its own (`asyncio.create_task`): the request context
+    it sets stays in that task's copy of the context.
+    """
+    backend = app.backend
+    task = app.tasks[job.message.task]
+    with _Running(job, False, on_update):
+        on_started(_pid)
+        started = time.monotonic()
+        try:
+            value = await _call_async(task, job.message)
+        except (Exception, SystemExit) as exc:
+            return _ended(app, backend, task, job, exc, started)
+        return _succeeded(app, backend, task, job, value, started)
+
+
+class _Running:
+    """`self.request`, `update_state`'s sink and `in_task` for the length of one run."""
+
+    __slots__ = ("_eager", "_job", "_on_update", "_tokens")
+
+    def __init__(self, job: Job, eager: bool, on_update: Callable[[StateUpdate], None] | None) -> None:
+        self._job, self._eager, self._on_update = job, eager, on_update
+
+    def __enter__(self) -> None:
+        job, eager = self._job, self._eager
+        self._tokens = (
+            _current_request.set(LazyRequest(lambda: context_for(job, eager=eager))),
+            in_task.set(True),
+            state_sink.set(self._on_update),
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        request_token, in_task_token, sink_token = self._tokens
         in_task.reset(in_task_token)
         _current_request.reset(request_token)
         state_sink.reset(sink_token)
+
+
+def _ended(
+    app: Conveyor, backend: ResultBackend, task: Task[Any, Any], job: Job, exc: BaseException, started: float
+) -> Outcome:
+    """The outcome of a run that raised: RETRY for `self.retry`, else FAILURE (errbacks run)."""
+    if isinstance(exc, Retry):
+        return _finish(app, backend, task, job, states.RETRY, exc.exc or exc, started, exc=exc)
+    _run_errbacks(app, job.message, exc)
+    return _finish(app, backend, task, job, states.FAILURE, exc, started, exc=exc)
+
+
+def _succeeded(
+    app: Conveyor, backend: ResultBackend, task: Task[Any, Any], job: Job, value: Any, started: float
+) -> Outcome:
+    outcome = _finish(app, backend, task, job, states.SUCCESS, value, started)
+    if outcome.state == states.SUCCESS:
+        _run_callbacks(app, job.message.callbacks, (value,))
+    return outcome
 
 
 def _finish(

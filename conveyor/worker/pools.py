@@ -11,7 +11,9 @@ Every pool implements `Pool`: it takes jobs, runs them with
 
 `threads` runs tasks on threads of the worker process; `solo` is one such
 thread (one task at a time); `prefork` (`worker/prefork.py`) runs them in
-child processes. `gevent` and `eventlet` are accepted names for `threads`:
+child processes; `asyncio` (`worker/asyncpool.py`) interleaves `async def`
+tasks on one event loop. The other pools run an `async def` task to the end
+on an event loop of the thread or child that took it. `gevent` and `eventlet` are accepted names for `threads`:
 Conveyor does not monkey-patch the interpreter, so green-thread pools would
 silently block; threads give the same I/O concurrency without patching.
 """
@@ -89,7 +91,7 @@ class Pool(Protocol):
 _STOP = object()
 
 
-def _reporter(emit: Emit, job_id: int) -> Callable[[int], None]:
+def reporter(emit: Emit, job_id: int) -> Callable[[int], None]:
     def started(pid: int) -> None:
         emit(Started(job_id, pid))
 
@@ -117,7 +119,7 @@ class ThreadPool:
     def _run(self) -> None:
         emit = self._emit
         assert emit is not None
-        ident, updater = threading.get_ident(), _updater(emit)
+        ident, on_update = threading.get_ident(), updater(emit)
         while True:
             job = self._jobs.get()
             if job is _STOP:
@@ -126,7 +128,7 @@ class ThreadPool:
             self._running[job.id] = ident
             timer = self._soft_limit_timer(job, ident)
             try:
-                outcome = execute(self.app, job, _reporter(emit, job.id), on_update=updater)
+                outcome = execute(self.app, job, reporter(emit, job.id), on_update=on_update)
             except BaseException as exc:  # a bug of ours, not the task's: never lose the job silently
                 logger.exception("Internal error running %s[%s]", job.message.task, job.message.id)
                 emit(Lost(job.id, exc))
@@ -190,7 +192,7 @@ class SoloPool(ThreadPool):
         super().__init__(app, 1)
 
 
-def _updater(emit: Emit) -> Callable[[StateUpdate], None]:
+def updater(emit: Emit) -> Callable[[StateUpdate], None]:
     def updated(update: StateUpdate) -> None:
         emit(Updated(update))
 
@@ -213,4 +215,8 @@ def create_pool(name: str, app: Conveyor, concurrency: int) -> Pool:
         return SoloPool(app)
     if name in ("threads", "gevent", "eventlet"):
         return ThreadPool(app, concurrency)
+    if name == "asyncio":
+        from conveyor.worker.asyncpool import AsyncioPool
+
+        return AsyncioPool(app, concurrency)
     raise ValueError(f"unknown pool {name!r}: choose one of {', '.join(POOL_NAMES)}")

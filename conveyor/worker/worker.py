@@ -61,6 +61,8 @@ HEARTBEAT_SECONDS = 10.0
 #: How often running tasks are checked against revocations with terminate=True.
 REVOKE_CHECK_SECONDS = 0.5
 CLEANUP_SECONDS = 3600.0
+#: Default concurrency of the asyncio pool: async tasks in flight on its loop.
+ASYNCIO_CONCURRENCY = 100
 #: Most events handled (and written) as one batch.
 MAX_BATCH = 2000
 #: A task still running this long after it started gets its STARTED written on its own;
@@ -122,10 +124,9 @@ class Worker:
         self.app = app
         self.queues = list(queues or app.default_queues())
         self.pool_name = pool or conf.worker_pool
-        # The solo pool runs one task at a time, whatever -c says.
-        self.concurrency = (
-            1 if self.pool_name == "solo" else concurrency or conf.worker_concurrency or os.cpu_count() or 1
-        )
+        # The solo pool runs one task at a time, whatever -c says; an event loop holds many.
+        default = ASYNCIO_CONCURRENCY if self.pool_name == "asyncio" else os.cpu_count() or 1
+        self.concurrency = 1 if self.pool_name == "solo" else concurrency or conf.worker_concurrency or default
         self.hostname = hostname or f"conveyor@{socket.gethostname()}"
         multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
         # 0 means no limit, as in Celery; a bound still keeps one fetch reasonable.

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -27,7 +27,7 @@ from conveyor.exceptions import (
 from conveyor.worker import Worker
 from tests.conftest import BROKERS, store_url
 
-POOLS = ["threads", "solo", "prefork"]
+POOLS = ["threads", "solo", "prefork", "asyncio"]
 
 
 class CustomError(Exception):
@@ -154,7 +154,7 @@ def test_accepted_pickle_runs(app: Celery) -> None:
 
 
 def test_expired_task_is_not_run_and_ends_revoked(app: Celery) -> None:
-    result = app.tasks["t.add"].apply_async((1, 2), expires=datetime.now(timezone.utc) - timedelta(seconds=1))
+    result = app.tasks["t.add"].apply_async((1, 2), expires=datetime.now(UTC) - timedelta(seconds=1))
     with running(app, "threads"):
         with pytest.raises(TaskRevokedError, match="expired"):
             result.get(timeout=10)

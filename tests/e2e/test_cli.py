@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -69,3 +70,19 @@ def test_call_rejects_bad_arguments(e2e: E2E) -> None:
     assert run.returncode == 1 and "missing a required argument: 'y'" in run.stderr
     run = e2e.cli("-A", "e2eapp", "call", "e2e.add", "--args", "{oops", check=False)
     assert run.returncode == 2 and "--args must be JSON" in run.stderr
+
+
+def test_asyncio_pool_runs_async_and_sync_tasks(e2e: E2E) -> None:
+    """Beyond Celery: `-P asyncio` interleaves `async def` tasks; sync ones run beside them."""
+    e2e.write_app()
+    worker = e2e.start_worker("-P", "asyncio", "-c", "50", name="aio")
+    app = e2e.app
+    sleepers = [app.tasks["e2e.async_sleep"].delay(1.0) for _ in range(50)]
+    total = app.tasks["e2e.add"].delay(20, 22)
+    # Fifty 1-second sleeps one after another would take 50 s: interleaved, they share one second.
+    deadline = time.monotonic() + 20
+    pids = {result.get(timeout=max(0.1, deadline - time.monotonic())) for result in sleepers}
+    assert total.get(timeout=30) == 42
+    assert pids == {worker.process.pid}  # one process: the event loop, not 50 children
+    assert "concurrency: 50 (asyncio)" in worker.log
+    worker.wait_for_log("succeeded in")

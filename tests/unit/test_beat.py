@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,7 +12,7 @@ from conveyor.beat import Beat, ScheduleStore
 from conveyor.exceptions import ImproperlyConfigured
 from conveyor.schedules import crontab
 
-T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def make_app(**schedule: dict[str, object]) -> Celery:

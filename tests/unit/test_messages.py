@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,7 +14,7 @@ from conveyor.serialization import accepted_content_types
 
 
 def test_wire_format_follows_celery_protocol_2() -> None:
-    eta = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    eta = datetime(2030, 1, 1, tzinfo=UTC)
     message = Message(
         "tasks.add", "id-1", (4, 3), {"z": 1}, shadow="adder", eta=eta, retries=2,
         time_limit=30, soft_time_limit=10, headers={"custom": "x"}, priority=5,
@@ -44,7 +44,7 @@ def test_message_is_frozen() -> None:
 @pytest.mark.parametrize("serializer", ["json", "msgpack", "yaml", "pickle"])
 @pytest.mark.parametrize("compression", [None, "zlib", "bzip2", "gzip", "lzma", "zstd"])
 def test_round_trip(serializer: str, compression: str | None, envelope: str) -> None:
-    message = Message("t.x", args=(1, "two", [3.0]), kwargs={"k": {"n": None}}, expires=datetime.now(timezone.utc))
+    message = Message("t.x", args=(1, "two", [3.0]), kwargs={"k": {"n": None}}, expires=datetime.now(UTC))
     data = message.encode(serializer, compression, envelope)
     decoded = decode(data, accepted_content_types([serializer]))
     assert decoded.args == (1, "two", [3.0]) and decoded.kwargs == {"k": {"n": None}}
@@ -86,17 +86,17 @@ def test_malformed_body_says_why() -> None:
 
 
 def test_naive_eta_is_utc() -> None:
-    envelope = json.loads(Message("t", eta=datetime(2030, 1, 1, tzinfo=timezone.utc)).encode())
+    envelope = json.loads(Message("t", eta=datetime(2030, 1, 1, tzinfo=UTC)).encode())
     envelope["headers"]["eta"] = "2030-01-01T08:00:00"
     decoded = decode(json.dumps(envelope).encode())
-    assert decoded.eta == datetime(2030, 1, 1, 8, tzinfo=timezone.utc)
-    assert decoded.eta - datetime(2030, 1, 1, tzinfo=timezone.utc) == timedelta(hours=8)
+    assert decoded.eta == datetime(2030, 1, 1, 8, tzinfo=UTC)
+    assert decoded.eta - datetime(2030, 1, 1, tzinfo=UTC) == timedelta(hours=8)
 
 
 def test_compact_envelope_carries_every_field_in_a_third_of_the_size() -> None:
     full = Message(
         "tasks.add", "id-1", (4, 3), {"z": 1}, root_id="root", parent_id="parent", group="g", group_index=2,
-        shadow="adder", eta=datetime(2030, 1, 1, tzinfo=timezone.utc), retries=2, time_limit=30,
+        shadow="adder", eta=datetime(2030, 1, 1, tzinfo=UTC), retries=2, time_limit=30,
         soft_time_limit=10, ignore_result=True, callbacks=[{"task": "cb"}], headers={"custom": "x"}, priority=5,
     )  # fmt: skip
     decoded = decode(full.encode(format="compact"))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from conveyor.schedules import crontab, maybe_schedule, schedule, schedule_from_dict, solar
 
-UTC = timezone.utc
+UTC = UTC
 NEW_YORK = ZoneInfo("America/New_York")
 
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -67,7 +67,7 @@ def test_apply_async_options(memory_app: Celery) -> None:
     def add(x: int, y: int) -> int:
         return x + y
 
-    eta = datetime.now(timezone.utc) + timedelta(hours=1)
+    eta = datetime.now(UTC) + timedelta(hours=1)
     result = add.apply_async(
         args=(1,), kwargs={"y": 2}, task_id="my-id", eta=eta, expires=60, queue="q1", priority=0,
         serializer="msgpack", compression="zlib", shadow="adder", headers={"h": 1}, ignore_result=True,
@@ -97,8 +97,8 @@ def test_countdown_wins_over_eta(memory_app: Celery) -> None:
     def noop() -> None:
         return None
 
-    message, _ = memory_app.build_message(noop.name, eta=datetime(2000, 1, 1, tzinfo=timezone.utc), countdown=30)
-    assert message.eta is not None and message.eta > datetime.now(timezone.utc)
+    message, _ = memory_app.build_message(noop.name, eta=datetime(2000, 1, 1, tzinfo=UTC), countdown=30)
+    assert message.eta is not None and message.eta > datetime.now(UTC)
 
 
 def test_soft_limit_above_hard_limit_is_a_value_error(memory_app: Celery) -> None:
@@ -155,11 +155,14 @@ def test_eager_mode_round_trips_arguments_and_behaves_like_a_result(memory_app: 
 
 
 def test_delay_is_typed_with_paramspec(tmp_path: Path) -> None:
-    """add.delay("x") is a mypy error when add takes ints; delay(1, 2) is AsyncResult[int]."""
+    """add.delay("x") is a mypy error when add takes ints; delay(1, 2) is AsyncResult[int], for
+    `async def` tasks too (with and without options to @app.task)."""
     source = tmp_path / "typed_usage.py"
     source.write_text(
         textwrap.dedent(
             """
+            import asyncio
+
             from conveyor import AsyncResult, Celery
 
             app = Celery("t")
@@ -171,6 +174,19 @@ def test_delay_is_typed_with_paramspec(tmp_path: Path) -> None:
             ok: AsyncResult[int] = add.delay(1, 2)
             reveal_type(add.delay(1, 2))
             add.delay("x", 2)
+
+            @app.task
+            async def fetch(url: str) -> bytes:
+                return b""
+
+            @app.task(bind=True, max_retries=2)
+            async def count(self: object, text: str) -> int:
+                return len(text)
+
+            reveal_type(fetch.delay("u"))
+            reveal_type(count.delay("abc"))
+            data: bytes = asyncio.run(fetch("u"))  # called directly: its coroutine
+            count.delay(3)
             """
         )
     )
@@ -180,7 +196,10 @@ def test_delay_is_typed_with_paramspec(tmp_path: Path) -> None:
     )  # fmt: skip
     assert 'Revealed type is "conveyor.result.AsyncResult[int]"' in run.stdout, run.stdout
     assert 'Argument 1 to "delay" of "Task" has incompatible type "str"; expected "int"' in run.stdout, run.stdout
-    assert run.stdout.count("error:") == 1, run.stdout
+    assert 'Revealed type is "conveyor.result.AsyncResult[bytes]"' in run.stdout, run.stdout
+    assert run.stdout.count('Revealed type is "conveyor.result.AsyncResult[int]"') == 2, run.stdout
+    assert 'Argument 1 to "delay" of "Task" has incompatible type "int"; expected "str"' in run.stdout, run.stdout
+    assert run.stdout.count("error:") == 2, run.stdout
 
 
 def test_missing_queues_can_be_refused(memory_app: Celery) -> None:
