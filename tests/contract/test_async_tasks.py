@@ -20,6 +20,7 @@ POOLS = ["asyncio", "threads", "solo", "prefork"]
 #: Async tasks of the running test that have started and not finished (shared with the worker thread).
 IN_FLIGHT = {"now": 0, "most": 0}
 _in_flight_lock = threading.Lock()
+ATTEMPTS: dict[str, int] = {}
 
 
 def make_app(store: tuple[str, dict[str, str]]) -> Celery:
@@ -75,6 +76,14 @@ def make_app(store: tuple[str, dict[str, str]]) -> Celery:
         except asyncio.CancelledError:
             return "cleaned up"
         return "not interrupted"
+
+    @app.task(name="a.flaky", autoretry_for=(ConnectionError,), default_retry_delay=0.05, max_retries=3)
+    async def flaky(key: str, failures: int) -> int:
+        ATTEMPTS[key] = ATTEMPTS.get(key, 0) + 1
+        await asyncio.sleep(0)
+        if ATTEMPTS[key] <= failures:
+            raise ConnectionError(f"attempt {ATTEMPTS[key]}")
+        return ATTEMPTS[key]
 
     @app.task(name="a.progress", bind=True)
     async def progress(self) -> int:  # type: ignore[no-untyped-def]
@@ -150,6 +159,15 @@ def test_revoke_with_terminate_cancels_a_running_async_task(app: Celery) -> None
         with pytest.raises(TaskRevokedError):
             result.get(timeout=15)
         assert result.state == states.REVOKED
+
+
+@pytest.mark.parametrize("pool", ["asyncio", "threads"])
+def test_async_autoretry_records_retries_then_succeeds(app: Celery, pool: str) -> None:
+    with running(app, pool):
+        result = app.tasks["a.flaky"].delay(f"{pool}-{id(app)}", 2)
+        assert result.get(timeout=20) == 3
+        history = [h["state"] for h in result.scoreboard["history"]]
+        assert history.count(states.RETRY) == 2 and history[-1] == states.SUCCESS
 
 
 def test_eager_apply_runs_an_async_task(app: Celery) -> None:
