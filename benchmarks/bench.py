@@ -65,6 +65,9 @@ def fresh_app(url: str):  # type: ignore[no-untyped-def]
 def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str, str]]:
     env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "CONVEYOR_BENCH_PREFIX": PREFIX, "PYTHONPATH": str(ROOT)}
     app, noop = fresh_app(url)
+    if pool == "asyncio":
+        noop = app.tasks["bench.anoop"]
+    name = noop.name
     rows: list[tuple[str, str]] = []
 
     started = time.perf_counter()
@@ -77,7 +80,7 @@ def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str
     from conveyor.brokers.base import Outgoing
 
     bodies = [
-        app.build_message("bench.noop", (i,))[0].encode(format=app.conf.task_message_format) for i in range(tasks)
+        app.build_message(name, (i,))[0].encode(format=app.conf.task_message_format) for i in range(tasks)
     ]
     started = time.perf_counter()
     for offset in range(0, tasks, 1000):
@@ -100,7 +103,7 @@ def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str
 
         # Drains: publish in batches (milliseconds), then time until the worker is through.
         for ignore_result in (False, True):
-            messages = [app.build_message("bench.noop", (i,), ignore_result=ignore_result)[0] for i in range(tasks)]
+            messages = [app.build_message(name, (i,), ignore_result=ignore_result)[0] for i in range(tasks)]
             bodies = [m.encode(format=app.conf.task_message_format) for m in messages]
             started = time.perf_counter()
             for offset in range(0, tasks, 1000):
@@ -125,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", default="sqlite", choices=["sqlite", "redis"], help="which broker to measure")
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per measurement")
-    parser.add_argument("--pool", default="solo", help="worker pool (solo, threads, prefork)")
+    parser.add_argument("--pool", default="solo", help="worker pool (solo, threads, prefork, asyncio: an async no-op)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--peers", nargs="*", help="compare with peers on Redis (all, or the ones named)")
     parser.add_argument("--floor", action="store_true", help="measure this machine's Redis round trips")

@@ -14,3 +14,9 @@ app.conf.result_backend_transport_options = _options
 @app.task(name="bench.noop")
 def noop(i: int) -> int:
     return i
+
+
+@app.task(name="bench.anoop")
+async def anoop(i: int) -> int:
+    """The no-op as `async def`: what `--pool asyncio` measures."""
+    return i

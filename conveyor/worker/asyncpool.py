@@ -49,6 +49,7 @@ class AsyncioPool:
         self._waiting: deque[Job] = deque()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._why_cancelled: dict[int, BaseException] = {}
+        self._wake_pending = False
         self._all_done = threading.Condition(self._lock)
 
     # -- Pool --------------------------------------------------------------------------------
@@ -63,7 +64,10 @@ class AsyncioPool:
             return
         with self._lock:
             self._waiting.append(job)
-        self._loop.call_soon_threadsafe(self._dispatch)
+            # One wake-up of the loop for a whole batch of submissions, not one per job.
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            self._loop.call_soon_threadsafe(self._dispatch)
 
     def shutdown(self) -> list[Job]:
         with self._lock:
@@ -107,6 +111,7 @@ class AsyncioPool:
 
     def _dispatch(self) -> None:
         with self._lock:
+            self._wake_pending = False
             while self._waiting and len(self._running) < self.concurrency:
                 job = self._waiting.popleft()
                 self._running[job.id] = self._loop.create_task(self._run(job))
