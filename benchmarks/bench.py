@@ -79,9 +79,7 @@ def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str
 
     from conveyor.brokers.base import Outgoing
 
-    bodies = [
-        app.build_message(name, (i,))[0].encode(format=app.conf.task_message_format) for i in range(tasks)
-    ]
+    bodies = [app.build_message(name, (i,))[0].encode(format=app.conf.task_message_format) for i in range(tasks)]
     started = time.perf_counter()
     for offset in range(0, tasks, 1000):
         app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
