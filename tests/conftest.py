@@ -37,6 +37,11 @@ def require_service(env_var: str, default_url: str) -> str:
 
 
 REDIS_DEFAULT = "redis://127.0.0.1:6379/15"
+#: SQL result backends: kind -> (environment variable, default URL).
+SQL_DEFAULTS = {
+    "postgresql": ("CONVEYOR_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    "mysql": ("CONVEYOR_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+}
 
 
 def store_url(kind: str, tmp_path: os.PathLike[str]) -> tuple[str, dict[str, str]]:
@@ -49,12 +54,20 @@ def store_url(kind: str, tmp_path: os.PathLike[str]) -> tuple[str, dict[str, str
         return f"memory://{uuid.uuid4().hex}", {}
     if kind == "redis":
         return require_service("CONVEYOR_REDIS_URL", REDIS_DEFAULT), {"global_keyprefix": f"t{uuid.uuid4().hex[:12]}:"}
+    if kind == "sql-sqlite":
+        return f"db+sqlite:///{os.path.join(tmp_path, 'results.db')}", {}
+    if kind in SQL_DEFAULTS:
+        env_var, default = SQL_DEFAULTS[kind]
+        # Each test gets its own tables in the shared database (dropped by the fixture that made them).
+        return f"db+{require_service(env_var, default)}", {"table_prefix": f"t{uuid.uuid4().hex[:12]}_"}
     return f"sqlite:///{os.path.join(tmp_path, 'conveyor.db')}", {}
 
 
 STORES = ["memory", "sqlite"]
 #: Every broker the contract suite holds to the same behaviour.
 BROKERS = ["memory", "sqlite", "redis"]
+#: Every result backend: the brokers' stores, and SQL databases through SQLAlchemy.
+BACKENDS = [*BROKERS, "postgresql", "mysql", "sql-sqlite"]
 
 
 @pytest.fixture

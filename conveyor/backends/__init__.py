@@ -39,6 +39,16 @@ def _sqlite(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBacken
     return SQLiteBackend(url, options, **kwargs)
 
 
+def _sql(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
+    try:
+        from conveyor.backends.sql import SQLBackend
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"result_backend {url!r} needs SQLAlchemy and a driver: pip install 'conveyor[sql]' ({exc})"
+        ) from exc
+    return SQLBackend(url, options, **kwargs)
+
+
 def _redis(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
     from conveyor.backends.redis import RedisBackend
 
@@ -57,9 +67,10 @@ def backend_from_url(url: str | None, options: Mapping[str, Any] | None = None, 
     if url is None:
         return DisabledBackend("disabled://", options, **kwargs)
     scheme = urlsplit(url).scheme
-    factory = SCHEMES.get(scheme)
+    # Celery's SQL URLs: db+ before any SQLAlchemy URL (db+postgresql://, db+mysql+pymysql://, ...).
+    factory = _sql if scheme.startswith("db+") else SCHEMES.get(scheme)
     if factory is None:
-        known = ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        known = ", ".join([*(f"{s}://" for s in sorted(SCHEMES)), "db+<sqlalchemy url>"])
         raise ImproperlyConfigured(f"result_backend {url!r}: unsupported scheme {scheme!r} (supported: {known})")
     return factory(url, options or {}, **kwargs)
 

@@ -114,6 +114,10 @@ def isoformat(timestamp: float) -> str:
 class ResultBackend(ABC):
     """Stores task states and results. Thread-safe."""
 
+    #: True when a write wakes callers waiting in `get()`; False when they poll
+    #: every `polling_interval` seconds (databases that cannot notify).
+    wakes_waiters = True
+
     def __init__(
         self,
         url: str,
