@@ -81,10 +81,12 @@ def test_wait_for_is_woken_by_the_write(backend: ResultBackend) -> None:
     A backend that cannot be notified (MySQL, SQLite through SQLAlchemy) sees it at its next poll."""
     if not backend.wakes_waiters:
         backend.options["polling_interval"] = 0.2
-    threading.Timer(0.3, backend.store, args=("t1", states.SUCCESS, 42)).start()
+    writer = threading.Timer(0.3, backend.store, args=("t1", states.SUCCESS, 42))
+    writer.start()
     started = time.monotonic()
     assert backend.wait_for("t1", timeout=20)["result"] == 42
     assert time.monotonic() - started < 10
+    writer.join()  # the waiter can wake before the writer has its reply: close the backend after
 
 
 def test_wait_for_times_out(backend: ResultBackend) -> None:
