@@ -54,6 +54,9 @@ def store_url(kind: str, tmp_path: os.PathLike[str]) -> tuple[str, dict[str, str
         return f"memory://{uuid.uuid4().hex}", {}
     if kind == "redis":
         return require_service("CONVEYOR_REDIS_URL", REDIS_DEFAULT), {"global_keyprefix": f"t{uuid.uuid4().hex[:12]}:"}
+    if kind in ("django", "django-pg"):
+        alias = django_database("pg" if kind == "django-pg" else "default")
+        return f"django://{alias}", {}
     if kind == "sql-sqlite":
         return f"db+sqlite:///{os.path.join(tmp_path, 'results.db')}", {}
     if kind in SQL_DEFAULTS:
@@ -67,7 +70,43 @@ STORES = ["memory", "sqlite"]
 #: Every broker the contract suite holds to the same behaviour.
 BROKERS = ["memory", "sqlite", "redis"]
 #: Every result backend: the brokers' stores, and SQL databases through SQLAlchemy.
-BACKENDS = [*BROKERS, "postgresql", "mysql", "sql-sqlite"]
+BACKENDS = [*BROKERS, "postgresql", "mysql", "sql-sqlite", "django", "django-pg"]
+
+
+def django_database(alias: str) -> str:
+    """A migrated, emptied database of this process's Django set-up: `default` is SQLite,
+    `pg` PostgreSQL in a schema of this process's own (xdist runs several at once)."""
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    if not settings.configured:
+        pg = urlsplit(require_service("CONVEYOR_POSTGRES_URL", SQL_DEFAULTS["postgresql"][1]))
+        schema = f"conveyor_test_{os.getpid()}"
+        settings.configure(
+            INSTALLED_APPS=["conveyor.contrib.django"],
+            USE_TZ=True,
+            DATABASES={
+                "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": f"/tmp/conveyor-django-{os.getpid()}.db"},
+                "pg": {
+                    "ENGINE": "django.db.backends.postgresql", "NAME": pg.path.strip("/") or "postgres",
+                    "USER": pg.username or "postgres", "PASSWORD": pg.password or "",
+                    "HOST": pg.hostname or "127.0.0.1", "PORT": pg.port or 5432,
+                    "OPTIONS": {"options": f"-c search_path={schema}"},
+                },
+            },
+        )  # fmt: skip
+        django.setup()
+        with connections["pg"].cursor() as cursor:
+            cursor.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+        for database in ("default", "pg"):
+            call_command("migrate", database=database, verbosity=0)
+    from conveyor.contrib.django.models import TaskHistory, TaskResult
+
+    TaskResult.objects.using(alias).all().delete()
+    TaskHistory.objects.using(alias).all().delete()
+    return alias
 
 
 @pytest.fixture

@@ -49,6 +49,12 @@ def _sql(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
     return SQLBackend(url, options, **kwargs)
 
 
+def _django(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
+    from conveyor.backends.djangodb import DjangoBackend
+
+    return DjangoBackend(url, options, **kwargs)
+
+
 def _redis(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
     from conveyor.backends.redis import RedisBackend
 
@@ -58,6 +64,7 @@ def _redis(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend
 SCHEMES: dict[str, Callable[..., ResultBackend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "django": _django,
     **dict.fromkeys(("redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster"), _redis),
 }
 
@@ -66,7 +73,7 @@ def backend_from_url(url: str | None, options: Mapping[str, Any] | None = None, 
     """Create the result backend a URL names; None gives a DisabledBackend."""
     if url is None:
         return DisabledBackend("disabled://", options, **kwargs)
-    scheme = urlsplit(url).scheme
+    scheme = "django" if url == "django-db" else urlsplit(url).scheme  # Celery's name for the Django database
     # Celery's SQL URLs: db+ before any SQLAlchemy URL (db+postgresql://, db+mysql+pymysql://, ...).
     factory = _sql if scheme.startswith("db+") else SCHEMES.get(scheme)
     if factory is None:

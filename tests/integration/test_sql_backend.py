@@ -1,5 +1,6 @@
-"""SQL result backends (S1.4) against real PostgreSQL and MariaDB: a worker stores results
-there while its queue is elsewhere, as a Celery deployment with a database backend does."""
+"""SQL result backends (S1.4) against real PostgreSQL and MariaDB, through SQLAlchemy and
+through Django's ORM: a worker stores results there while its queue is elsewhere, as a
+Celery deployment with a database backend does."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class Boom(Exception):
     pass
 
 
-@pytest.fixture(params=["postgresql", "mysql"])
+@pytest.fixture(params=["postgresql", "mysql", "django-pg"])
 def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
     url, options = store_url(request.param, tmp_path)
     application = Celery("sqltests", broker=f"sqlite:///{tmp_path}/queue.db", result_backend=url)
@@ -40,7 +41,8 @@ def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: 
 
     yield application
     backend: Any = application.backend
-    backend.metadata.drop_all(backend.engine)
+    if hasattr(backend, "metadata"):  # SQLAlchemy: this test's own tables
+        backend.metadata.drop_all(backend.engine)
     application.close()
 
 
@@ -68,6 +70,16 @@ def test_expired_results_are_cleaned_up(app: Celery) -> None:
     assert backend.get_meta("old")["status"] == states.PENDING  # expired reads as unknown at once
     assert backend.cleanup() == 1
     assert backend.get_meta("new")["result"] == 2 and backend.get_history("old") == []
+
+
+def test_django_backend_names_what_is_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.backends import backend_from_url
+    from conveyor.exceptions import ImproperlyConfigured
+
+    assert type(backend_from_url("django-db")).__name__ == "DjangoBackend"
+    store_url("django-pg", tmp_path)  # sets Django up
+    with pytest.raises(ImproperlyConfigured, match="alias 'nowhere' is not in settings.DATABASES"):
+        backend_from_url("django://nowhere").get_meta("x")
 
 
 @pytest.mark.parametrize(
