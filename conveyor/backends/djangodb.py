@@ -14,6 +14,7 @@ Waiting callers poll every `polling_interval` seconds (default 0.5).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import weakref
@@ -140,10 +141,14 @@ def _close_when_thread_ends(wrapper: Any) -> None:
         _threads.wrappers = set()
     if wrapper not in _threads.wrappers:
         _threads.wrappers.add(wrapper)
-        weakref.finalize(marker, _close_dbapi, wrapper)
+        weakref.finalize(marker, _close_dbapi, wrapper, os.getpid())
 
 
-def _close_dbapi(wrapper: Any) -> None:
+def _close_dbapi(wrapper: Any, pid: int) -> None:
+    # A forked child drops its copies of the parent's threads (and so these markers) as it
+    # starts: closing there would end the parent's session on the shared socket.
+    if os.getpid() != pid:
+        return
     # The driver's connection, not Django's wrapper: the wrapper refuses other threads.
     if wrapper.connection is not None:
         wrapper.connection.close()

@@ -90,3 +90,29 @@ def test_unreachable_database_is_a_clear_connection_error(url: str) -> None:
     with pytest.raises(BackendConnectionError, match="SQL backend"):
         _ = app.AsyncResult("some-id").state
     app.close()
+
+
+def test_a_child_forked_by_another_thread_leaves_the_django_connection_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Prefork forks from its supervisor thread: the child must not close the parent's connections."""
+    import os
+    import threading
+
+    from conveyor.backends import backend_from_url
+
+    url, _ = store_url("django-pg", tmp_path)
+    backend = backend_from_url(url)
+    backend.store("before", states.SUCCESS, 1)  # this thread's connection, now open
+
+    def fork_and_reap() -> None:
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        os.waitpid(child, 0)
+
+    forker = threading.Thread(target=fork_and_reap)
+    forker.start()
+    forker.join()
+    from conveyor.contrib.django.models import TaskResult
+
+    # Straight through the ORM: the backend would reconnect on its own and hide a closed session.
+    assert TaskResult.objects.using("pg").filter(task_id="before").count() == 1
