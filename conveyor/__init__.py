@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 from conveyor import exceptions, states
 from conveyor.app import Celery, Conveyor, current_app
-from conveyor.canvas import Signature, signature
+from conveyor.canvas import Signature, chain, chord, group, signature
 from conveyor.exceptions import (
     BrokerConnectionError,
     ConveyorError,
@@ -28,7 +28,7 @@ from conveyor.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from conveyor.result import AsyncResult
+from conveyor.result import AsyncResult, GroupResult
 from conveyor.routing import Exchange, Queue
 from conveyor.task import Task
 
@@ -39,6 +39,7 @@ __all__ = [
     "Conveyor",
     "ConveyorError",
     "Exchange",
+    "GroupResult",
     "ImproperlyConfigured",
     "MaxRetriesExceededError",
     "NotRegistered",
@@ -51,8 +52,11 @@ __all__ = [
     "TimeLimitExceeded",
     "WorkerLostError",
     "__version__",
+    "chain",
+    "chord",
     "current_app",
     "exceptions",
+    "group",
     "signature",
     "states",
 ]

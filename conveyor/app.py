@@ -95,6 +95,9 @@ class Conveyor:
         if include is not None:
             initial["include"] = include
         self.conf.update(initial)
+        from conveyor.canvas import register_builtins
+
+        register_builtins(self)
         _current_app = self
 
     # -- configuration -------------------------------------------------------------------
@@ -236,6 +239,21 @@ class Conveyor:
 
         Takes the options of `Task.apply_async` (see `build_message`).
         """
+        outgoing, result = self.prepare_message(name, args, kwargs, **options)
+        self.publish_with_retry([outgoing], *self._retry_policy(options))
+        return result
+
+    def prepare_message(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> tuple[Outgoing, AsyncResult[Any]]:
+        """The encoded message for one call, ready for `Broker.publish`, and its result handle.
+
+        `send_task` publishes one; `group` publishes many in one broker call.
+        """
         message, queue = self.build_message(name, args, kwargs, **options)
         task: Task[Any, Any] | None = options.get("task")
         conf = self.conf
@@ -243,10 +261,11 @@ class Conveyor:
         compression = options.get("compression") or (task and task.compression) or conf.task_compression
         body = message.encode(serializer, compression, conf.task_message_format)
         outgoing = Outgoing(queue, body, message.priority, message.eta.timestamp() if message.eta else None)
-        retry = options.get("retry", conf.task_publish_retry)
-        policy = {**conf.task_publish_retry_policy, **(options.get("retry_policy") or {})}
-        self.publish_with_retry([outgoing], retry, policy)
-        return AsyncResult(message.id, self, task_name=name, ignored=message.ignore_result)
+        return outgoing, AsyncResult(message.id, self, task_name=name, ignored=message.ignore_result)
+
+    def _retry_policy(self, options: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        retry = bool(options.get("retry", self.conf.task_publish_retry))
+        return retry, {**self.conf.task_publish_retry_policy, **(options.get("retry_policy") or {})}
 
     def build_message(
         self,
@@ -301,6 +320,7 @@ class Conveyor:
                 "ignore_result": bool(ignore_result),
                 "callbacks": [dict(s) for s in _as_list(link)] or None,
                 "errbacks": [dict(s) for s in _as_list(link_error)] or None,
+                "chain": [dict(s) for s in options.get("chain") or ()] or None,
                 "headers": dict(options.get("headers") or {}),
                 "priority": check_priority(int(priority or 0)),
                 "reply_to": options.get("reply_to"),

@@ -181,7 +181,7 @@ def beat(obj: _Context, loglevel: str, max_interval: float | None) -> None:
 
 def _banner(worker: Any) -> None:
     app = worker.app
-    tasks = sorted(name for name in app.tasks)
+    tasks = sorted(name for name in app.tasks if not name.startswith("conveyor."))  # built-ins unlisted
     lines = [
         click.style(f" -------------- {worker.hostname} v{__version__}", bold=True),
         f"- ** app:         {app.main or '__main__'}",

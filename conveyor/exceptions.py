@@ -92,6 +92,10 @@ class WorkerLostError(TaskError):
     """The process running the task died."""
 
 
+class ChordError(TaskError):
+    """A chord's body did not run: one of its header tasks failed."""
+
+
 class MaxRetriesExceededError(TaskError):
     """The task asked to retry but has used all of its retries."""
 

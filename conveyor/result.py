@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -37,6 +39,8 @@ class AsyncResult(Generic[R]):
         self.app = app
         self.task_name = task_name
         self.ignored = ignored
+        #: The result this one's task was chained after (`a.s() | b.s()`: b's parent is a's).
+        self.parent: AsyncResult[Any] | GroupResult | None = None
         self._ready_meta: dict[str, Any] | None = None
 
     @property
@@ -192,6 +196,73 @@ class AsyncResult(Generic[R]):
 
     def __str__(self) -> str:
         return self.id
+
+
+class GroupResult:
+    """The results of a group's tasks, in the group's order."""
+
+    def __init__(self, id: str, results: list[AsyncResult[Any]], app: Conveyor | None = None) -> None:  # noqa: A002
+        self.id = id
+        self.results = results
+        self.app = app or (results[0].app if results else None)
+
+    def _metas(self) -> list[dict[str, Any]]:
+        """Every member's meta, in one backend read (ready ones are kept, as AsyncResult does)."""
+        current = {r.id: r._ready_meta for r in self.results if r._ready_meta is not None}
+        missing = [r.id for r in self.results if r._ready_meta is None]
+        if missing and self.app is not None:
+            backend = self.app.backend
+            current.update((task_id, backend.decode(data)) for task_id, data in backend.read(missing).items())
+            for result in self.results:
+                meta = current.get(result.id)
+                if meta is not None and meta.get("status") in states.READY_STATES:
+                    result._ready_meta = meta
+        return [current.get(r.id) or {"status": states.PENDING} for r in self.results]
+
+    def ready(self) -> bool:
+        """True once every task of the group has ended."""
+        return all(meta["status"] in states.READY_STATES for meta in self._metas())
+
+    def successful(self) -> bool:
+        return all(meta["status"] == states.SUCCESS for meta in self._metas())
+
+    def failed(self) -> bool:
+        return any(meta["status"] == states.FAILURE for meta in self._metas())
+
+    def completed_count(self) -> int:
+        """How many tasks of the group succeeded."""
+        return sum(1 for meta in self._metas() if meta["status"] == states.SUCCESS)
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **options: Any) -> list[Any]:
+        """Every task's result, in order; the first failure re-raised (unless propagate=False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(result.get(timeout=remaining, propagate=propagate, **options))
+        return values
+
+    join = get
+
+    def revoke(self, terminate: bool = False, signal: str | int | None = None) -> None:
+        for result in self.results:
+            result.revoke(terminate=terminate, signal=signal)
+
+    def forget(self) -> None:
+        if self.app is not None:
+            self.app.backend.delete([r.id for r in self.results])
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
 
 
 class EagerResult(AsyncResult[R]):

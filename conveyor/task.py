@@ -91,7 +91,7 @@ CALL_OPTIONS = frozenset(
         "countdown", "eta", "expires", "queue", "exchange", "routing_key", "priority",
         "serializer", "compression", "ignore_result", "headers", "time_limit",
         "soft_time_limit", "retry", "retry_policy", "parent_id", "root_id", "group_id",
-        "group_index", "retries", "reply_to",
+        "group_index", "retries", "reply_to", "chain",
     }
 )  # fmt: skip
 

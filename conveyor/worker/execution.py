@@ -261,7 +261,22 @@ def _succeeded(
     outcome = _finish(app, backend, task, job, states.SUCCESS, value, started)
     if outcome.state == states.SUCCESS:
         _run_callbacks(app, job.message.callbacks, (value,))
+        if job.message.chain:
+            _send_next_in_chain(app, job.message, value)
     return outcome
+
+
+def _send_next_in_chain(app: Conveyor, message: messages.Message, value: Any) -> None:
+    """A chain goes on from the worker that ran its step: the next step gets this result first."""
+    rest = list(message.chain or ())
+    step = Signature.from_dict(rest.pop(), app)  # kept last-first, as Celery does
+    try:
+        options: dict[str, Any] = {"parent_id": message.id, "root_id": message.root_id}
+        if rest:
+            options["chain"] = rest
+        step.apply_async((value,), **options)
+    except Exception:
+        logger.exception("Could not send the next step of a chain, %s", step.task)
 
 
 def _finish(

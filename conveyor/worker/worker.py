@@ -352,7 +352,8 @@ class Worker:
         if message.task not in self.app.tasks:
             error = NotRegistered(
                 f"Task {message.task!r} is not registered in this worker (registered: "
-                f"{', '.join(sorted(self.app.tasks)) or 'none'}); is the module in -A, imports or include?"
+                f"{', '.join(sorted(t for t in self.app.tasks if not t.startswith('conveyor.'))) or 'none'});"
+                " is the module in -A, imports or include?"
             )
             logger.error("Received unregistered task of type %r: %s", message.task, error)
             self._fail_now(delivery, message, error, job)

@@ -9,10 +9,10 @@ import conveyor
 
 def test_exported_members_are_exactly() -> None:
     assert sorted(conveyor.__all__) == [
-        "AsyncResult", "BrokerConnectionError", "Celery", "Conveyor", "ConveyorError", "Exchange",
+        "AsyncResult", "BrokerConnectionError", "Celery", "Conveyor", "ConveyorError", "Exchange", "GroupResult",
         "ImproperlyConfigured", "MaxRetriesExceededError", "NotRegistered", "Queue", "Retry", "Signature",
         "SoftTimeLimitExceeded", "Task", "TaskRevokedError", "TimeLimitExceeded", "WorkerLostError",
-        "__version__", "current_app", "exceptions", "signature", "states",
+        "__version__", "chain", "chord", "current_app", "exceptions", "group", "signature", "states",
     ]  # fmt: skip
     for name in conveyor.__all__:
         assert hasattr(conveyor, name), name
@@ -25,10 +25,10 @@ def test_celery_alias_is_the_app_class() -> None:
 def test_module_paths_mirror_celery() -> None:
     """Migrating an import is a change of prefix: celery.x -> conveyor.x."""
     for module, names in {
-        "conveyor.result": ["AsyncResult"],
+        "conveyor.result": ["AsyncResult", "GroupResult"],
         "conveyor.exceptions": ["TimeoutError", "MaxRetriesExceededError", "SoftTimeLimitExceeded", "Retry"],
         "conveyor.states": ["PENDING", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "READY_STATES"],
-        "conveyor.canvas": ["signature", "Signature"],
+        "conveyor.canvas": ["signature", "Signature", "chain", "group", "chord"],
     }.items():
         imported = importlib.import_module(module)
         for name in names:

@@ -1,0 +1,103 @@
+"""The canvas — chain, group, chord — on every broker, through a real worker (Celery's API)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conveyor import Celery, GroupResult, chain, chord, group, states
+from conveyor.exceptions import ChordError
+from tests.conftest import BROKERS, store_url
+from tests.contract.test_worker_contract import running
+
+
+def make_app(store: tuple[str, dict[str, str]]) -> Celery:
+    url, options = store
+    app = Celery("canvas_tests", broker=url, result_backend=url)
+    app.conf.broker_transport_options = {"polling_interval": 0.2, "lease_timeout": 3, **options}
+    app.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
+
+    @app.task(name="c.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="c.total")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(name="c.fail")
+    def fail(x: int) -> None:
+        raise ValueError(f"no {x}")
+
+    @app.task(name="c.where", bind=True)
+    def where(self: Any) -> list[Any]:
+        return [self.request.group, self.request.group_index]
+
+    return app
+
+
+@pytest.fixture(params=BROKERS)
+def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
+    application = make_app(store_url(request.param, tmp_path))
+    yield application
+    application.close()
+
+
+def test_chain_passes_each_result_on(app: Celery) -> None:
+    add = app.tasks["c.add"]
+    with running(app, "threads"):
+        result = (add.s(1, 1) | add.s(2) | add.s(3)).apply_async()
+        assert result.get(timeout=20) == 7
+        assert result.parent is not None and result.parent.get(timeout=20) == 4
+        first = result.parent.parent
+        assert first is not None and first.get(timeout=20) == 2
+        assert chain(add.s(10, 0), add.si(1, 1)).apply_async().get(timeout=20) == 2  # immutable: own args
+
+
+def test_group_is_published_in_one_broker_call_and_keeps_order(app: Celery, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls: list[int] = []
+    publish = app.broker.publish
+    monkeypatch.setattr(app.broker, "publish", lambda messages: (calls.append(len(messages)), publish(messages))[1])
+    add = app.tasks["c.add"]
+    with running(app, "threads"):
+        result = group(add.s(i, i) for i in range(10)).apply_async()
+        assert calls == [10]
+        assert isinstance(result, GroupResult) and len(result) == 10
+        assert result.get(timeout=20) == [2 * i for i in range(10)]
+        assert result.ready() and result.successful() and result.completed_count() == 10
+        where = group(app.tasks["c.where"].s() for _ in range(3)).apply_async()
+        assert where.get(timeout=20) == [[where.id, 0], [where.id, 1], [where.id, 2]]
+
+
+def test_group_arguments_are_checked_before_anything_is_sent(app: Celery) -> None:
+    add = app.tasks["c.add"]
+    with pytest.raises(TypeError, match="c.add"):
+        group([add.s(1, 1), add.s(1)]).apply_async()
+    assert app.broker.queue_sizes(["celery"]) == {"celery": 0}
+
+
+def test_chord_calls_the_body_with_every_result(app: Celery) -> None:
+    add, total = app.tasks["c.add"], app.tasks["c.total"]
+    with running(app, "threads"):
+        result = chord(add.s(i, i) for i in range(5))(total.s())
+        assert result.get(timeout=30) == 20
+        assert isinstance(result.parent, GroupResult) and result.parent.get(timeout=5) == [0, 2, 4, 6, 8]
+
+
+def test_chord_with_a_failed_header_task_fails_its_body(app: Celery) -> None:
+    add, total, fail = app.tasks["c.add"], app.tasks["c.total"], app.tasks["c.fail"]
+    with running(app, "threads"):
+        result = chord([add.s(1, 1), fail.s(7)], total.s()).apply_async()
+        with pytest.raises(ChordError, match="raised ValueError"):
+            result.get(timeout=30)
+        assert result.state == states.FAILURE
+
+
+def test_canvas_runs_eagerly_when_always_eager(app: Celery) -> None:
+    app.conf.task_always_eager = True
+    add, total = app.tasks["c.add"], app.tasks["c.total"]
+    assert (add.s(1, 2) | add.s(3)).apply_async().get() == 6
+    assert group(add.s(i, 1) for i in range(3)).apply_async().get() == [1, 2, 3]
+    assert chord([add.s(1, 1), add.s(2, 2)])(total.s()).get() == 6
