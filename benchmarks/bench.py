@@ -5,7 +5,7 @@
 
 Measures, on one machine, with one worker process started through the CLI:
 single-call enqueue rate (`delay` in a loop), batch publish rate (one broker
-call for many messages), drain rate of one worker with results stored and
+call for many messages, and `group()`, which also builds them), drain rate of one worker with results stored and
 with results ignored, round-trip latency of `delay().get()` on an idle
 worker (p50/p99), and the worker's resident memory.
 """
@@ -85,6 +85,15 @@ def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str
         app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
     batch = tasks / (time.perf_counter() - started)
     rows.append(("publish, batches of 1,000", f"{batch:,.0f} tasks/s"))
+    app.broker.purge(["celery"])
+
+    from conveyor import group
+
+    signatures = [noop.s(i) for i in range(tasks)]
+    started = time.perf_counter()
+    for offset in range(0, tasks, 1000):
+        group(signatures[offset : offset + 1000]).apply_async()
+    rows.append(("group() of 1,000, built and sent", f"{tasks / (time.perf_counter() - started):,.0f} tasks/s"))
     app.broker.purge(["celery"])
 
     with worker(env, pool, concurrency) as process:
