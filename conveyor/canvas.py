@@ -162,6 +162,7 @@ class chain(Signature):  # noqa: N801 - Celery's name
                 flat.extend(task)
         if not flat:
             raise ValueError("chain() needs at least one signature")
+        _plain_tasks("chain", flat)
         super().__init__("conveyor.chain", app=app or flat[0].app)
         self["subtask_type"] = "chain"
         self.tasks: list[Signature] = flat
@@ -202,6 +203,7 @@ class group(Signature):  # noqa: N801 - Celery's name
         flat: list[Signature] = []
         for task in tasks:
             flat.extend([task] if isinstance(task, Signature) else task)
+        _plain_tasks("group", flat)
         super().__init__("conveyor.group", app=app or (flat[0].app if flat else None))
         self["subtask_type"] = "group"
         self.tasks: list[Signature] = flat
@@ -279,6 +281,12 @@ class chord(Signature):  # noqa: N801 - Celery's name
             countdown=self.interval,
         )  # fmt: skip
         return result
+
+
+def _plain_tasks(kind: str, signatures: list[Signature]) -> None:
+    nested = [s for s in signatures if isinstance(s, (chain, group, chord))]
+    if nested:
+        raise TypeError(f"{kind}() takes task signatures; a {type(nested[0]).__name__} inside it is not supported yet")
 
 
 def _bound(sig: Signature, app: Conveyor) -> Signature:

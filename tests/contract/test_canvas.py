@@ -95,6 +95,14 @@ def test_chord_with_a_failed_header_task_fails_its_body(app: Celery) -> None:
         assert result.state == states.FAILURE
 
 
+def test_nesting_canvas_is_refused_clearly(app: Celery) -> None:
+    add = app.tasks["c.add"]
+    with pytest.raises(TypeError, match="a group inside it is not supported"):
+        chain(add.s(1, 1), group([add.s(1), add.s(2)]))
+    with pytest.raises(TypeError, match="a chain inside it is not supported"):
+        group([add.s(1, 1) | add.s(2)])
+
+
 def test_canvas_runs_eagerly_when_always_eager(app: Celery) -> None:
     app.conf.task_always_eager = True
     add, total = app.tasks["c.add"], app.tasks["c.total"]
