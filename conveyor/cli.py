@@ -293,6 +293,37 @@ def purge(obj: _Context, queues: str | None, force: bool) -> None:
     click.echo(f"Purged {removed} message(s) from {len(names)} queue(s).")
 
 
+@main.command("dead-letters")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest first.")
+@pass_context
+def dead_letters(obj: _Context, limit: int) -> None:
+    """Show messages moved to the dead-letter store, and why."""
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from conveyor.messages import Envelope
+
+    try:
+        letters = obj.app.broker.dead_letters(limit)
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    table = Table(title=f"Dead letters on {obj.app.broker_url} (newest first)")
+    for column in ("when", "queue", "task", "reason"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        try:
+            envelope = Envelope.parse(letter.body)
+            task = f"{envelope.task_name}[{envelope.task_id}]"
+        except ConveyorError:
+            task = f"(undecodable, {len(letter.body)} bytes)"
+        when = datetime.fromtimestamp(letter.failed_at).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(when, letter.queue, task, letter.reason)
+    Console().print(table)
+    click.echo(f"{len(letters)} dead letter(s) shown." if letters else "No dead letters.")
+
+
 @main.command()
 @pass_context
 def status(obj: _Context) -> None:

@@ -10,7 +10,9 @@ import pytest
 from tests.processes import E2E
 
 
-@pytest.mark.parametrize("command", [[], ["worker"], ["call"], ["result"], ["purge"], ["status"], ["revoke"]])
+@pytest.mark.parametrize(
+    "command", [[], ["worker"], ["call"], ["result"], ["purge"], ["status"], ["revoke"], ["dead-letters"]]
+)
 def test_help_everywhere(e2e: E2E, command: list[str]) -> None:
     run = e2e.cli(*command, "--help")
     assert "Usage: " in run.stdout and "--help" in run.stdout

@@ -81,3 +81,5 @@ def test_bad_input_is_reported_and_the_worker_keeps_running(e2e: E2E) -> None:
     assert "undecodable message" in e2e.app.broker.dead_letters()[0].reason
     assert e2e.app.tasks["e2e.add"].delay(2, 3).get(timeout=20) == 5
     assert worker.process.poll() is None
+    listed = e2e.cli("-A", "e2eapp", "dead-letters").stdout
+    assert "undecodable" in listed and "celery" in listed and "1 dead letter(s) shown." in listed
