@@ -294,10 +294,11 @@ def purge(obj: _Context, queues: str | None, force: bool) -> None:
 
 
 @main.command("dead-letters")
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest first.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many.")
+@click.option("--requeue", is_flag=True, help="Send them back to their queues (oldest first) instead of listing.")
 @pass_context
-def dead_letters(obj: _Context, limit: int) -> None:
-    """Show messages moved to the dead-letter store, and why."""
+def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
+    """Show messages moved to the dead-letter store (newest first), and why; or requeue them."""
     from datetime import datetime
 
     from rich.console import Console
@@ -306,6 +307,10 @@ def dead_letters(obj: _Context, limit: int) -> None:
     from conveyor.messages import Envelope
 
     try:
+        if requeue:
+            moved = obj.app.broker.requeue_dead_letters(limit)
+            click.echo(f"Requeued {moved} dead letter(s).")
+            return
         letters = obj.app.broker.dead_letters(limit)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None

@@ -68,15 +68,16 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_for_log(self, text: str, timeout: float = 20) -> None:
+    def wait_for_log(self, text: str, timeout: float = 20, count: int = 1) -> None:
+        """Wait until `text` is in the log (`count` times)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log:
+            if self.log.count(text) >= count:
                 return
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in the worker log:\n{self.log}")
+        raise AssertionError(f"{text!r} not {count} time(s) in the worker log:\n{self.log}")
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)

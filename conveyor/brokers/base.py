@@ -114,6 +114,11 @@ class Broker(ABC):
         """The most recent dead letters, newest first."""
 
     @abstractmethod
+    def requeue_dead_letters(self, limit: int) -> int:
+        """Move up to `limit` dead letters, oldest first, back to their queues as new
+        messages (default priority, attempts from zero), in one atomic step; return how many."""
+
+    @abstractmethod
     def purge(self, queues: Sequence[str]) -> int:
         """Delete every message waiting in the queues; return how many."""
 

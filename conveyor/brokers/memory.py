@@ -202,6 +202,13 @@ class MemoryBroker(Broker):
         with self._store.lock:
             return list(reversed(self._store.dead[-limit:]))
 
+    def requeue_dead_letters(self, limit: int) -> int:
+        with self._store.lock:  # re-entrant: publish takes it again
+            taken = self._store.dead[:limit]
+            del self._store.dead[:limit]
+            self.publish([Outgoing(letter.queue, letter.body) for letter in taken])
+        return len(taken)
+
     def purge(self, queues: Sequence[str]) -> int:
         with self._store.lock:
             doomed = [s for s, r in self._store.records.items() if r.queue in queues and r.lease is None]

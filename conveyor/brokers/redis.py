@@ -255,6 +255,31 @@ return 1
 """
 )
 
+# KEYS: ready, waiting, msgs, state, seq, dead; ARGV: limit, channel. Oldest dead letters
+# (the list's tail: each is a body under its info entry) become new ready messages, priority 0.
+REQUEUE_DEAD = (
+    VARIADIC
+    + """
+local bodies, ready = {}, {}
+for _ = 1, tonumber(ARGV[1]) do
+  local body = redis.call('RPOP', KEYS[6])
+  if not body then break end
+  redis.call('RPOP', KEYS[6])
+  local id = redis.call('INCR', KEYS[5])
+  bodies[#bodies + 1] = id
+  bodies[#bodies + 1] = body
+  ready[#ready + 1] = id
+  ready[#ready + 1] = id
+end
+if #bodies > 0 then
+  variadic('HSET', KEYS[3], bodies)
+  variadic('ZADD', KEYS[1], ready)
+  redis.call('PUBLISH', ARGV[2], '1')
+end
+return #bodies / 2
+"""
+)
+
 # KEYS: ready, waiting, msgs, state. Deletes messages nobody holds a lease on.
 PURGE = """
 local removed = 0
@@ -303,6 +328,7 @@ class RedisBroker(Broker):
             {
                 "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
                 "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE, "take_token": TAKE_TOKEN,
+                "requeue_dead": REQUEUE_DEAD,
                 "kv_swap": KV_SWAP, "mark_revoked": MARK_REVOKED,
             },
         )  # fmt: skip
@@ -548,6 +574,25 @@ class RedisBroker(Broker):
                     letters.append(DeadLetter(info["queue"], items[i + 1], info["reason"], info["at"]))
         letters.sort(key=lambda letter: letter.failed_at, reverse=True)
         return letters[:limit]
+
+    def requeue_dead_letters(self, limit: int) -> int:
+        with self._translate("requeue_dead_letters"):
+            # Oldest first across queues: each queue's oldest `limit` (its list's tail), merged by time.
+            queues = [raw.decode() for raw in self.client.smembers(self._queues_key)]
+            pipe = self.client.pipeline(transaction=False)
+            for queue in queues:
+                pipe.lrange(f"{self.prefix}:{{{queue}}}:dead", -2 * limit, -1)
+            oldest = sorted(
+                (json.loads(items[i])["at"], queue)
+                for queue, items in zip(queues, pipe.execute())
+                for i in range(0, len(items) - 1, 2)
+            )[:limit]
+            moved = 0
+            for queue in {queue for _, queue in oldest}:
+                count = sum(1 for _, q in oldest if q == queue)
+                keys = [*self._keys(queue), f"{self.prefix}:{{{queue}}}:dead"]
+                moved += int(self._scripts.run("requeue_dead", keys, [count, self._channel(queue)]))
+        return moved
 
     def purge(self, queues: Sequence[str]) -> int:
         with self._translate("purge"):

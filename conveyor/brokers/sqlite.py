@@ -207,6 +207,20 @@ class SQLiteBroker(Broker):
             )
         return [DeadLetter(*row) for row in rows]
 
+    def requeue_dead_letters(self, limit: int) -> int:
+        with self.db.transaction() as db:
+            rows = db.execute(
+                "SELECT id, queue, body FROM conveyor_dead_letters ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO conveyor_messages (queue, priority, body, ready, visible_at) VALUES (?, 0, ?, 1, 0)",
+                [(queue, body) for _, queue, body in rows],
+            )
+            db.executemany("DELETE FROM conveyor_dead_letters WHERE id = ?", [(row_id,) for row_id, _, _ in rows])
+        if rows:
+            self._notifier.notify()
+        return len(rows)
+
     def purge(self, queues: Sequence[str]) -> int:
         if not queues:
             return 0

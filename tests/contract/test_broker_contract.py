@@ -131,6 +131,20 @@ def test_dead_letter_keeps_the_reason(broker: Broker) -> None:
     assert (letter.queue, letter.body, letter.reason) == ("q", b"garbage", "undecodable message: not JSON")
 
 
+def test_dead_letters_go_back_to_their_queues_oldest_first(broker: Broker) -> None:
+    broker.publish([Outgoing("a", b"first"), Outgoing("b", b"second"), Outgoing("a", b"third")])
+    for queue in ("a", "b", "a"):
+        [delivery] = broker.fetch([queue], 1, 0)
+        broker.dead_letter(delivery, "the code had a bug")
+    assert broker.requeue_dead_letters(2) == 2
+    assert [letter.body for letter in broker.dead_letters()] == [b"third"]
+    requeued = broker.fetch(["a", "b"], 10, 0)
+    assert sorted(d.body for d in requeued) == [b"first", b"second"]
+    assert {d.attempts for d in requeued} == {1}
+    assert broker.requeue_dead_letters(10) == 1 and broker.dead_letters() == []
+    assert bodies(broker.fetch(["a"], 10, 0)) == [b"third"]
+
+
 def test_purge_deletes_waiting_messages(broker: Broker) -> None:
     broker.publish([Outgoing("a", b"1"), Outgoing("a", b"2"), Outgoing("b", b"3")])
     assert broker.purge(["a"]) == 2

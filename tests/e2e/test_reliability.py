@@ -83,3 +83,6 @@ def test_bad_input_is_reported_and_the_worker_keeps_running(e2e: E2E) -> None:
     assert worker.process.poll() is None
     listed = e2e.cli("-A", "e2eapp", "dead-letters").stdout
     assert "undecodable" in listed and "celery" in listed and "1 dead letter(s) shown." in listed
+    assert e2e.cli("-A", "e2eapp", "dead-letters", "--requeue").stdout.strip() == "Requeued 1 dead letter(s)."
+    worker.wait_for_log("dead-letter", count=2)  # still garbage: back to the dead letters, worker fine
+    assert worker.process.poll() is None
