@@ -152,7 +152,7 @@ class SQLBackend(ResultBackend):
         with self._translate("create tables"):
             try:
                 self.metadata.create_all(self.engine)
-            except (sa.exc.ProgrammingError, sa.exc.IntegrityError):  # another process created them meanwhile
+            except sa.exc.DatabaseError:  # another process created them meanwhile ("already exists")
                 self.metadata.create_all(self.engine)
         self._created = True
 

@@ -150,7 +150,8 @@ class AsyncioPool:
             self._dispatch()
 
     def _cancel(self, job_id: int, reason: BaseException) -> None:
+        # Again each time: a task that caught its soft limit's cancellation can still be terminated.
         task = self._running.get(job_id)
-        if task is not None and job_id not in self._why_cancelled:
+        if task is not None:
             self._why_cancelled[job_id] = reason
             task.cancel(str(reason))
