@@ -158,6 +158,28 @@ def worker(
         raise click.ClickException(str(exc)) from None
 
 
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="Port to listen on.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--basic-auth", help="Require HTTP basic authentication: user:password.")
+@loglevel_option
+@pass_context
+def flower(obj: _Context, port: int, address: str, basic_auth: str | None, loglevel: str) -> None:
+    """Serve the web dashboard: workers, queues, tasks, dead letters, actions; /metrics for Prometheus."""
+    import uvicorn
+
+    from conveyor.dashboard import create_app
+
+    if basic_auth is not None and ":" not in basic_auth:
+        raise click.BadParameter("must be user:password", param_hint="--basic-auth")
+    dashboard = create_app(obj.app, basic_auth=basic_auth)
+    click.echo(f"Conveyor dashboard on http://{address}:{port}/ (broker {obj.app.broker_url})", err=True)
+    uvicorn.run(dashboard, host=address, port=port, log_level=loglevel.lower(), access_log=False)
+
+
+main.add_command(main.command("flower")(flower))
+main.add_command(main.commands["flower"], "dashboard")
+
+
 @main.command()
 @loglevel_option
 @click.option("--max-interval", type=float, help="Longest sleep between checks (beat_max_loop_interval).")

@@ -11,7 +11,19 @@ from tests.processes import E2E
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["worker"], ["call"], ["result"], ["purge"], ["status"], ["revoke"], ["dead-letters"]]
+    "command",
+    [
+        [],
+        ["worker"],
+        ["call"],
+        ["result"],
+        ["purge"],
+        ["status"],
+        ["revoke"],
+        ["dead-letters"],
+        ["flower"],
+        ["dashboard"],
+    ],
 )
 def test_help_everywhere(e2e: E2E, command: list[str]) -> None:
     run = e2e.cli(*command, "--help")
@@ -88,3 +100,33 @@ def test_asyncio_pool_runs_async_and_sync_tasks(e2e: E2E) -> None:
     assert pids == {worker.process.pid}  # one process: the event loop, not 50 children
     assert "concurrency: 50 (asyncio)" in worker.log
     worker.wait_for_log("succeeded in")
+
+
+def test_flower_serves_the_dashboard_with_authentication(e2e: E2E) -> None:
+    """S7/S8: `conveyor -A task flower --port=5555`, here on a free port and behind basic auth."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from tests.processes import free_port
+
+    e2e.write_app()
+    e2e.start_worker("-P", "threads", name="seen")
+    port = free_port()
+    e2e.start_worker(
+        f"--port={port}", "--basic-auth", "admin:pw", name="dash", command=("flower", "-l", "info"),
+        ready="Uvicorn running",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/api/overview", timeout=10)
+    assert refused.value.code == 401
+    refused.value.close()
+    token = base64.b64encode(b"admin:pw").decode()
+    request = urllib.request.Request(f"{url}/api/overview", headers={"Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        overview = json.loads(response.read())
+    assert [w["hostname"] for w in overview["workers"]] == ["seen@e2e"]
+    page = urllib.request.Request(f"{url}/", headers={"Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(page, timeout=10) as response:
+        assert b"<title>Conveyor</title>" in response.read()
