@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
+from conveyor import Celery
 from tests.processes import E2E
 
 
@@ -71,6 +72,15 @@ STORES = ["memory", "sqlite"]
 BROKERS = ["memory", "sqlite", "redis"]
 #: Every result backend: the brokers' stores, and SQL databases through SQLAlchemy.
 BACKENDS = [*BROKERS, "postgresql", "mysql", "sql-sqlite", "django", "django-pg"]
+
+
+def contract_app(main: str, store: tuple[str, dict[str, str]]) -> Celery:
+    """An app on one store (broker and backend), with the short polling and lease times tests want."""
+    url, options = store
+    app = Celery(main, broker=url, result_backend=url)
+    app.conf.broker_transport_options = {"polling_interval": 0.2, "lease_timeout": 3, **options}
+    app.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
+    return app
 
 
 def django_database(alias: str) -> str:

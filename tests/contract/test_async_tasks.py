@@ -13,7 +13,7 @@ import pytest
 
 from conveyor import Celery, states
 from conveyor.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
-from tests.conftest import BROKERS, store_url
+from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
 
 POOLS = ["asyncio", "threads", "solo", "prefork"]
@@ -24,10 +24,7 @@ ATTEMPTS: dict[str, int] = {}
 
 
 def make_app(store: tuple[str, dict[str, str]]) -> Celery:
-    url, options = store
-    app = Celery("async_tests", broker=url, result_backend=url)
-    app.conf.broker_transport_options = {"polling_interval": 0.2, "lease_timeout": 3, **options}
-    app.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
+    app = contract_app("async_tests", store)
 
     @app.task(name="a.add")
     async def add(x: int, y: int) -> int:

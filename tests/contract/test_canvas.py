@@ -9,15 +9,12 @@ import pytest
 
 from conveyor import Celery, GroupResult, chain, chord, group, states
 from conveyor.exceptions import ChordError
-from tests.conftest import BROKERS, store_url
+from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
 
 
 def make_app(store: tuple[str, dict[str, str]]) -> Celery:
-    url, options = store
-    app = Celery("canvas_tests", broker=url, result_backend=url)
-    app.conf.broker_transport_options = {"polling_interval": 0.2, "lease_timeout": 3, **options}
-    app.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
+    app = contract_app("canvas_tests", store)
 
     @app.task(name="c.add")
     def add(x: int, y: int) -> int:

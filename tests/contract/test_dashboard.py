@@ -11,16 +11,13 @@ from starlette.testclient import TestClient
 
 from conveyor import Celery, states
 from conveyor.dashboard import create_app
-from tests.conftest import BROKERS, store_url
+from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
 
 
 @pytest.fixture(params=BROKERS)
 def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
-    url, options = store_url(request.param, tmp_path)
-    application = Celery("dash", broker=url, result_backend=url)
-    application.conf.broker_transport_options = {"polling_interval": 0.2, **options}
-    application.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
+    application = contract_app("dash", store_url(request.param, tmp_path))
 
     @application.task(name="d.add")
     def add(x: int, y: int) -> int:

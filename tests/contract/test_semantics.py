@@ -19,17 +19,14 @@ from conveyor.exceptions import (
     WorkerLostError,
 )
 from conveyor.worker import Worker
-from tests.conftest import BROKERS, store_url
+from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
 
 CALLS: dict[str, list[Any]] = {}
 
 
 def make_app(store: tuple[str, dict[str, str]]) -> Celery:
-    url, options = store
-    app = Celery("semantics", broker=url, result_backend=url)
-    app.conf.broker_transport_options = {"polling_interval": 0.2, "lease_timeout": 3, **options}
-    app.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
+    app = contract_app("semantics", store)
 
     @app.task(name="s.flaky", autoretry_for=(ValueError,), retry_backoff=0.05, retry_jitter=False, max_retries=3)
     def flaky(key: str, failures: int) -> int:

@@ -25,7 +25,7 @@ from conveyor.exceptions import (
     TimeoutError,
 )
 from conveyor.worker import Worker
-from tests.conftest import BROKERS, store_url
+from tests.conftest import BROKERS, contract_app, store_url
 
 POOLS = ["threads", "solo", "prefork", "asyncio"]
 
@@ -35,10 +35,7 @@ class CustomError(Exception):
 
 
 def make_app(store: tuple[str, dict[str, str]]) -> Celery:
-    url, options = store
-    app = Celery("wtests", broker=url, result_backend=url)
-    app.conf.broker_transport_options = {"polling_interval": 0.2, "lease_timeout": 3, **options}
-    app.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
+    app = contract_app("wtests", store)
 
     @app.task(name="t.add")
     def add(x: int, y: int) -> int:
