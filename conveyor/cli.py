@@ -126,11 +126,12 @@ def main(ctx: click.Context, app_spec: str | None, broker: str | None, result_ba
     "--max-memory-per-child", type=click.IntRange(min=1), help="Recycle a prefork child above this RSS in KiB."
 )
 @click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run beat (safe with several beats running).")
+@click.option("-E", "--task-events", is_flag=True, help="Record task events for the dashboard's task list.")
 @pass_context
 def worker(
     obj: _Context, loglevel: str, concurrency: int | None, pool: str | None, queues: str | None,
     hostname: str | None, prefetch_multiplier: int | None, max_tasks_per_child: int | None,
-    max_memory_per_child: int | None, embed_beat: bool,
+    max_memory_per_child: int | None, embed_beat: bool, task_events: bool,
 ) -> None:  # fmt: skip
     """Start a worker that runs tasks from the queues."""
     from conveyor.worker import Worker
@@ -141,6 +142,8 @@ def worker(
         app.conf.worker_max_tasks_per_child = max_tasks_per_child
     if max_memory_per_child is not None:
         app.conf.worker_max_memory_per_child = max_memory_per_child
+    if task_events:
+        app.conf.worker_send_task_events = True
     if pool in ("gevent", "eventlet"):
         logging.getLogger("conveyor.worker").warning(
             "-P %s runs on the threads pool: Conveyor does not monkey-patch the interpreter",

@@ -273,6 +273,9 @@ class Settings:
         None, _optional(_int(1)), "recycle a prefork child above this RSS (KiB)"
     )
     worker_disable_rate_limits: bool = _setting(False, _bool, "ignore rate limits")
+    worker_send_task_events: bool = _setting(
+        False, _bool, "record task events (received, started, succeeded, ...) for the dashboard (-E)"
+    )
     worker_revoke_expires: float = _setting(10800.0, _seconds, "seconds the broker remembers a revocation")
     # Beat
     beat_schedule: dict[str, Any] = _setting({}, _dict, "periodic tasks")

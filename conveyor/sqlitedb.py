@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
     reason TEXT NOT NULL,
     failed_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS conveyor_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS conveyor_workers (
     hostname TEXT PRIMARY KEY,
     expires_at REAL NOT NULL,

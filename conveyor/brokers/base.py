@@ -54,6 +54,10 @@ class Delivery:
         return self.attempts > 1
 
 
+#: How many monitoring events a broker keeps (the dashboard's recent tasks come from them).
+EVENTS_KEPT = 10_000
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     queue: str
@@ -112,6 +116,14 @@ class Broker(ABC):
     @abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first."""
+
+    @abstractmethod
+    def add_events(self, events: Sequence[bytes]) -> None:
+        """Append monitoring events (the last EVENTS_KEPT are kept, older ones dropped)."""
+
+    @abstractmethod
+    def recent_events(self, limit: int = 1000) -> list[bytes]:
+        """The latest events, oldest first."""
 
     @abstractmethod
     def requeue_dead_letters(self, limit: int) -> int:

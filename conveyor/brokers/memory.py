@@ -13,11 +13,12 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing, deadline_wait
+from conveyor.brokers.base import EVENTS_KEPT, Broker, DeadLetter, Delivery, Outgoing, deadline_wait
 
 
 @dataclass
@@ -40,6 +41,7 @@ class _Store:
         self.ready: dict[str, list[tuple[int, int]]] = {}  # queue -> heap of (priority, seq)
         self.waiting: list[tuple[float, int, str | None]] = []  # (visible_at, seq, lease)
         self.dead: list[DeadLetter] = []
+        self.events: deque[bytes] = deque(maxlen=EVENTS_KEPT)
         self.workers: dict[str, tuple[float, bytes]] = {}
         self.revoked: dict[str, tuple[float, bytes]] = {}
         self.buckets: dict[str, float] = {}
@@ -201,6 +203,14 @@ class MemoryBroker(Broker):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._store.lock:
             return list(reversed(self._store.dead[-limit:]))
+
+    def add_events(self, events: Sequence[bytes]) -> None:
+        with self._store.lock:
+            self._store.events.extend(events)
+
+    def recent_events(self, limit: int = 1000) -> list[bytes]:
+        with self._store.lock:
+            return list(self._store.events)[-limit:]
 
     def requeue_dead_letters(self, limit: int) -> int:
         with self._store.lock:  # re-entrant: publish takes it again

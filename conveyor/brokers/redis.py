@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor import redisdb
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing, claim_or_wait
+from conveyor.brokers.base import EVENTS_KEPT, Broker, DeadLetter, Delivery, Outgoing, claim_or_wait
 from conveyor.exceptions import BrokerConnectionError, BrokerError
 
 PRIORITY_SHIFT = 2**40
@@ -574,6 +574,23 @@ class RedisBroker(Broker):
                     letters.append(DeadLetter(info["queue"], items[i + 1], info["reason"], info["at"]))
         letters.sort(key=lambda letter: letter.failed_at, reverse=True)
         return letters[:limit]
+
+    @property
+    def _events_key(self) -> str:
+        return f"{self.prefix}:events"
+
+    def add_events(self, events: Sequence[bytes]) -> None:
+        if not events:
+            return
+        with self._translate("add_events"):
+            batch = self._scripts.batch()
+            batch.command("RPUSH", self._events_key, *events)
+            batch.command("LTRIM", self._events_key, -EVENTS_KEPT, -1)
+            batch.execute()
+
+    def recent_events(self, limit: int = 1000) -> list[bytes]:
+        with self._translate("recent_events"):
+            return list(self.client.lrange(self._events_key, -limit, -1))
 
     def requeue_dead_letters(self, limit: int) -> int:
         with self._translate("requeue_dead_letters"):

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor import wakeup
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing, claim_or_wait
+from conveyor.brokers.base import EVENTS_KEPT, Broker, DeadLetter, Delivery, Outgoing, claim_or_wait
 from conveyor.exceptions import BrokerError
 from conveyor.sqlitedb import Database, path_from_url
 
@@ -206,6 +206,23 @@ class SQLiteBroker(Broker):
                 .fetchall()
             )
         return [DeadLetter(*row) for row in rows]
+
+    def add_events(self, events: Sequence[bytes]) -> None:
+        if not events:
+            return
+        with self.db.transaction() as db:
+            db.executemany("INSERT INTO conveyor_events (event) VALUES (?)", [(e,) for e in events])
+            newest = db.execute("SELECT MAX(id) FROM conveyor_events").fetchone()[0]
+            db.execute("DELETE FROM conveyor_events WHERE id <= ?", (newest - EVENTS_KEPT,))
+
+    def recent_events(self, limit: int = 1000) -> list[bytes]:
+        with self.db.translate():
+            rows = (
+                self.db.connection()
+                .execute("SELECT event FROM conveyor_events ORDER BY id DESC LIMIT ?", (limit,))
+                .fetchall()
+            )
+        return [row[0] for row in reversed(rows)]
 
     def requeue_dead_letters(self, limit: int) -> int:
         with self.db.transaction() as db:

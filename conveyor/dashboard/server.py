@@ -42,6 +42,7 @@ class Dashboard:
         return [
             Route("/", self.page),
             Route("/api/overview", self.overview),
+            Route("/api/tasks", self.tasks),
             Route("/api/tasks/{task_id}", self.task),
             Route("/api/tasks/{task_id}/revoke", self.revoke, methods=["POST"]),
             Route("/metrics", self.metrics),
@@ -71,6 +72,15 @@ class Dashboard:
             return JSONResponse(self._overview())
         except ConveyorError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
+
+    async def tasks(self, request: Request) -> Response:
+        """Recent tasks, newest first, from the workers' events (workers started with -E)."""
+        limit = min(int(request.query_params.get("limit") or 100), 1000)
+        try:
+            events = self.app.broker.recent_events(EVENTS_READ)
+        except ConveyorError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse(recent_tasks(events, limit))
 
     async def task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
@@ -111,6 +121,33 @@ class Dashboard:
             len(overview["dead_letters"])
         )
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+
+#: Events read for the task list: enough for the last few hundred tasks' whole lives.
+EVENTS_READ = 5000
+_STATE_OF_EVENT = {
+    "task-received": "RECEIVED", "task-started": "STARTED", "task-succeeded": "SUCCESS",
+    "task-failed": "FAILURE", "task-retried": "RETRY", "task-revoked": "REVOKED",
+}  # fmt: skip
+
+
+def recent_tasks(events: list[bytes], limit: int) -> list[dict[str, Any]]:
+    """Fold events (oldest first) into one row per task: its latest state and what is known of it."""
+    tasks: dict[str, dict[str, Any]] = {}
+    for raw in events:
+        try:
+            event = json.loads(raw)
+            task_id, kind = event["uuid"], event["type"]
+        except (ValueError, KeyError, TypeError):
+            continue  # not an event of ours: skip it, do not fail the page
+        row = tasks.pop(task_id, None) or {"id": task_id}
+        tasks[task_id] = row  # re-inserted: the dict stays ordered by latest activity
+        row.update({k: v for k, v in event.items() if k not in ("type", "uuid", "timestamp")})
+        row["state"] = _STATE_OF_EVENT.get(kind, kind)
+        row["updated"] = event.get("timestamp")
+        if kind == "task-received":
+            row["received"] = event.get("timestamp")
+    return list(reversed(list(tasks.values())))[:limit]
 
 
 class BasicAuth:

@@ -48,7 +48,7 @@ from conveyor.exceptions import (
 from conveyor.messages import Envelope, Message
 from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
-from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option
+from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option, short_repr
 from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, Updated, create_pool
 from conveyor.worker.writer import Writer
 
@@ -87,6 +87,14 @@ class _Terminate:
 
 
 _Event = Union[_Delivered, _Stop, _Terminate, PoolEvent]
+
+
+_EVENT_OF_STATE = {
+    states.SUCCESS: "succeeded",
+    states.FAILURE: "failed",
+    states.RETRY: "retried",
+    states.REVOKED: "revoked",
+}
 
 
 class _Policy(NamedTuple):
@@ -143,6 +151,9 @@ class Worker:
         self._policies: dict[str, _Policy] = {}
         self._freed_slots = 0
         self._acks: list[Delivery] = []
+        # Monitoring events (-E), written with each batch: Celery's task-* event names and fields.
+        self._send_events = bool(app.conf.worker_send_task_events)
+        self._events: list[bytes] = []
         self._stopping = False
         self._cold = False
         self.pool: Pool | None = None
@@ -368,6 +379,11 @@ class Worker:
             self._requeue([delivery], delay=wait)
             return
         self.held[job.id] = _Held(job, delivery)
+        if self._send_events:
+            self._event(
+                "received", message, args=short_repr(message.args), kwargs=short_repr(message.kwargs),
+                retries=message.retries, queue=delivery.queue, root_id=message.root_id, parent_id=message.parent_id,
+            )  # fmt: skip
         assert self.pool is not None
         self.pool.submit(job)
 
@@ -377,6 +393,7 @@ class Worker:
             return
         held.started = True
         job = held.job
+        self._event("started", job.message, pid=event.pid)
         policy = self._policy(job.message.task)
         if policy.track_started and not job.message.ignore_result:
             self._starting[job.message.id] = (job, event.pid, time.time())
@@ -461,6 +478,10 @@ class Worker:
             )
 
     def _log_outcome(self, message: Message, outcome: Outcome) -> None:
+        if self._send_events:
+            kind = _EVENT_OF_STATE.get(outcome.state, "failed")
+            detail = {"result": outcome.summary} if kind == "succeeded" else {"exception": outcome.summary}
+            self._event(kind, message, runtime=outcome.runtime, **detail)
         name, task_id = message.display_name, message.id
         if outcome.state == states.SUCCESS:
             logger.info("Task %s[%s] succeeded in %.2fs: %s", name, task_id, outcome.runtime, outcome.summary)
@@ -500,6 +521,7 @@ class Worker:
     def _end_now(self, delivery: Delivery, job: Job, state: str, error: BaseException) -> None:
         """End a task without running it (revoked, expired)."""
         self._updates.append(self.app.backend.make_update(job.message.id, state, error, history=history_entry(job)))
+        self._event("revoked", job.message, exception=repr(error))
         self._ack(delivery)
 
     def _rate_limit_wait(self, name: str) -> float:
@@ -516,6 +538,7 @@ class Worker:
     def _fail_now(self, delivery: Delivery, message: Message, error: BaseException, job: Job | None = None) -> None:
         job = job or Job(0, message, delivery.queue, self.hostname)
         self._updates.extend(failure_outcome(self.app, job, error).updates)
+        self._event("failed", message, exception=repr(error))
         self._ack(delivery)
 
     def _ack(self, delivery: Delivery) -> None:
@@ -555,10 +578,16 @@ class Worker:
             due = time.time() - STARTED_GRACE_SECONDS
             for task_id in [t for t, (_, _, at) in self._starting.items() if at <= due]:
                 self._materialize_start(task_id)
-        if self._updates or self._acks:
+        if self._updates or self._acks or self._events:
             assert self.writer is not None
-            self.writer.submit(self._updates, self._acks)
-            self._updates, self._acks = [], []
+            self.writer.submit(self._updates, self._acks, self._events)
+            self._updates, self._acks, self._events = [], [], []
+
+    def _event(self, kind: str, message: Message, **fields: Any) -> None:
+        if self._send_events:
+            event = {"type": f"task-{kind}", "uuid": message.id, "name": message.task,
+                     "hostname": self.hostname, "timestamp": time.time(), **fields}  # fmt: skip
+            self._events.append(json.dumps(event, default=repr).encode())
 
     def _unacked_count(self) -> int:
         return sum(1 for h in self.held.values() if not h.acked)

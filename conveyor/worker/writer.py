@@ -26,7 +26,7 @@ MAX_BACKOFF = 5.0
 #: Attempts made at shutdown before what is left is given up (and its leases lapse).
 FINAL_ATTEMPTS = 3
 
-_Batch = tuple[Sequence[StateUpdate], Sequence[Delivery]]
+_Batch = tuple[Sequence[StateUpdate], Sequence[Delivery], Sequence[bytes]]
 
 
 class Writer:
@@ -39,9 +39,10 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, updates: Sequence[StateUpdate], acks: Sequence[Delivery]) -> None:
-        """Queue a batch: its results are written, then its deliveries acknowledged."""
-        self._batches.put((updates, acks))
+    def submit(self, updates: Sequence[StateUpdate], acks: Sequence[Delivery], events: Sequence[bytes] = ()) -> None:
+        """Queue a batch: its results are written, then its deliveries acknowledged, then its
+        monitoring events recorded (those are best effort: dropped, not retried, on failure)."""
+        self._batches.put((updates, acks, events))
 
     def close(self, timeout: float | None = None) -> None:
         """Write what is queued, then stop."""
@@ -55,17 +56,27 @@ class Writer:
         closing = False
         while not closing:
             batch = self._batches.get()
+            events: list[bytes] = []
             while True:
                 if batch is None:
                     closing = True
                 else:
                     updates += batch[0]
                     acks += batch[1]
+                    events += batch[2]
                 try:
                     batch = self._batches.get_nowait()
                 except queue.Empty:
                     break
             updates, acks = self._write(updates, acks, closing)
+            if events:
+                self._record(events)
+
+    def _record(self, events: list[bytes]) -> None:
+        try:
+            self.broker.add_events(events)
+        except BrokerError as exc:
+            logger.warning("Dropped %d task events: %s", len(events), exc)
 
     def _write(
         self, updates: list[StateUpdate], acks: list[Delivery], closing: bool

@@ -145,6 +145,16 @@ def test_dead_letters_go_back_to_their_queues_oldest_first(broker: Broker) -> No
     assert bodies(broker.fetch(["a"], 10, 0)) == [b"third"]
 
 
+def test_events_keep_the_latest_in_order(broker: Broker) -> None:
+    from conveyor.brokers.base import EVENTS_KEPT
+
+    broker.add_events([b"e0", b"e1"])
+    broker.add_events([f"e{i}".encode() for i in range(2, EVENTS_KEPT + 5)])
+    assert broker.recent_events(3) == [f"e{i}".encode() for i in range(EVENTS_KEPT + 2, EVENTS_KEPT + 5)]
+    kept = broker.recent_events(EVENTS_KEPT + 100)
+    assert len(kept) == EVENTS_KEPT and kept[0] == b"e5"
+
+
 def test_purge_deletes_waiting_messages(broker: Broker) -> None:
     broker.publish([Outgoing("a", b"1"), Outgoing("a", b"2"), Outgoing("b", b"3")])
     assert broker.purge(["a"]) == 2

@@ -39,7 +39,7 @@ def test_version(e2e: E2E) -> None:
 def test_worker_help_lists_the_tutorial_flags(e2e: E2E) -> None:
     text = e2e.cli("worker", "--help").stdout
     for flag in ("-l, --loglevel", "-c, --concurrency", "-P, --pool", "-Q, --queues", "-n, --hostname",
-                 "--prefetch-multiplier", "--max-tasks-per-child", "eventlet"):  # fmt: skip
+                 "--prefetch-multiplier", "--max-tasks-per-child", "eventlet", "-E, --task-events"):  # fmt: skip
         assert flag in text, flag
 
 
