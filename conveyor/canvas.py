@@ -300,21 +300,18 @@ def register_builtins(app: Conveyor) -> None:
     @app.task(name="conveyor.chord_unlock", bind=True, max_retries=None, ignore_result=True)
     def chord_unlock(self: Any, group_id: str, result_ids: list[str], body: dict[str, Any], interval: float) -> None:
         from conveyor import states
-        from conveyor.backends.base import result_value
         from conveyor.exceptions import ChordError
         from conveyor.result import GroupResult
 
         header = GroupResult(group_id, [app.AsyncResult(task_id) for task_id in result_ids], app)
-        metas = header._metas()
-        if any(meta["status"] not in states.READY_STATES for meta in metas):
+        if not header.ready():  # one backend read; the ready results are kept, so what follows reads nothing
             raise self.retry(countdown=interval)
         callback = Signature.from_dict(body, app)
-        failed = next(((r, m) for r, m in zip(result_ids, metas) if m["status"] != states.SUCCESS), None)
+        failed = next((r for r in header.results if not r.successful()), None)
         if failed is None:
-            callback.apply_async(([result_value(meta) for meta in metas],))
+            callback.apply_async((header.get(),))
             return
-        task_id, meta = failed
-        error = ChordError(f"Dependency {task_id} raised {result_value(meta)!r}")
+        error = ChordError(f"Dependency {failed.id} raised {failed.result!r}")
         app.backend.store(str(callback.id), states.FAILURE, error, history={"worker": self.request.hostname})
         for errback in callback.options.get("link_error") or ():
             Signature.from_dict(errback, app).apply_async((callback.id,))

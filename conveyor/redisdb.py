@@ -34,6 +34,7 @@ except ImportError:  # redis-py works without it, only slower
 from redis.exceptions import NoScriptError
 
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
+from conveyor.threadend import when_thread_ends
 
 #: Seconds to wait for a TCP connection before the operation fails.
 DEFAULT_CONNECT_TIMEOUT = 3.0
@@ -219,20 +220,12 @@ class Scripts:
 
 class _Held:
     """One thread's connection, checked out of the pool; given back when the thread ends
-    (its thread-local data goes, and this with it), so short-lived producer threads do
-    not each keep a connection open."""
+    (`threadend`), so short-lived producer threads do not each keep a connection open."""
 
     def __init__(self, pool: Any) -> None:
         self.pid = os.getpid()
         self.connection = pool.get_connection()
-        self.release = weakref.finalize(self, _give_back, pool, self.connection, self.pid)
-
-
-def _give_back(pool: Any, connection: Any, pid: int) -> None:
-    # A forked child drops its copies of the parent's threads (and so these) while
-    # forking: the pool there is not the parent's to touch.
-    if os.getpid() == pid:
-        pool.release(connection)
+        self.release = when_thread_ends(pool.release, self.connection)
 
 
 def _pack(connection: Any, commands: Sequence[tuple[Any, ...]]) -> Any:

@@ -14,16 +14,15 @@ Waiting callers poll every `polling_interval` seconds (default 0.5).
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from conveyor.backends.base import ResultBackend, StateUpdate, Waiter, coalesce
 from conveyor.exceptions import BackendConnectionError, BackendError, ImproperlyConfigured
+from conveyor.threadend import when_thread_ends
 
 
 class DjangoBackend(ResultBackend):
@@ -125,30 +124,19 @@ class DjangoBackend(ResultBackend):
         return Waiter(float(self.options.get("polling_interval", 0.5)))
 
 
-_threads = threading.local()
-
-
-class _ThreadEnd:
-    """Kept in a thread's local data: it goes when the thread ends, and closes what it holds."""
+_closing = threading.local()
 
 
 def _close_when_thread_ends(wrapper: Any) -> None:
     """Close this thread's connection when the thread ends (Django closes connections at the end of
     a request; a worker's threads have none)."""
-    marker = getattr(_threads, "marker", None)
-    if marker is None:
-        marker = _threads.marker = _ThreadEnd()
-        _threads.wrappers = set()
-    if wrapper not in _threads.wrappers:
-        _threads.wrappers.add(wrapper)
-        weakref.finalize(marker, _close_dbapi, wrapper, os.getpid())
+    wrappers = _closing.__dict__.setdefault("wrappers", set())
+    if wrapper not in wrappers:
+        wrappers.add(wrapper)
+        when_thread_ends(_close_dbapi, wrapper)
 
 
-def _close_dbapi(wrapper: Any, pid: int) -> None:
-    # A forked child drops its copies of the parent's threads (and so these markers) as it
-    # starts: closing there would end the parent's session on the shared socket.
-    if os.getpid() != pid:
-        return
+def _close_dbapi(wrapper: Any) -> None:
     # The driver's connection, not Django's wrapper: the wrapper refuses other threads.
     if wrapper.connection is not None:
         wrapper.connection.close()

@@ -13,9 +13,10 @@ Every pool implements `Pool`: it takes jobs, runs them with
 thread (one task at a time); `prefork` (`worker/prefork.py`) runs them in
 child processes; `asyncio` (`worker/asyncpool.py`) interleaves `async def`
 tasks on one event loop. The other pools run an `async def` task to the end
-on an event loop of the thread or child that took it. `gevent` and `eventlet` are accepted names for `threads`:
-Conveyor does not monkey-patch the interpreter, so green-thread pools would
-silently block; threads give the same I/O concurrency without patching.
+on an event loop of the thread or child that took it. `gevent` and `eventlet`
+are accepted names for `threads`: Conveyor does not monkey-patch the
+interpreter, so green-thread pools would silently block; threads give the
+same I/O concurrency without patching.
 """
 
 from __future__ import annotations

@@ -411,7 +411,7 @@ class Worker:
         self.processed += 1
         if held.terminated:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(held.job))
-        self._log_outcome(held.job.message, outcome)
+        self._report_outcome(held.job.message, outcome)
         self._add_final(outcome.updates)
         self._starting.pop(held.job.message.id, None)  # ignored results leave no STARTED behind
         if held.acked:
@@ -441,7 +441,7 @@ class Worker:
         outcome = failure_outcome(self.app, job, error)
         if held.terminated:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(job))
-        self._log_outcome(job.message, outcome)
+        self._report_outcome(job.message, outcome)
         self._add_final(outcome.updates)
         if held.acked:
             self._release()
@@ -477,7 +477,8 @@ class Worker:
                 )
             )
 
-    def _log_outcome(self, message: Message, outcome: Outcome) -> None:
+    def _report_outcome(self, message: Message, outcome: Outcome) -> None:
+        """The outcome's log line, and its task event with -E."""
         if self._send_events:
             kind = _EVENT_OF_STATE.get(outcome.state, "failed")
             detail = {"result": outcome.summary} if kind == "succeeded" else {"exception": outcome.summary}

@@ -66,6 +66,12 @@ def test_group_is_published_in_one_broker_call_and_keeps_order(app: Celery, monk
         assert result.ready() and result.successful() and result.completed_count() == 10
         where = group(app.tasks["c.where"].s() for _ in range(3)).apply_async()
         assert where.get(timeout=20) == [[where.id, 0], [where.id, 1], [where.id, 2]]
+    later = group(add.s(1, 1).set(countdown=60) for _ in range(3)).apply_async()
+    revokes: list[int] = []
+    revoke = app.broker.revoke
+    monkeypatch.setattr(app.broker, "revoke", lambda ids, *a: (revokes.append(len(ids)), revoke(ids, *a))[1])
+    later.revoke()
+    assert revokes == [3] and set(app.broker.revoked([r.id for r in later])) == {r.id for r in later}
 
 
 def test_group_arguments_are_checked_before_anything_is_sent(app: Celery) -> None:
