@@ -68,6 +68,10 @@ MAX_BATCH = 2000
 #: A task still running this long after it started gets its STARTED written on its own;
 #: one that ends sooner has it folded into its final write (one write, not two).
 STARTED_GRACE_SECONDS = 0.05
+#: Under load the main loop pauses up to this long between batches, so that reports gather.
+MAX_LINGER_SECONDS = 0.002
+#: ... and for at most this share of the time the pool needs for the work queued in it.
+LINGER_SHARE = 0.25
 
 
 @dataclass(slots=True)
@@ -207,6 +211,10 @@ class Worker:
             self._finish()
 
     def _loop(self) -> None:
+        assert self.pool is not None
+        concurrency = self.pool.concurrency
+        task_seconds = 0.0  # recent wall time per finished task, while busy
+        last, last_processed = time.monotonic(), 0
         while not (self._stopping and not self.held) and not self._cold:
             timeout = 1.0
             if self._starting:
@@ -225,6 +233,16 @@ class Worker:
             for event in batch:
                 self._handle(event)
             self._flush()
+            # Under load, let a few tasks' reports gather before the next batch: one wake-up
+            # and one write for several tasks, not one each. Only while the pool has queued
+            # work to go on with, and for a fraction of the time it takes to run it.
+            now, backlog = time.monotonic(), len(self.held) - concurrency
+            if self.processed > last_processed:
+                seconds = (now - last) / (self.processed - last_processed)
+                task_seconds = seconds if not task_seconds else 0.8 * task_seconds + 0.2 * seconds
+            last, last_processed = now, self.processed
+            if backlog > 0 and task_seconds:
+                time.sleep(min(MAX_LINGER_SECONDS, backlog * task_seconds * LINGER_SHARE))
 
     def _housekeeping(self) -> None:
         """Lease renewal, heartbeats and result clean-up, on a thread of their own.

@@ -283,6 +283,24 @@ def test_threads_pool_runs_tasks_concurrently(app: Celery) -> None:
         assert time.monotonic() - started < 1.9
 
 
+def test_reports_gather_under_load_into_fewer_writes(app: Celery) -> None:
+    """Batching under load (issue 3): a busy pool's results go out several per write, not one each."""
+    writes = 0
+    write = app.backend.write
+
+    def counted(updates):  # type: ignore[no-untyped-def]
+        nonlocal writes
+        writes += 1
+        write(updates)
+
+    app.backend.write = counted  # type: ignore[method-assign]
+    results = [app.tasks["t.sleep"].delay(0.001) for _ in range(400)]
+    with running(app, "threads", concurrency=4, prefetch_multiplier=16):
+        for result in results:
+            result.get(timeout=30)
+    assert writes < len(results) / 3, f"{writes} writes for {len(results)} tasks"
+
+
 def test_queues_select_what_a_worker_consumes(app: Celery) -> None:
     """-Q: a worker consumes only its queues; a task routed elsewhere waits there, never lost."""
     with running(app, "threads", queues=["jobs"]):
