@@ -302,6 +302,28 @@ def revoke(obj: _Context, task_ids: tuple[str, ...], terminate: bool, signal_nam
     click.echo(f"Revoked {len(task_ids)} task(s){' (terminating if running)' if terminate else ''}.")
 
 
+@main.command("rate-limit")
+@click.argument("task_name", required=False)
+@click.argument("rate", required=False)
+@click.option("--clear", is_flag=True, help="Remove the run-time limit: the task's configured rate_limit applies.")
+@pass_context
+def rate_limit(obj: _Context, task_name: str | None, rate: str | None, clear: bool) -> None:
+    """Set a task's rate limit on every worker (e.g. `rate-limit task.add 10/m`, 0 for none);
+    with no arguments, list the limits set so far."""
+    control = obj.app.control
+    try:
+        if task_name is None:
+            for name, value in sorted(control.rate_limits().items()):
+                click.echo(f"{name}: {value}")
+            return
+        if rate is None and not clear:
+            raise click.UsageError("give a RATE such as 10/s, 100/m, 5/h (0: no limit), or --clear")
+        control.rate_limit(task_name, None if clear else rate)
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Rate limit of {task_name}: {'as configured' if clear else rate} (workers apply it within a second).")
+
+
 @main.command()
 @click.option("-Q", "--queues", help="Comma-separated queues [default: the app's queues].")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")

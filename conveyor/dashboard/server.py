@@ -2,15 +2,23 @@
 
 Everything is read live from the broker and the result backend (workers from
 their heartbeats, queue depths, dead letters, a task's state and history), so
-any number of dashboards can run beside any number of workers.
+any number of dashboards can run beside any number of workers. Rates over
+time are sampled by the dashboard itself while it runs (`Rates`): the
+workers' processed counts and the queue depths every few seconds, the last
+ten minutes kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +35,72 @@ if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
 
-def create_app(app: Conveyor, *, basic_auth: str | None = None) -> Starlette:
+#: How often the dashboard samples rates, and how many samples it keeps (ten minutes).
+SAMPLE_SECONDS = 2.0
+SAMPLES_KEPT = 300
+
+
+def create_app(app: Conveyor, *, basic_auth: str | None = None, sample_seconds: float = SAMPLE_SECONDS) -> Starlette:
     """The dashboard for `app`; `basic_auth="user:password"` requires those credentials."""
-    routes = Dashboard(app).routes()
+    dashboard = Dashboard(app, sample_seconds)
     middleware = [Middleware(BasicAuth, credentials=basic_auth)] if basic_auth else []
-    return Starlette(routes=routes, middleware=middleware)
+    return Starlette(routes=dashboard.routes(), middleware=middleware, lifespan=dashboard.lifespan)
+
+
+class Rates:
+    """Tasks finished per second and tasks waiting, sampled over time.
+
+    A rate is the growth of the workers' processed counts since the previous
+    sample, over the time between them. Each worker's last count is kept, so a
+    heartbeat missed in one sample is counted in the next; a count that went
+    down is a restarted worker, counted from zero.
+    """
+
+    def __init__(self, kept: int = SAMPLES_KEPT) -> None:
+        self.samples: deque[dict[str, Any]] = deque(maxlen=kept)
+        self._counts: dict[str, int] = {}
+        self._last_at: float | None = None
+
+    def add(self, at: float, overview: dict[str, Any]) -> None:
+        done = 0
+        for worker in overview["workers"]:
+            name, count = worker["hostname"], int(worker.get("processed") or 0)
+            before = self._counts.get(name)
+            if before is not None:  # a worker's first sample is its baseline
+                done += count - before if count >= before else count
+            self._counts[name] = count
+        if self._last_at is not None and at > self._last_at:
+            self.samples.append({"at": at, "rate": done / (at - self._last_at),
+                                 "waiting": sum(overview["queues"].values()),
+                                 "workers": len(overview["workers"])})  # fmt: skip
+        self._last_at = at
 
 
 class Dashboard:
-    def __init__(self, app: Conveyor) -> None:
+    def __init__(self, app: Conveyor, sample_seconds: float = SAMPLE_SECONDS) -> None:
         self.app = app
+        self.sample_seconds = sample_seconds
+        self.rates = Rates()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        sampler = asyncio.create_task(self._sample())
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+
+    async def _sample(self) -> None:
+        while True:
+            try:
+                overview = await asyncio.to_thread(self._overview)
+            except ConveyorError:
+                pass  # the broker is away: a gap in the chart, and the page says why
+            else:
+                self.rates.add(time.time(), overview)
+            await asyncio.sleep(self.sample_seconds)
 
     def routes(self) -> list[Route]:
         return [
@@ -45,6 +109,9 @@ class Dashboard:
             Route("/api/tasks", self.tasks),
             Route("/api/tasks/{task_id}", self.task),
             Route("/api/tasks/{task_id}/revoke", self.revoke, methods=["POST"]),
+            Route("/api/rates", self.rates_over_time),
+            Route("/api/rate-limits", self.rate_limits),
+            Route("/api/rate-limits/{task_name}", self.set_rate_limit, methods=["POST", "DELETE"]),
             Route("/metrics", self.metrics),
         ]
 
@@ -61,6 +128,8 @@ class Dashboard:
         return {
             "broker": self.app.broker_url,
             "workers": workers,
+            "tasks": sorted({name for worker in workers for name in worker.get("tasks") or ()}),
+            "rate_limits": self.app.control.rate_limits(),
             "queues": dict(sorted(sizes.items())),
             "dead_letters": [
                 {"queue": letter.queue, "reason": letter.reason, "failed_at": letter.failed_at} for letter in letters
@@ -99,6 +168,28 @@ class Dashboard:
         except (ConveyorError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"revoked": task_id, "terminate": terminate})
+
+    async def rates_over_time(self, request: Request) -> Response:
+        """Tasks finished per second and tasks waiting, oldest first, over the last ten minutes."""
+        return JSONResponse(list(self.rates.samples))
+
+    async def rate_limits(self, request: Request) -> Response:
+        try:
+            return JSONResponse(self.app.control.rate_limits())
+        except ConveyorError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+
+    async def set_rate_limit(self, request: Request) -> Response:
+        """POST ?rate=10/m sets a task's rate limit on every worker (0: none); DELETE clears it."""
+        name = request.path_params["task_name"]
+        rate = None if request.method == "DELETE" else request.query_params.get("rate")
+        if request.method == "POST" and not rate:
+            return JSONResponse({"error": "give ?rate= such as 10/s, 100/m, 5/h (0: no limit)"}, status_code=400)
+        try:
+            self.app.control.rate_limit(name, rate)
+        except (ConveyorError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"task": name, "rate_limit": rate})
 
     async def metrics(self, request: Request) -> Response:
         from prometheus_client import CollectorRegistry, Gauge, generate_latest

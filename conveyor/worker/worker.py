@@ -36,6 +36,7 @@ from conveyor import __version__, states
 from conveyor.backends.base import StateUpdate
 from conveyor.brokers.base import Delivery
 from conveyor.config import parse_rate
+from conveyor.control import RATE_LIMITS
 from conveyor.exceptions import (
     BackendError,
     BrokerError,
@@ -57,7 +58,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conveyor.worker")
 
-HEARTBEAT_SECONDS = 10.0
+#: As often as Celery's worker heartbeat: the dashboard's rates have this resolution.
+HEARTBEAT_SECONDS = 2.0
 #: How often running tasks are checked against revocations with terminate=True.
 REVOKE_CHECK_SECONDS = 0.5
 CLEANUP_SECONDS = 3600.0
@@ -90,7 +92,14 @@ class _Terminate:
     signum: int
 
 
-_Event = Union[_Delivered, _Stop, _Terminate, PoolEvent]
+@dataclass(frozen=True)
+class _RateLimits:
+    """The rate limits set at run time (`app.control.rate_limit`) changed."""
+
+    limits: dict[str, str]
+
+
+_Event = Union[_Delivered, _Stop, _Terminate, _RateLimits, PoolEvent]
 
 
 _EVENT_OF_STATE = {
@@ -153,6 +162,8 @@ class Worker:
         # needs only its history entry, folded into its final update.
         self._starting: dict[str, tuple[Job, int, float]] = {}
         self._policies: dict[str, _Policy] = {}
+        self._rate_limits: dict[str, str] = {}  # set at run time, by task name
+        self._rate_limits_seen: dict[str, str] = {}  # the housekeeping thread's copy
         self._freed_slots = 0
         self._acks: list[Delivery] = []
         # Monitoring events (-E), written with each batch: Celery's task-* event names and fields.
@@ -189,6 +200,7 @@ class Worker:
         self.writer.start()
         self.pool = create_pool(self.pool_name, app, self.concurrency)
         self.pool.start(self.events.put)
+        self._check_rate_limits()  # before the first delivery
         self.fetcher = Fetcher(broker, self.queues, self.prefetch, lambda d: self.events.put(_Delivered(d)))
         self.fetcher.start()
         self._heartbeat()
@@ -256,6 +268,7 @@ class Worker:
         next_cleanup = time.monotonic() + CLEANUP_SECONDS
         while not self._done.wait(REVOKE_CHECK_SECONDS):
             self._check_terminations()
+            self._check_rate_limits()
             now = time.monotonic()
             if now >= next_renew:
                 self._renew_leases()
@@ -325,6 +338,12 @@ class Worker:
                 logger.warning("Terminating %s[%s] (revoked)", held.job.message.display_name, held.job.message.id)
                 held.terminated = True
                 self.pool.kill(event.job_id, event.signum)
+        elif isinstance(event, _RateLimits):
+            for name in sorted(event.limits.keys() | self._rate_limits.keys()):
+                if event.limits.get(name) != self._rate_limits.get(name):
+                    logger.warning("Rate limit of %s set to %s", name, event.limits.get(name, "its configured value"))
+            self._rate_limits = event.limits
+            self._policies.clear()
         elif isinstance(event, _Stop):
             if event.cold or self._stopping:
                 self._cold = True
@@ -523,13 +542,12 @@ class Worker:
         policy = self._policies.get(name)
         if policy is None:
             task, conf = self.app.tasks.get(name), self.app.conf
+            rate = self._rate_limits.get(name) or option(task, "rate_limit", conf.task_default_rate_limit)
             policy = self._policies[name] = _Policy(
                 acks_late=bool(option(task, "acks_late", conf.task_acks_late)),
                 track_started=bool(option(task, "track_started", conf.task_track_started)),
                 reject_on_worker_lost=bool(option(task, "reject_on_worker_lost", conf.task_reject_on_worker_lost)),
-                rate=None
-                if conf.worker_disable_rate_limits
-                else parse_rate(option(task, "rate_limit", conf.task_default_rate_limit)),
+                rate=None if conf.worker_disable_rate_limits else parse_rate(rate),
             )
         return policy
 
@@ -639,11 +657,21 @@ class Worker:
             if info.get("terminate"):
                 self.events.put(_Terminate(running[task_id], int(info.get("signal", signal.SIGTERM))))
 
+    def _check_rate_limits(self) -> None:
+        try:
+            limits = {name: raw.decode() for name, raw in self.app.broker.kv_items(RATE_LIMITS).items()}
+        except BrokerError:
+            return  # the next check will tell; the fetcher already logs a lost broker
+        if limits != self._rate_limits_seen:
+            self._rate_limits_seen = limits
+            self.events.put(_RateLimits(limits))
+
     def _heartbeat(self) -> None:
         info = {
             "hostname": self.hostname, "pid": os.getpid(), "pool": self.pool_name,
             "concurrency": self.concurrency, "queues": self.queues, "active": len(self.held),
             "processed": self.processed, "version": __version__, "timestamp": time.time(),
+            "tasks": sorted(name for name in self.app.tasks if not name.startswith("conveyor.")),
         }  # fmt: skip
         try:
             self.app.broker.register_worker(self.hostname, json.dumps(info).encode(), HEARTBEAT_SECONDS * 3)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from conveyor import Celery, states
 from conveyor.dashboard import create_app
+from conveyor.worker import worker as worker_module
 from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
 
@@ -103,3 +105,48 @@ def test_page_and_basic_auth(app: Celery) -> None:
     page = client.get("/", headers={"Authorization": f"Basic {token}"})
     assert page.status_code == 200 and "<title>Conveyor</title>" in page.text
     assert client.get("/api/overview", auth=("admin", "s3cret")).status_code == 200
+
+
+def test_rate_limits_set_and_cleared_through_the_api(app: Celery) -> None:
+    """S8 actions: a rate limit set from the dashboard reaches every worker (kept by the broker)."""
+    client = TestClient(create_app(app))
+    assert "often" in client.post("/api/rate-limits/d.add?rate=often").json()["error"]
+    assert client.post("/api/rate-limits/d.add").status_code == 400
+    assert client.post("/api/rate-limits/d.add?rate=10/m").json() == {"task": "d.add", "rate_limit": "10/m"}
+    assert client.get("/api/rate-limits").json() == {"d.add": "10/m"} == app.control.rate_limits()
+    with running(app, "threads"):
+        overview = client.get("/api/overview").json()
+    assert {"d.add", "d.sleep"} <= set(overview["tasks"]) and overview["rate_limits"] == {"d.add": "10/m"}
+    assert client.delete("/api/rate-limits/d.add").json() == {"task": "d.add", "rate_limit": None}
+    assert client.get("/api/rate-limits").json() == {}
+
+
+def test_rates_over_time_count_the_tasks_done(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S8 rates over time: the sampled rates add up to the tasks the workers finished."""
+    monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.2)
+
+    def done_after(before: dict[str, Any], samples: list[dict[str, Any]]) -> float:
+        new = [s for s in samples if s["at"] > before["at"]]
+        times = [before["at"]] + [s["at"] for s in new]
+        return sum(s["rate"] * (at - earlier) for s, at, earlier in zip(new, times[1:], times))
+
+    def samples_when(client: TestClient, ready: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            samples = client.get("/api/rates").json()
+            if ready(samples):
+                return samples  # type: ignore[no-any-return]
+            time.sleep(0.1)
+        raise AssertionError(f"rates never got there: {samples}")
+
+    with TestClient(create_app(app, sample_seconds=0.2)) as client, running(app, "threads"):
+        before = samples_when(client, lambda s: bool(s) and s[-1]["workers"] == 1)[-1]
+        results = [app.tasks["d.sleep"].delay(0.05) for _ in range(40)]
+        for result in results:
+            result.get(timeout=20)
+        after = samples_when(client, lambda s: round(done_after(before, s)) >= 40)
+        time.sleep(1)  # a few more samples: nothing counted twice
+        after = client.get("/api/rates").json()
+    assert round(done_after(before, after)) == 40
+    new = [s for s in after if s["at"] > before["at"]]
+    assert max(s["rate"] for s in new) > 0 and max(s["waiting"] for s in new) > 0

@@ -13,6 +13,7 @@ import pytest
 
 from conveyor import Celery, states
 from conveyor.exceptions import (
+    ImproperlyConfigured,
     MaxRetriesExceededError,
     SoftTimeLimitExceeded,
     TaskRevokedError,
@@ -221,6 +222,31 @@ def test_rate_limit_is_global_across_workers(app: Celery) -> None:
     assert 8 <= rate <= 12, rate
     workers = {r.scoreboard["worker"] for r in results}
     assert workers == {"w1@test", "w2@test"}
+
+
+def test_rate_limit_set_at_run_time_reaches_running_workers(app: Celery) -> None:
+    """S8 (rate-limit action), Celery's control.rate_limit: a limit set while a worker runs applies
+    within a second, kept by the broker; cleared, the task's configured limit applies again."""
+
+    def span(n: int) -> float:
+        times = sorted(r.get(timeout=30) for r in [app.tasks["s.limited"].delay(i) for i in range(n)])
+        return times[-1] - times[0]
+
+    with pytest.raises(ImproperlyConfigured, match="s.limited"):
+        app.control.rate_limit("s.limited", "fast")
+    with running(app, "threads"):
+        assert span(5) < 1.0  # configured: 10/s
+        app.control.rate_limit("s.limited", "2/s")
+        assert app.control.rate_limits() == {"s.limited": "2/s"}
+        time.sleep(1.2)
+        assert span(5) >= 1.5  # four gaps of half a second
+        app.control.rate_limit("s.limited", 0)  # no limit at all
+        time.sleep(1.2)
+        assert span(12) < 0.9  # 10/s would need 1.1 s
+        app.control.rate_limit("s.limited", None)
+        assert app.control.rate_limits() == {}
+        time.sleep(1.2)
+        assert span(12) >= 0.9
 
 
 def test_rate_limited_tasks_hold_no_slot(app: Celery) -> None:

@@ -21,6 +21,7 @@ from tests.processes import E2E
         ["status"],
         ["revoke"],
         ["dead-letters"],
+        ["rate-limit"],
         ["flower"],
         ["dashboard"],
     ],
@@ -76,6 +77,17 @@ def test_call_result_purge_status(e2e: E2E) -> None:
     status = e2e.cli("-A", "e2eapp", "status")
     assert "cli@e2e" in status.stdout and "1 node(s) online" in status.stdout
     worker.wait_for_log("succeeded in")
+
+
+def test_rate_limit_sets_lists_and_clears(e2e: E2E) -> None:
+    """S8 actions from the command line (Celery's `control rate_limit`)."""
+    e2e.write_app()
+    assert "Rate limit of e2e.add: 10/m" in e2e.cli("-A", "e2eapp", "rate-limit", "e2e.add", "10/m").stdout
+    assert e2e.cli("-A", "e2eapp", "rate-limit").stdout.strip() == "e2e.add: 10/m"
+    bad = e2e.cli("-A", "e2eapp", "rate-limit", "e2e.add", "quickly", check=False)
+    assert bad.returncode == 1 and "rate limit for e2e.add" in bad.stderr and "'quickly'" in bad.stderr
+    assert "as configured" in e2e.cli("-A", "e2eapp", "rate-limit", "e2e.add", "--clear").stdout
+    assert e2e.cli("-A", "e2eapp", "rate-limit").stdout.strip() == ""
 
 
 def test_call_rejects_bad_arguments(e2e: E2E) -> None:
