@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from conveyor import messages
+from conveyor import messages, signals
 from conveyor.backends import ResultBackend, backend_from_url
 from conveyor.brokers import Broker, broker_from_url
 from conveyor.brokers.base import Outgoing, check_priority
@@ -255,12 +255,16 @@ class Conveyor:
         `send_task` publishes one; `group` publishes many in one broker call.
         """
         message, queue = self.build_message(name, args, kwargs, **options)
+        if signals.before_task_publish.receivers:
+            signals.before_task_publish.send(
+                name, headers=message.headers, routing_key=queue, body=(message.args, message.kwargs)
+            )
         task: Task[Any, Any] | None = options.get("task")
         conf = self.conf
         serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
         compression = options.get("compression") or (task and task.compression) or conf.task_compression
         body = message.encode(serializer, compression, conf.task_message_format)
-        outgoing = Outgoing(queue, body, message.priority, message.eta.timestamp() if message.eta else None)
+        outgoing = Outgoing(queue, body, message.priority, message.eta.timestamp() if message.eta else None, message)
         return outgoing, AsyncResult(message.id, self, task_name=name, ignored=message.ignore_result)
 
     def _retry_policy(self, options: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
@@ -353,7 +357,7 @@ class Conveyor:
         while True:
             try:
                 self.broker.publish(outgoing)
-                return
+                break
             except BrokerConnectionError as exc:
                 if not retry or (max_retries is not None and attempt >= max_retries):
                     raise BrokerConnectionError(
@@ -362,6 +366,12 @@ class Conveyor:
                 time.sleep(min(interval, float(policy.get("interval_max", 1))))
                 interval += float(policy.get("interval_step", 0.2))
                 attempt += 1
+        if signals.after_task_publish.receivers:
+            for sent in outgoing:
+                if sent.message is not None:
+                    m = sent.message
+                    headers = {**m.headers, "id": m.id, "task": m.task}
+                    signals.after_task_publish.send(m.task, headers=headers, routing_key=sent.queue)
 
     def signature(
         self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any

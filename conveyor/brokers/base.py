@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 #: Seconds a delivery stays leased without renewal (transport option `lease_timeout`).
@@ -34,6 +34,8 @@ class Outgoing:
     priority: int = 0
     not_before: float | None = None
     """Unix time before which the message is not delivered (countdown/eta)."""
+    message: Any = field(default=None, compare=False, repr=False)
+    """The `Message` encoded in `body`, for `after_task_publish` receivers; brokers ignore it."""
 
 
 @dataclass(slots=True)  # not frozen: one is made per task, and a frozen __init__ costs four times more

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from conveyor import messages, states
+from conveyor import messages, signals, states
 from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
 from conveyor.backends.memory import MemoryBackend
 from conveyor.canvas import Signature
@@ -188,7 +188,7 @@ def execute(
     """
     backend = backend or app.backend
     task = app.tasks[job.message.task]
-    with _Running(job, eager, on_update):
+    with _Running(task, job, eager, on_update):
         on_started(_pid)
         started = time.monotonic()
         try:
@@ -212,7 +212,7 @@ async def execute_async(
     """
     backend = app.backend
     task = app.tasks[job.message.task]
-    with _Running(job, False, on_update):
+    with _Running(task, job, False, on_update):
         on_started(_pid)
         started = time.monotonic()
         try:
@@ -223,12 +223,15 @@ async def execute_async(
 
 
 class _Running:
-    """`self.request`, `update_state`'s sink and `in_task` for the length of one run."""
+    """`self.request`, `update_state`'s sink and `in_task` for the length of one run;
+    `task_prerun` once they are set."""
 
-    __slots__ = ("_eager", "_job", "_on_update", "_tokens")
+    __slots__ = ("_eager", "_job", "_on_update", "_task", "_tokens")
 
-    def __init__(self, job: Job, eager: bool, on_update: Callable[[StateUpdate], None] | None) -> None:
-        self._job, self._eager, self._on_update = job, eager, on_update
+    def __init__(
+        self, task: Task[Any, Any], job: Job, eager: bool, on_update: Callable[[StateUpdate], None] | None
+    ) -> None:
+        self._task, self._job, self._eager, self._on_update = task, job, eager, on_update
 
     def __enter__(self) -> None:
         job, eager = self._job, self._eager
@@ -237,6 +240,9 @@ class _Running:
             in_task.set(True),
             state_sink.set(self._on_update),
         )
+        if signals.task_prerun.receivers:
+            m = job.message
+            signals.task_prerun.send(self._task, task_id=m.id, task=self._task, args=m.args, kwargs=m.kwargs)
 
     def __exit__(self, *exc: object) -> None:
         request_token, in_task_token, sink_token = self._tokens
@@ -250,20 +256,20 @@ def _ended(
 ) -> Outcome:
     """The outcome of a run that raised: RETRY for `self.retry`, else FAILURE (errbacks run)."""
     if isinstance(exc, Retry):
-        return _finish(app, backend, task, job, states.RETRY, exc.exc or exc, started, exc=exc)
+        return _signalled(task, job, *_finish(app, backend, task, job, states.RETRY, exc.exc or exc, started, exc=exc))
     _run_errbacks(app, job.message, exc)
-    return _finish(app, backend, task, job, states.FAILURE, exc, started, exc=exc)
+    return _signalled(task, job, *_finish(app, backend, task, job, states.FAILURE, exc, started, exc=exc))
 
 
 def _succeeded(
     app: Conveyor, backend: ResultBackend, task: Task[Any, Any], job: Job, value: Any, started: float
 ) -> Outcome:
-    outcome = _finish(app, backend, task, job, states.SUCCESS, value, started)
+    outcome, value = _finish(app, backend, task, job, states.SUCCESS, value, started)
     if outcome.state == states.SUCCESS:
         _run_callbacks(app, job.message.callbacks, (value,))
         if job.message.chain:
             _send_next_in_chain(app, job.message, value)
-    return outcome
+    return _signalled(task, job, outcome, value)
 
 
 def _send_next_in_chain(app: Conveyor, message: messages.Message, value: Any) -> None:
@@ -288,7 +294,8 @@ def _finish(
     value: Any,
     started: float,
     exc: BaseException | None = None,
-) -> Outcome:
+) -> tuple[Outcome, Any]:
+    """The run's outcome, and its value (an EncodeError when the result cannot be serialized)."""
     runtime = time.monotonic() - started
     tb = "".join(traceback.format_exception(exc)) if exc is not None and not isinstance(exc, Retry) else None
     if isinstance(exc, Retry) and exc.exc is not None:
@@ -302,10 +309,29 @@ def _finish(
         )
         tb = "".join(traceback.format_exception(error))
         updates = result_updates(app, backend, task, job, states.FAILURE, error, runtime, tb)
-        return Outcome(job.id, job.message.id, states.FAILURE, runtime, repr(error), updates, tb)
+        return Outcome(job.id, job.message.id, states.FAILURE, runtime, repr(error), updates, tb), error
     summary = short_repr(value) if state == states.SUCCESS else repr(value)
     expected = exc is not None and bool(task.throws) and isinstance(exc, task.throws)
-    return Outcome(job.id, job.message.id, state, runtime, summary, updates, tb, expected)
+    return Outcome(job.id, job.message.id, state, runtime, summary, updates, tb, expected), value
+
+
+def _signalled(task: Task[Any, Any], job: Job, outcome: Outcome, value: Any) -> Outcome:
+    """task_success, task_failure or task_retry, then task_postrun: after what the run sent
+    (callbacks, a chain's next step), still inside the run's context."""
+    m, state = job.message, outcome.state
+    if state == states.SUCCESS and signals.task_success.receivers:
+        signals.task_success.send(task, result=value)
+    elif state == states.FAILURE and signals.task_failure.receivers:
+        signals.task_failure.send(
+            task, task_id=m.id, exception=value, args=m.args, kwargs=m.kwargs, traceback=value.__traceback__
+        )
+    elif state == states.RETRY and signals.task_retry.receivers:
+        signals.task_retry.send(task, request=current_request(), reason=value)
+    if signals.task_postrun.receivers:
+        signals.task_postrun.send(
+            task, task_id=m.id, task=task, args=m.args, kwargs=m.kwargs, retval=value, state=state
+        )
+    return outcome
 
 
 def result_updates(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
+from conveyor import signals
 from conveyor.backends.base import StateUpdate
 from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from conveyor.worker.execution import Job, execute, failure_outcome, time_limits
@@ -81,6 +82,7 @@ def _child_main(app: Conveyor, conn: Connection, max_tasks: int | None, max_memo
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _raise_soft_limit)
+    signals.worker_process_init.send(None)
     done = 0
     while True:
         try:

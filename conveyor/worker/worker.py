@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from conveyor import __version__, states
+from conveyor import __version__, signals, states
 from conveyor.backends.base import StateUpdate
 from conveyor.brokers.base import Delivery
 from conveyor.config import parse_rate
@@ -216,11 +216,13 @@ class Worker:
             ",".join(self.queues), broker.url, backend.url,
         )  # fmt: skip
         self.ready.set()
+        signals.worker_ready.send(self)
         try:
             self._loop()
         finally:
             self._done.set()
             self._finish()
+            signals.worker_shutdown.send(self)
 
     def _loop(self) -> None:
         assert self.pool is not None
