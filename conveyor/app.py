@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from conveyor import messages, signals
+from conveyor import dedup, messages, signals
 from conveyor.backends import ResultBackend, backend_from_url
 from conveyor.brokers import Broker, broker_from_url
 from conveyor.brokers.base import Outgoing, check_priority
@@ -239,8 +239,21 @@ class Conveyor:
 
         Takes the options of `Task.apply_async` (see `build_message`).
         """
+        dedup_key, dedup_ttl = options.pop("deduplication_id", None), options.pop("deduplication_ttl", None)
+        dedup_header: dict[str, Any] = {}
+        if dedup_key is not None:
+            options["task_id"] = options.get("task_id") or messages.new_id()
+            holder, dedup_header = dedup.claim(self, str(dedup_key), options["task_id"], dedup_ttl)
+            if holder is not None:  # a task with this key is pending: that one is the result
+                return AsyncResult(holder, self, task_name=name)
+            options["headers"] = {**(options.get("headers") or {}), dedup.HEADER: dedup_header}
         outgoing, result = self.prepare_message(name, args, kwargs, **options)
-        self.publish_with_retry([outgoing], *self._retry_policy(options))
+        try:
+            self.publish_with_retry([outgoing], *self._retry_policy(options))
+        except BaseException:
+            if dedup_header:
+                dedup.release(self, dedup_header)  # nothing was sent: the key is free again
+            raise
         return result
 
     def prepare_message(

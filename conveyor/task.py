@@ -91,7 +91,7 @@ CALL_OPTIONS = frozenset(
         "countdown", "eta", "expires", "queue", "exchange", "routing_key", "priority",
         "serializer", "compression", "ignore_result", "headers", "time_limit",
         "soft_time_limit", "retry", "retry_policy", "parent_id", "root_id", "group_id",
-        "group_index", "retries", "reply_to", "chain",
+        "group_index", "retries", "reply_to", "chain", "deduplication_id", "deduplication_ttl",
     }
 )  # fmt: skip
 
@@ -269,6 +269,7 @@ class Task(Generic[P, R]):
             "root_id": request.root_id, "parent_id": request.parent_id,
             "queue": request.delivery_info.get("routing_key"),
             "priority": request.delivery_info.get("priority"),
+            "headers": dict(request.headers or {}) or None,  # custom headers, a deduplication hold
             **options,
         }  # fmt: skip
         if request.is_eager:

@@ -162,6 +162,10 @@ class Broker(ABC):
         """Every key and value of a small shared namespace (beat state, runtime schedule entries)."""
 
     @abstractmethod
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        """The value of `key` (None: absent)."""
+
+    @abstractmethod
     def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
         """Atomically set `key` to `new` (None deletes) if its value is still `expected` (None: absent).
 

@@ -162,6 +162,10 @@ class MemoryBroker(Broker):
         with self._store.lock:
             return dict(self._store.kv.get(namespace, {}))
 
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        with self._store.lock:
+            return self._store.kv.get(namespace, {}).get(key)
+
     def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
         with self._store.lock:
             space = self._store.kv.setdefault(namespace, {})

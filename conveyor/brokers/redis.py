@@ -536,6 +536,10 @@ class RedisBroker(Broker):
         with self._translate("kv_items"):
             return {k.decode(): v for k, v in self.client.hgetall(self._kv_key(namespace)).items()}
 
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        with self._translate("kv_get"):
+            return self.client.hget(self._kv_key(namespace), key)  # type: ignore[no-any-return]
+
     def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
         args = [key, expected or b"", new or b"", "1" if expected is not None else "0", "1" if new is not None else "0"]
         with self._translate("kv_swap"):

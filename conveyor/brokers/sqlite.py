@@ -148,6 +148,15 @@ class SQLiteBroker(Broker):
             )
         return dict(rows)
 
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        with self.db.translate():
+            row = (
+                self.db.connection()
+                .execute("SELECT value FROM conveyor_kv WHERE namespace = ? AND key = ?", (namespace, key))
+                .fetchone()
+            )
+        return row[0] if row else None
+
     def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
         with self.db.transaction() as db:
             row = db.execute(

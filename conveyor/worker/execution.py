@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from conveyor import messages, signals, states
+from conveyor import dedup, messages, signals, states
 from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
 from conveyor.backends.memory import MemoryBackend
 from conveyor.canvas import Signature
@@ -319,6 +319,8 @@ def _signalled(task: Task[Any, Any], job: Job, outcome: Outcome, value: Any) -> 
     """task_success, task_failure or task_retry, then task_postrun: after what the run sent
     (callbacks, a chain's next step), still inside the run's context."""
     m, state = job.message, outcome.state
+    if state != states.RETRY and dedup.HEADER in m.headers:
+        dedup.release(task.app, m.headers[dedup.HEADER])
     if state == states.SUCCESS and signals.task_success.receivers:
         signals.task_success.send(task, result=value)
     elif state == states.FAILURE and signals.task_failure.receivers:

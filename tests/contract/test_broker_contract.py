@@ -197,8 +197,10 @@ def test_kv_swap_is_compare_and_set(broker: Broker) -> None:
     assert not broker.kv_swap("ns", "k", b"0", b"2")
     assert broker.kv_swap("ns", "k", b"1", b"2")
     assert broker.kv_items("ns") == {"k": b"2"}
+    assert broker.kv_get("ns", "k") == b"2" and broker.kv_get("ns", "other") is None
+    assert broker.kv_get("other-ns", "k") is None
     assert broker.kv_swap("ns", "k", b"2", None)
-    assert broker.kv_items("ns") == {}
+    assert broker.kv_items("ns") == {} and broker.kv_get("ns", "k") is None
 
 
 def test_kv_swap_races_have_one_winner(broker: Broker) -> None:

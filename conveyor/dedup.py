@@ -1,0 +1,69 @@
+"""Deduplication: one task per key while it is pending, or for a time window.
+
+    report.apply_async((42,), deduplication_id="report:42")
+    report.apply_async((42,), deduplication_id="report:42", deduplication_ttl=60)
+
+A call whose `deduplication_id` is held sends nothing and returns the result
+of the task that holds it. Without a ttl the key is held until that task ends
+(SUCCESS, FAILURE, REVOKED; a retry keeps it), released by the worker that
+ends it; with `deduplication_ttl` it is held for that many seconds from the
+first call, however soon the task ends (a throttle). Either way a hold lapses
+after `result_expires` at the latest, so a task lost to a purge does not block
+its key for ever.
+
+The hold is a compare-and-set in the broker's key-value store (namespace
+`dedup`), so it holds across every producer. The message carries the hold
+(header `deduplication`), so the worker releases exactly the hold its task
+took and never a later one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from conveyor.exceptions import BrokerError
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.dedup")
+
+NAMESPACE = "dedup"
+HEADER = "deduplication"
+#: A hold lapses after this long when `result_expires` is unset.
+LONGEST_HOLD_SECONDS = 86_400.0
+
+
+def claim(app: Conveyor, key: str, task_id: str, ttl: float | None) -> tuple[str | None, dict[str, Any]]:
+    """Hold `key` for `task_id`: (None, the header to send) when it is ours, or (the holder's task id, {})."""
+    longest = app.conf.result_expires or LONGEST_HOLD_SECONDS
+    if hasattr(longest, "total_seconds"):
+        longest = longest.total_seconds()
+    until = time.time() + float(ttl if ttl is not None else longest)
+    hold = json.dumps({"task_id": task_id, "until": round(until, 3), "release": ttl is None}).encode()
+    broker = app.broker
+    while True:
+        current = broker.kv_get(NAMESPACE, key)
+        if current is not None:
+            holder = json.loads(current)
+            if holder["until"] > time.time():
+                return holder["task_id"], {}
+        if broker.kv_swap(NAMESPACE, key, current, hold):
+            return None, {"id": key, "hold": hold.decode()}
+        # Another producer took or released it meanwhile: look again.
+
+
+def release(app: Conveyor, header: Any) -> None:
+    """Give back the hold a finished task took (not a ttl hold: that one lapses on its own)."""
+    try:
+        key, hold = header["id"], header["hold"]
+        if not json.loads(hold)["release"]:
+            return
+        app.broker.kv_swap(NAMESPACE, key, hold.encode(), None)  # a no-op if the hold lapsed and was retaken
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.warning("Ignoring a malformed %r header: %r (%s)", HEADER, header, exc)
+    except BrokerError as exc:
+        logger.warning("Could not release deduplication key %r (it lapses on its own): %s", header.get("id"), exc)
