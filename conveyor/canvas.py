@@ -222,6 +222,8 @@ class group(Signature):  # noqa: N801 - Celery's name
         outgoing, results = [], []
         for index, task in enumerate(self.tasks):
             sig = task.clone(args, kwargs, **options, group_id=group_id, group_index=index)
+            if "deduplication_id" in sig.options:
+                raise TypeError(f"deduplication applies to single calls, not to a group's members ({sig.task})")
             registered = app.tasks.get(sig.task)
             if registered is not None and registered.typing:
                 registered.check_arguments(sig.args, sig.kwargs)

@@ -669,7 +669,13 @@ class Worker:
         except BrokerError:
             return  # the next check will tell; the fetcher already logs a lost broker
         if limits != self._rate_limits_seen:
-            self._rate_limits_seen = limits
+            self._rate_limits_seen = dict(limits)
+            for name, rate in list(limits.items()):
+                try:
+                    parse_rate(rate)
+                except ValueError as exc:  # written by something other than control.rate_limit
+                    logger.error("Ignoring the rate limit set for %s: %s", name, exc)
+                    del limits[name]
             self.events.put(_RateLimits(limits))
 
     def _heartbeat(self) -> None:

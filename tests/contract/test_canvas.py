@@ -78,6 +78,8 @@ def test_group_arguments_are_checked_before_anything_is_sent(app: Celery) -> Non
     add = app.tasks["c.add"]
     with pytest.raises(TypeError, match="c.add"):
         group([add.s(1, 1), add.s(1)]).apply_async()
+    with pytest.raises(TypeError, match="deduplication applies to single calls"):
+        group([add.s(1, 1), add.s(2, 2).set(deduplication_id="k")]).apply_async()
     assert app.broker.queue_sizes(["celery"]) == {"celery": 0}
 
 
