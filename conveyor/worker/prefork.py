@@ -1,7 +1,8 @@
 """The prefork pool: tasks run in child processes forked from the worker.
 
 A supervisor thread in the worker owns the children: it hands each idle child
-one job at a time over a pipe, relays the child's Started/Finished reports,
+one job at a time over a pipe, relays the child's Started/Finished reports
+(one selector, registered once per child, watches every pipe and exit),
 kills a child whose task passes its hard time limit (the task ends FAILURE
 with TimeLimitExceeded), and replaces children that die or retire. A child
 retires after `worker_max_tasks_per_child` tasks, or when its resident memory
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import selectors
 import signal
 import socket
 import threading
@@ -23,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from conveyor import signals
@@ -133,6 +135,9 @@ class PreforkPool:
         self._stopping = False
         self._emit: Emit | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        # Registered once, not rebuilt each turn: the supervisor wakes twice per task.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._supervisor: threading.Thread | None = None
 
     # -- children ----------------------------------------------------------------------
@@ -148,6 +153,8 @@ class PreforkPool:
         child_conn.close()
         child = _Child(process, parent_conn)
         self._children.append(child)
+        self._selector.register(parent_conn, selectors.EVENT_READ, ("report", child))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
         return child
 
     def _dispatch(self) -> None:
@@ -155,7 +162,7 @@ class PreforkPool:
             for child in self._children:
                 if not self._pending:
                     return
-                if child.job is None and not child.retiring and child.process.is_alive():
+                if child.job is None and not child.retiring:  # a dead one's send fails: the job stays
                     job = self._pending.popleft()
                     child.job, child.deadline, child.killed_for_time, child.started = job, None, False, False
                     try:
@@ -220,46 +227,54 @@ class PreforkPool:
             with self._lock:
                 if self._stopping and all(c.job is None for c in self._children):
                     break
-                children = list(self._children)
-            now = time.monotonic()
-            deadlines = [c.deadline for c in children if c.deadline is not None]
-            timeout = max(0.0, min(deadlines) - now) if deadlines else 1.0
-            ready = wait([self._wake_r, *(c.conn for c in children), *(c.process.sentinel for c in children)], timeout)
-            if self._wake_r in ready:
-                with contextlib.suppress(OSError):
-                    self._wake_r.recv(4096)
-            for child in children:
-                if child.conn in ready:
-                    self._receive(child, emit)
-            for child in children:
-                if child.process.sentinel in ready and not child.process.is_alive():
+                deadlines = [c.deadline for c in self._children if c.deadline is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 1.0
+            exited = []
+            for key, _ in self._selector.select(timeout):
+                if key.data is None:
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                elif key.data[0] == "report":
+                    self._receive_one(key.data[1], emit)
+                else:
+                    exited.append(key.data[1])
+            for child in exited:  # after the reports: a child's last Finished is read before it is reaped
+                if not child.process.is_alive():  # its pipe closes a moment before it can be waited for
                     self._reap(child, emit)
             self._enforce_time_limits(emit)
             self._dispatch()
         self._stop_children()
 
-    def _receive(self, child: _Child, emit: Emit) -> None:
+    def _receive_one(self, child: _Child, emit: Emit) -> bool:
+        """One report (the selector says again if more are waiting: one read, no extra poll);
+        False when the pipe is closed."""
         try:
-            while child.conn.poll():
-                event = child.conn.recv()
-                if isinstance(event, _Retiring):
-                    child.retiring = True
-                elif isinstance(event, Started) and child.job is not None:
-                    child.started = True
-                    limit = self._hard_limit(child.job)
-                    child.deadline = time.monotonic() + limit if limit else None
-                    emit(event)
-                elif isinstance(event, StateUpdate):
-                    emit(Updated(event))
-                elif isinstance(event, Finished):
-                    with self._lock:
-                        child.job, child.deadline = None, None
-                    emit(event)
+            event = child.conn.recv()
         except (EOFError, OSError):
-            pass  # the child died: its sentinel reports it
+            return False  # the child died: its exit is reported by its sentinel
+        if isinstance(event, _Retiring):
+            child.retiring = True
+        elif isinstance(event, Started) and child.job is not None:
+            child.started = True
+            limit = self._hard_limit(child.job)
+            child.deadline = time.monotonic() + limit if limit else None
+            emit(event)
+        elif isinstance(event, StateUpdate):
+            emit(Updated(event))
+        elif isinstance(event, Finished):
+            with self._lock:
+                child.job, child.deadline = None, None
+            emit(event)
+        return True
 
     def _reap(self, child: _Child, emit: Emit) -> None:
+        with contextlib.suppress(OSError):
+            while child.conn.poll() and self._receive_one(child, emit):  # what it sent before it died
+                pass
         child.process.join(0)
+        for fileobj in (child.conn, child.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fileobj)
         with self._lock:
             if child in self._children:
                 self._children.remove(child)
@@ -306,5 +321,6 @@ class PreforkPool:
                 child.process.kill()  # type: ignore[attr-defined]
                 child.process.join(1)
             child.conn.close()
+        self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
