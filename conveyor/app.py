@@ -247,8 +247,8 @@ class Conveyor:
             if holder is not None:  # a task with this key is pending: that one is the result
                 return AsyncResult(holder, self, task_name=name)
             options["headers"] = {**(options.get("headers") or {}), dedup.HEADER: dedup_header}
-        outgoing, result = self.prepare_message(name, args, kwargs, **options)
         try:
+            outgoing, result = self.prepare_message(name, args, kwargs, **options)
             self.publish_with_retry([outgoing], *self._retry_policy(options))
         except BaseException:
             if dedup_header:

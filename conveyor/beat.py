@@ -88,20 +88,16 @@ class ScheduleStore:
     ) -> Entry:
         """Add or replace an entry."""
         entry = Entry(name, task, maybe_schedule(schedule), tuple(args), dict(kwargs or {}), dict(options or {}))
-        self._put(name, entry.to_json())
+        self.app.broker.kv_put(ENTRIES, name, entry.to_json())
         return entry
 
     def remove(self, name: str) -> bool:
         """Remove an entry added at runtime; False if there was none."""
-        current = self.app.broker.kv_items(ENTRIES).get(name)
+        current = self.app.broker.kv_get(ENTRIES, name)
         return current is not None and self.app.broker.kv_swap(ENTRIES, name, current, None)
 
     def entries(self) -> dict[str, Entry]:
         return {name: Entry.from_json(name, raw) for name, raw in self.app.broker.kv_items(ENTRIES).items()}
-
-    def _put(self, name: str, value: bytes) -> None:
-        while not self.app.broker.kv_swap(ENTRIES, name, self.app.broker.kv_items(ENTRIES).get(name), value):
-            pass  # someone changed it meanwhile: try again on the fresh value
 
 
 def app_timezone(app: Conveyor) -> tzinfo:

@@ -60,9 +60,7 @@ class Control:
             except ValueError as exc:
                 raise ImproperlyConfigured(f"rate limit for {task_name}: {exc}") from None
             value = str(rate_limit).encode()
-        broker = self.app.broker
-        while not broker.kv_swap(RATE_LIMITS, task_name, broker.kv_items(RATE_LIMITS).get(task_name), value):
-            pass  # another process changed it meanwhile: the last writer wins
+        self.app.broker.kv_put(RATE_LIMITS, task_name, value)
 
     def rate_limits(self) -> dict[str, str]:
         """The rate limits set at run time, by task name."""

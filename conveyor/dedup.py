@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from conveyor.exceptions import BrokerError
@@ -39,10 +40,7 @@ LONGEST_HOLD_SECONDS = 86_400.0
 
 def claim(app: Conveyor, key: str, task_id: str, ttl: float | None) -> tuple[str | None, dict[str, Any]]:
     """Hold `key` for `task_id`: (None, the header to send) when it is ours, or (the holder's task id, {})."""
-    longest = app.conf.result_expires or LONGEST_HOLD_SECONDS
-    if hasattr(longest, "total_seconds"):
-        longest = longest.total_seconds()
-    until = time.time() + float(ttl if ttl is not None else longest)
+    until = time.time() + float(ttl if ttl is not None else app.conf.result_expires or LONGEST_HOLD_SECONDS)
     hold = json.dumps({"task_id": task_id, "until": round(until, 3), "release": ttl is None}).encode()
     broker = app.broker
     while True:
@@ -57,13 +55,24 @@ def claim(app: Conveyor, key: str, task_id: str, ttl: float | None) -> tuple[str
 
 
 def release(app: Conveyor, header: Any) -> None:
-    """Give back the hold a finished task took (not a ttl hold: that one lapses on its own)."""
+    """Give back a hold (a no-op if it lapsed and was taken again since)."""
     try:
-        key, hold = header["id"], header["hold"]
-        if not json.loads(hold)["release"]:
-            return
-        app.broker.kv_swap(NAMESPACE, key, hold.encode(), None)  # a no-op if the hold lapsed and was retaken
-    except (KeyError, TypeError, ValueError) as exc:
+        app.broker.kv_swap(NAMESPACE, header["id"], header["hold"].encode(), None)
+    except (KeyError, TypeError, AttributeError) as exc:
         logger.warning("Ignoring a malformed %r header: %r (%s)", HEADER, header, exc)
     except BrokerError as exc:
         logger.warning("Could not release deduplication key %r (it lapses on its own): %s", header.get("id"), exc)
+
+
+def task_ended(app: Conveyor, headers: Mapping[str, Any]) -> None:
+    """A task ended for good: give back the hold it carries, unless a ttl hold (that one lapses)."""
+    header = headers.get(HEADER)
+    if header is None:
+        return
+    try:
+        releasable = json.loads(header["hold"])["release"]
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.warning("Ignoring a malformed %r header: %r (%s)", HEADER, header, exc)
+        return
+    if releasable:
+        release(app, header)

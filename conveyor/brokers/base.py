@@ -173,6 +173,11 @@ class Broker(ABC):
         expected value, exactly one succeeds.
         """
 
+    def kv_put(self, namespace: str, key: str, value: bytes | None) -> None:
+        """Set `key` to `value` (None deletes) whatever it holds now: the last writer wins."""
+        while not self.kv_swap(namespace, key, self.kv_get(namespace, key), value):
+            pass  # changed between the read and the swap: again, on the fresh value
+
     @abstractmethod
     def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
         """Announce a live worker for `ttl` seconds (repeated as a heartbeat)."""

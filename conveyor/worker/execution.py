@@ -319,8 +319,8 @@ def _signalled(task: Task[Any, Any], job: Job, outcome: Outcome, value: Any) -> 
     """task_success, task_failure or task_retry, then task_postrun: after what the run sent
     (callbacks, a chain's next step), still inside the run's context."""
     m, state = job.message, outcome.state
-    if state != states.RETRY and dedup.HEADER in m.headers:
-        dedup.release(task.app, m.headers[dedup.HEADER])
+    if state != states.RETRY:
+        dedup.task_ended(task.app, m.headers)
     if state == states.SUCCESS and signals.task_success.receivers:
         signals.task_success.send(task, result=value)
     elif state == states.FAILURE and signals.task_failure.receivers:

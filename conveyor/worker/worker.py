@@ -560,8 +560,7 @@ class Worker:
     def _end_now(self, delivery: Delivery, job: Job, state: str, error: BaseException) -> None:
         """End a task without running it (revoked, expired)."""
         self._updates.append(self.app.backend.make_update(job.message.id, state, error, history=history_entry(job)))
-        if dedup.HEADER in job.message.headers:
-            dedup.release(self.app, job.message.headers[dedup.HEADER])
+        dedup.task_ended(self.app, job.message.headers)
         self._event("revoked", job.message, exception=repr(error))
         self._ack(delivery)
 
@@ -579,8 +578,7 @@ class Worker:
     def _fail_now(self, delivery: Delivery, message: Message, error: BaseException, job: Job | None = None) -> None:
         job = job or Job(0, message, delivery.queue, self.hostname)
         self._updates.extend(failure_outcome(self.app, job, error).updates)
-        if dedup.HEADER in message.headers:
-            dedup.release(self.app, message.headers[dedup.HEADER])
+        dedup.task_ended(self.app, message.headers)
         self._event("failed", message, exception=repr(error))
         self._ack(delivery)
 

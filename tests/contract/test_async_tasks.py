@@ -15,6 +15,7 @@ from conveyor import Celery, states
 from conveyor.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
+from tests.processes import wait_for_state
 
 POOLS = ["asyncio", "threads", "solo", "prefork"]
 #: Async tasks of the running test that have started and not finished (shared with the worker thread).
@@ -149,9 +150,7 @@ def test_async_time_limits(app: Celery) -> None:
 def test_revoke_with_terminate_cancels_a_running_async_task(app: Celery) -> None:
     with running(app, "asyncio"):
         result = app.tasks["a.sleep"].delay(30)
-        deadline = time.monotonic() + 10
-        while result.state != states.STARTED and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_state(result, states.STARTED)
         result.revoke(terminate=True)
         with pytest.raises(TaskRevokedError):
             result.get(timeout=15)

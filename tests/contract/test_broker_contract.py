@@ -201,6 +201,11 @@ def test_kv_swap_is_compare_and_set(broker: Broker) -> None:
     assert broker.kv_get("other-ns", "k") is None
     assert broker.kv_swap("ns", "k", b"2", None)
     assert broker.kv_items("ns") == {} and broker.kv_get("ns", "k") is None
+    broker.kv_put("ns", "k", b"3")  # whatever it holds
+    broker.kv_put("ns", "k", b"4")
+    assert broker.kv_get("ns", "k") == b"4"
+    broker.kv_put("ns", "k", None)
+    assert broker.kv_items("ns") == {}
 
 
 def test_kv_swap_races_have_one_winner(broker: Broker) -> None:

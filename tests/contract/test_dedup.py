@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ import pytest
 from conveyor import Celery, states
 from conveyor.dedup import NAMESPACE
 from tests.conftest import BROKERS, contract_app, store_url
+from tests.contract.test_semantics import wait_for
 from tests.contract.test_worker_contract import running
+from tests.processes import wait_for_state
 
 
 @pytest.fixture(params=BROKERS)
@@ -56,6 +59,17 @@ def test_a_pending_key_returns_the_first_task_and_sends_nothing(app: Celery) -> 
     assert app.broker.kv_items(NAMESPACE) == {}  # every hold given back
 
 
+def test_a_call_that_sends_nothing_leaves_the_key_free(app: Celery) -> None:
+    add = app.tasks["dd.add"]
+    with pytest.raises(TypeError, match="not JSON serializable"):  # nothing is sent
+        add.apply_async((object(), 1), deduplication_id="unsent")
+    assert app.broker.kv_get(NAMESPACE, "unsent") is None
+    with pytest.raises(TypeError, match="not JSON serializable"):  # the same for a throttle's hold
+        add.apply_async((object(), 1), deduplication_id="unsent", deduplication_ttl=60)
+    sent = add.apply_async((1, 1), deduplication_id="unsent")
+    assert queued(app) == 1 and json.loads(app.broker.kv_get(NAMESPACE, "unsent") or b"")["task_id"] == sent.id
+
+
 def test_concurrent_callers_get_one_task(app: Celery) -> None:
     ids: list[str] = []
 
@@ -92,14 +106,11 @@ def test_failure_and_revocation_free_the_key_and_a_retry_keeps_it(app: Celery) -
         assert fail.apply_async(deduplication_id="failing").id != failed.id
 
         retrying = flaky.apply_async(deduplication_id="flaky")
-        deadline = time.monotonic() + 10
-        while retrying.state != states.RETRY and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_state(retrying, states.RETRY)
         assert flaky.apply_async(deduplication_id="flaky").id == retrying.id  # still pending
         assert retrying.get(timeout=10) == 1
 
-        deadline = time.monotonic() + 10
-        while app.broker.kv_get(NAMESPACE, "revoked") is not None and time.monotonic() < deadline:
-            time.sleep(0.02)  # the worker fetched the revoked task and ended it REVOKED
+        # The worker fetches it, ends it REVOKED and gives its key back.
+        wait_for(lambda: app.broker.kv_get(NAMESPACE, "revoked") is None)
         assert revoked.state == states.REVOKED
         assert add.apply_async((0, 0), deduplication_id="revoked").id != revoked.id

@@ -26,6 +26,7 @@ from conveyor.exceptions import (
 )
 from conveyor.worker import Worker
 from tests.conftest import BROKERS, contract_app, store_url
+from tests.processes import wait_for_state
 
 POOLS = ["threads", "solo", "prefork", "asyncio"]
 
@@ -224,9 +225,7 @@ def test_acks_late_keeps_the_message_until_done(app: Celery) -> None:
     app.conf.task_acks_late = True
     with running(app, "threads"):
         result = app.tasks["t.sleep"].delay(0.8)
-        deadline = time.monotonic() + 5
-        while result.state != states.STARTED and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_state(result, states.STARTED)
         assert app.broker.queue_sizes(["celery"]) == {"celery": 1}
         result.get(timeout=10)
         time.sleep(0.1)
@@ -236,9 +235,7 @@ def test_acks_late_keeps_the_message_until_done(app: Celery) -> None:
 def test_early_ack_removes_the_message_when_started(app: Celery) -> None:
     with running(app, "threads"):
         result = app.tasks["t.sleep"].delay(0.8)
-        deadline = time.monotonic() + 5
-        while result.state != states.STARTED and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_state(result, states.STARTED)
         time.sleep(0.1)
         assert app.broker.queue_sizes(["celery"]) == {"celery": 0}
         result.get(timeout=10)
@@ -250,9 +247,7 @@ def test_warm_shutdown_finishes_running_and_returns_prefetched(app: Celery, pool
     with running(app, pool, concurrency=1):
         running_task = app.tasks["t.sleep"].delay(1.0)
         waiting = [app.tasks["t.add"].delay(i, i) for i in range(3)]
-        deadline = time.monotonic() + 5
-        while running_task.state != states.STARTED and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_state(running_task, states.STARTED)
     assert running_task.state == states.SUCCESS
     assert all(r.state == states.PENDING for r in waiting)
     assert app.broker.queue_sizes(["celery"]) == {"celery": 3}
