@@ -38,6 +38,7 @@ def require_service(env_var: str, default_url: str) -> str:
 
 
 REDIS_DEFAULT = "redis://127.0.0.1:6379/15"
+AMQP_DEFAULT = "amqp://guest:guest@127.0.0.1:5672//"
 #: SQL result backends: kind -> (environment variable, default URL).
 SQL_DEFAULTS = {
     "postgresql": ("CONVEYOR_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -55,6 +56,14 @@ def store_url(kind: str, tmp_path: os.PathLike[str]) -> tuple[str, dict[str, str
         return f"memory://{uuid.uuid4().hex}", {}
     if kind == "redis":
         return require_service("CONVEYOR_REDIS_URL", REDIS_DEFAULT), {"global_keyprefix": f"t{uuid.uuid4().hex[:12]}:"}
+    if kind == "amqp":
+        # Its own queue names, dropped by RabbitMQ a while after the test stops using them; shared
+        # state (and, in contract_app, results) in a SQLite file that worker processes can open too.
+        return require_service("CONVEYOR_AMQP_URL", AMQP_DEFAULT), {
+            "global_keyprefix": f"t{uuid.uuid4().hex[:12]}.",
+            "queue_expires": "300",
+            "state_url": f"sqlite:///{os.path.join(tmp_path, 'state.db')}",
+        }
     if kind in ("django", "django-pg"):
         alias = django_database("pg" if kind == "django-pg" else "default")
         return f"django://{alias}", {}
@@ -69,15 +78,16 @@ def store_url(kind: str, tmp_path: os.PathLike[str]) -> tuple[str, dict[str, str
 
 STORES = ["memory", "sqlite"]
 #: Every broker the contract suite holds to the same behaviour.
-BROKERS = ["memory", "sqlite", "redis"]
+BROKERS = ["memory", "sqlite", "redis", "amqp"]
 #: Every result backend: the brokers' stores, and SQL databases through SQLAlchemy.
-BACKENDS = [*BROKERS, "postgresql", "mysql", "sql-sqlite", "django", "django-pg"]
+BACKENDS = ["memory", "sqlite", "redis", "postgresql", "mysql", "sql-sqlite", "django", "django-pg"]
 
 
 def contract_app(main: str, store: tuple[str, dict[str, str]]) -> Celery:
     """An app on one store (broker and backend), with the short polling and lease times tests want."""
     url, options = store
-    app = Celery(main, broker=url, result_backend=url)
+    # RabbitMQ keeps no results: its apps keep them where its shared state is.
+    app = Celery(main, broker=url, result_backend=options.get("state_url", url))
     app.conf.broker_transport_options = {"polling_interval": 0.2, "lease_timeout": 3, **options}
     app.conf.result_backend_transport_options = {"polling_interval": 0.2, **options}
     return app

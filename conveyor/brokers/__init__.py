@@ -28,9 +28,16 @@ def _redis(url: str, options: Mapping[str, Any]) -> Broker:
     return RedisBroker(url, options)
 
 
+def _amqp(url: str, options: Mapping[str, Any]) -> Broker:
+    from conveyor.brokers.amqp import AMQPBroker
+
+    return AMQPBroker(url, options)
+
+
 SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    **dict.fromkeys(("amqp", "amqps", "pyamqp", "librabbitmq"), _amqp),
     **dict.fromkeys(("redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster"), _redis),
 }
 

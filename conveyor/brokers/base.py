@@ -77,6 +77,15 @@ def check_priority(priority: int) -> int:
 class Broker(ABC):
     """Holds messages; leases them to consumers. Thread-safe."""
 
+    #: A lease lapses after `lease_seconds` without renewal, and the delivery goes to the next
+    #: fetch. False where the store ties a delivery to its consumer's connection instead
+    #: (RabbitMQ): it comes back when that connection closes, however long it was held.
+    leases_lapse = True
+    #: `fetch` over several queues takes the best priority across all of them (else: within each).
+    exact_priority_across_queues = True
+    #: `queue_sizes` counts delayed and leased messages too (else: only those ready now).
+    sizes_count_held = True
+
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.options = dict(options or {})

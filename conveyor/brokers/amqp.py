@@ -1,0 +1,626 @@
+"""The RabbitMQ broker (AMQP 0-9-1): messages live in RabbitMQ, shared state beside it.
+
+Each Conveyor queue is a durable RabbitMQ queue of the same name (after the
+transport option `global_keyprefix`), declared with `x-max-priority` so that
+RabbitMQ itself hands out the highest priority first. Messages are persistent
+and every publish waits for the publisher confirm: `delay()` returns once
+RabbitMQ has the message.
+
+- **Leases.** A delivery belongs to the consumer's channel until acked.
+  RabbitMQ gives it back when that connection closes (a worker killed, its
+  heartbeat missed), not on a timer: a live worker's task is never taken from
+  it however long it runs, and a dead one's deliveries return at once.
+  Fencing: a delivery remembers the connection it came on; once that
+  connection is gone, acking or renewing it does nothing (`renew` reports it
+  lost), because RabbitMQ has already given it to someone else.
+- **Delays** wait in RabbitMQ, not in a worker. A message due in `d` ms walks
+  a fixed ladder of 32 TTL queues, `conveyor.delay.31` down to
+  `conveyor.delay.0`: queue `k` holds a message for 2**k ms and dead-letters it
+  on to the next rung. The routing key spells `d` in binary, one word a rung,
+  so a message stops only at the rungs of its one bits and arrives at its
+  queue through the exchange `conveyor.delayed` after exactly `d` ms. One
+  ladder per virtual host serves every queue and every app.
+- **Attempts.** RabbitMQ tells only whether a delivery was given out before;
+  a message Conveyor gives back itself is published again with its attempt
+  count in the header `x-conveyor-attempts`.
+- **Shared state** (revocations, rate-limit buckets, the key-value namespaces
+  of beat and deduplication, the worker registry, monitoring events) needs
+  compare-and-set and expiry, which AMQP does not offer. It lives in the store
+  named by the transport option `state_url` (a Redis or SQLite URL); by
+  default the app's result backend when that is Redis or SQLite, else
+  `sqlite:///conveyor-state.db`.
+
+Every AMQP call runs on one asyncio loop in a thread of its own (one
+connection per broker object, per process): other threads hand it
+coroutines, so channels are never shared between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Outgoing
+from conveyor.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
+
+logger = logging.getLogger("conveyor.broker")
+
+T = TypeVar("T")
+
+#: Rungs of the delay ladder: RabbitMQ's longest TTL is 2**32 - 1 ms, so a delay of up to
+#: 49 days walks it once; a message that arrives before its eta is sent round again by the worker.
+DELAY_LEVELS = 32
+DELAY_EXCHANGE = "conveyor.delayed"
+ATTEMPTS_HEADER = "x-conveyor-attempts"
+#: Dead letters kept (older ones are dropped), as on the other brokers.
+DEAD_LETTERS_KEPT = 20_000
+DEFAULT_STATE_URL = "sqlite:///conveyor-state.db"
+SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+#: A fetch asked for what is there now (timeout 0) waits this long at most for it to arrive.
+SETTLE_SECONDS = 1.0
+
+
+def connection_url(url: str) -> str:
+    """A Celery-style AMQP URL (`amqp://`, `pyamqp://guest@localhost//`) as aiormq takes it."""
+    parts = urlsplit(url)
+    scheme = "amqps" if parts.scheme == "amqps" else "amqp"
+    user = parts.username or "guest"
+    password = parts.password if parts.password is not None else ("guest" if user == "guest" else "")
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    path = parts.path if parts.path not in ("", "/") else "//"
+    return urlunsplit((scheme, f"{user}:{password}@{host}{port}", path, parts.query, ""))
+
+
+def delay_ladder_key(delay_ms: int, queue: str) -> str:
+    """The routing key that walks the ladder for `delay_ms` and ends at `queue`."""
+    bits = format(delay_ms, f"0{DELAY_LEVELS}b")
+    return ".".join(bits) + "." + queue
+
+
+def _rung(level: int) -> str:
+    return f"conveyor.delay.{level}"
+
+
+class AMQPBroker(Broker):
+    leases_lapse = False
+    exact_priority_across_queues = False
+    sizes_count_held = False
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        from conveyor.brokers import broker_from_url
+
+        self.prefix = str(self.options.get("global_keyprefix", ""))
+        self.max_priority = int(self.options.get("max_priority", MAX_PRIORITY))
+        if not 1 <= self.max_priority <= MAX_PRIORITY:
+            raise ImproperlyConfigured(f"transport option max_priority must be 1-255, not {self.max_priority}")
+        self.confirm_publish = bool(self.options.get("confirm_publish", True))
+        expires = self.options.get("queue_expires")
+        self.queue_arguments: dict[str, Any] = {"x-max-priority": self.max_priority}
+        if expires:
+            self.queue_arguments["x-expires"] = int(float(expires) * 1000)
+        self.connect_timeout = float(self.options.get("connect_timeout", 5.0))
+        self.operation_timeout = float(self.options.get("operation_timeout", 30.0))
+        self.state_url = str(self.options.get("state_url") or DEFAULT_STATE_URL)
+        self.state = broker_from_url(self.state_url, self.options.get("state_transport_options") or {})
+        self._link = _Link(connection_url(url), self.connect_timeout, self.operation_timeout)
+        self._pid = os.getpid()
+        # The consumer: deliveries RabbitMQ pushed, best priority first, until fetch hands them out.
+        self._buffer: list[tuple[int, int, Delivery]] = []
+        self._arrived = threading.Condition()
+        self._sequence = itertools.count()
+        self._outstanding: set[int] = set()  # delivery tags handed out and not yet settled
+        self._generation = 0  # of the consuming channel: a delivery from an earlier one is void
+        self._interrupted = False
+
+    # -- names and plumbing ------------------------------------------------------------------
+    def _name(self, queue: str) -> str:
+        return self.prefix + queue
+
+    @property
+    def _dead_letter_queue(self) -> str:
+        return f"{self.prefix}conveyor.dead-letters"
+
+    def _amqp_priority(self, priority: int) -> int:
+        """Conveyor's 0 (highest) .. 255 on RabbitMQ's 0 .. max_priority (highest)."""
+        return self.max_priority - (priority * self.max_priority + MAX_PRIORITY - 1) // MAX_PRIORITY
+
+    def _call(self, where: str, work: Callable[[_Session], Awaitable[T]]) -> T:
+        if os.getpid() != self._pid:  # a forked child: the parent's connection and loop are not ours
+            self._link = _Link(self._link.url, self.connect_timeout, self.operation_timeout)
+            self._pid = os.getpid()
+        return self._link.call(where, work)
+
+    # -- publishing --------------------------------------------------------------------------
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        if messages:
+            now = time.time()
+            sends = [
+                (self._name(m.queue), m.body, self._amqp_priority(m.priority), 0,
+                 int((m.not_before - now) * 1000) if m.not_before else 0)
+                for m in messages
+            ]  # fmt: skip
+            self._call("publish", lambda session: session.publish(sends, self))
+
+    # -- consuming ---------------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        names = [self._name(q) for q in queues]
+        wanted = set(queues)
+        self._interrupted = False
+        self._subscribe(names, wanted, limit)
+        taken = self._take(wanted, limit)
+        if timeout <= 0:
+            return taken if len(taken) >= limit else taken + self._settle(wanted, names, limit - len(taken))
+        if taken or self._interrupted:
+            return taken
+        deadline = time.monotonic() + timeout
+        generation = self._generation
+        with self._arrived:
+            while not self._interrupted and not self._has(wanted) and self._generation == generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
+        return self._take(wanted, limit)
+
+    def _settle(self, wanted: set[str], names: list[str], limit: int) -> list[Delivery]:
+        """What is due now, for a fetch that does not wait: RabbitMQ pushes ready messages a
+        moment after it counts them, so look until none is ready and none arrives."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        taken: list[Delivery] = []
+        while len(taken) < limit and time.monotonic() < deadline:
+            ready = self._subscribe(names, wanted, limit - len(taken), count=True)
+            with self._arrived:
+                if not self._has(wanted):
+                    self._arrived.wait(0.05 if ready else 0.02)
+            more = self._take(wanted, limit - len(taken))
+            if more:
+                taken += more
+                deadline = time.monotonic() + SETTLE_SECONDS
+            elif not ready:
+                break
+        return taken
+
+    def _subscribe(self, names: list[str], wanted: set[str], limit: int, count: bool = False) -> int:
+        """Consume from the queues with room for `limit` more; with `count`, how many messages
+        they hold ready (not yet pushed to anyone)."""
+        with self._arrived:
+            # Deliveries buffered for queues not asked for now must not fill the window.
+            window = len(self._outstanding) + sum(1 for e in self._buffer if e[2].queue not in wanted) + limit
+        return self._call("fetch", lambda session: session.consume(self, names, window, count))
+
+    def _has(self, wanted: set[str]) -> bool:
+        return any(entry[2].queue in wanted for entry in self._buffer)
+
+    def _take(self, wanted: set[str], limit: int) -> list[Delivery]:
+        taken: list[Delivery] = []
+        others: list[tuple[int, int, Delivery]] = []
+        with self._arrived:
+            while self._buffer and len(taken) < limit:
+                entry = heapq.heappop(self._buffer)
+                if entry[2].queue in wanted:
+                    taken.append(entry[2])
+                else:
+                    others.append(entry)
+            for entry in others:
+                heapq.heappush(self._buffer, entry)
+            self._outstanding.update(d.tag[1] for d in taken)
+        return taken
+
+    def _received(self, queue: str, generation: int, message: Any) -> None:
+        """Called on the loop for each delivery RabbitMQ pushes."""
+        properties = message.header.properties
+        headers = properties.headers or {}
+        attempts = int(headers.get(ATTEMPTS_HEADER, 0)) + 1 + (1 if message.delivery.redelivered else 0)
+        priority = properties.priority or 0
+        delivery = Delivery(queue, message.body, (generation, message.delivery.delivery_tag, priority), attempts)
+        with self._arrived:
+            if generation == self._generation:
+                heapq.heappush(self._buffer, (-priority, next(self._sequence), delivery))
+                self._arrived.notify_all()
+
+    def _channel_lost(self, generation: int) -> None:
+        """Called on the loop when the consuming channel closes: RabbitMQ takes back every
+        delivery it held, so what is buffered or handed out is no longer ours."""
+        with self._arrived:
+            if generation == self._generation:
+                self._generation += 1
+                self._buffer.clear()
+                self._outstanding.clear()
+                self._arrived.notify_all()
+
+    def _settle_tags(self, deliveries: Sequence[Delivery]) -> list[int]:
+        """The delivery tags among these that the consuming channel still holds; settled now."""
+        tags = []
+        with self._arrived:
+            for delivery in deliveries:
+                generation, tag, _ = delivery.tag
+                if generation == self._generation and tag in self._outstanding:
+                    self._outstanding.discard(tag)
+                    tags.append(tag)
+        return tags
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        tags = self._settle_tags(deliveries)
+        if tags:
+            self._call("ack", lambda session: session.ack(tags))
+
+    def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
+        held = set(self._settle_tags(deliveries))
+        sends = [
+            (self._name(d.queue), d.body, d.tag[2], d.attempts if redelivery else d.attempts - 1, int(delay * 1000))
+            for d in deliveries
+            if d.tag[1] in held
+        ]
+        if sends:
+            # Published again before the ack: a crash in between leaves a copy, never none.
+            self._call("requeue", lambda session: session.publish_then_ack(sends, sorted(held), self))
+
+    def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        # Nothing to extend: the channel holds them for as long as the connection lives.
+        with self._arrived:
+            return [d for d in deliveries if d.tag[0] != self._generation or d.tag[1] not in self._outstanding]
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        tags = self._settle_tags([delivery])
+        if tags:
+            headers = {"x-conveyor-queue": delivery.queue, "x-conveyor-reason": reason, "x-conveyor-at": time.time()}
+            self._call("dead_letter", lambda session: session.dead_letter(delivery.body, headers, tags, self))
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        letters = self._call("dead_letters", lambda session: session.read_dead_letters(self))
+        return [DeadLetter(q, body, reason, at) for q, body, reason, at in reversed(letters[-limit:])]
+
+    def requeue_dead_letters(self, limit: int) -> int:
+        return self._call("requeue_dead_letters", lambda session: session.requeue_dead_letters(self, limit))
+
+    def purge(self, queues: Sequence[str]) -> int:
+        names = [self._name(q) for q in queues]
+        return self._call("purge", lambda session: session.purge(names, self))
+
+    def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
+        """Messages ready in each queue (RabbitMQ does not say how many are delayed or held)."""
+        if queues is None:
+            queues = sorted(self.state.kv_items("amqp-queues"))
+        names = [self._name(q) for q in queues]
+        counts = self._call("queue_sizes", lambda session: session.ready_counts(names, declare=self))
+        return {q: counts[self._name(q)] for q in queues}
+
+    def known_queue(self, queue_name: str) -> None:
+        """Called the first time this process declares a queue: `queue_sizes()` lists it."""
+        queue = queue_name[len(self.prefix) :]
+        if self.state.kv_get("amqp-queues", queue) is None:
+            self.state.kv_put("amqp-queues", queue, b"1")
+
+    # -- shared state, kept by the state store -------------------------------------------------
+    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
+        self.state.revoke(task_ids, info, expires_at)
+
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        return self.state.revoked(task_ids)
+
+    def take_token(self, key: str, rate: float) -> float:
+        return self.state.take_token(key, rate)
+
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        return self.state.kv_items(namespace)
+
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        return self.state.kv_get(namespace, key)
+
+    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
+        return self.state.kv_swap(namespace, key, expected, new)
+
+    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
+        self.state.register_worker(hostname, info, ttl)
+
+    def unregister_worker(self, hostname: str) -> None:
+        self.state.unregister_worker(hostname)
+
+    def workers(self) -> dict[str, bytes]:
+        return self.state.workers()
+
+    def add_events(self, events: Sequence[bytes]) -> None:
+        self.state.add_events(events)
+
+    def recent_events(self, limit: int = 1000) -> list[bytes]:
+        return self.state.recent_events(limit)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        with self._arrived:
+            self._interrupted = True
+            self._arrived.notify_all()
+
+    def close(self) -> None:
+        self.interrupt()
+        if os.getpid() == self._pid:
+            self._link.close()
+        self.state.close()
+
+
+class _Link:
+    """The connection and the asyncio loop thread that drives it; reconnects on next use."""
+
+    def __init__(self, url: str, connect_timeout: float, operation_timeout: float) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.operation_timeout = operation_timeout
+        self.session: _Session | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="conveyor-amqp", daemon=True)
+        self._thread.start()
+
+    def call(self, where: str, work: Callable[[_Session], Awaitable[T]]) -> T:
+        import concurrent.futures
+
+        import aiormq
+
+        async def run() -> T:
+            session = self.session
+            if session is None or session.connection.is_closed:
+                connection = await asyncio.wait_for(aiormq.connect(self.url), self.connect_timeout)
+                session = self.session = _Session(connection)
+            return await work(session)
+
+        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        try:
+            return future.result(self.operation_timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise BrokerConnectionError(
+                f"RabbitMQ broker {where}: no answer within {self.operation_timeout} s"
+            ) from exc
+        except (
+            OSError, asyncio.TimeoutError, concurrent.futures.CancelledError,
+            aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError,
+        ) as exc:  # fmt: skip
+            raise BrokerConnectionError(f"RabbitMQ broker {where}: {_describe(exc)}") from exc
+        except aiormq.exceptions.AMQPError as exc:
+            raise BrokerError(f"RabbitMQ broker {where}: {_describe(exc)}") from exc
+
+    def close(self) -> None:
+        async def shut() -> None:
+            if self.session is not None:
+                await self.session.connection.close()
+
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
+            except Exception:  # already broken: nothing to close cleanly
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class _Session:
+    """One connection's channels and what it has declared; used only on the loop."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self._channels: dict[str, Any] = {}
+        self._declared: set[str] = set()
+        self._ladder_bound: set[str] = set()
+        self._ladder_ready = False
+        self._consumer_tags: dict[str, str] = {}  # queue name -> consumer tag
+        self._prefetch = 0
+
+    async def channel(self, purpose: str) -> Any:
+        """A channel per purpose; one a channel error closed is opened again."""
+        channel = self._channels.get(purpose)
+        if channel is None or channel.is_closed:
+            channel = await self.connection.channel(publisher_confirms=purpose == "publish")
+            self._channels[purpose] = channel
+        return channel
+
+    # -- declaring ---------------------------------------------------------------------------
+    async def declare(self, name: str, broker: AMQPBroker) -> None:
+        if name in self._declared:
+            return
+        channel = await self.channel("admin")
+        try:
+            await channel.queue_declare(name, durable=True, arguments=broker.queue_arguments)
+        except Exception as exc:
+            import aiormq
+
+            if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+                raise BrokerError(
+                    f"queue {name!r} exists on RabbitMQ with other arguments than Conveyor's "
+                    f"{broker.queue_arguments} ({exc}); delete it, or set the transport option "
+                    "max_priority to the x-max-priority it has"
+                ) from exc
+            raise
+        self._declared.add(name)
+        await asyncio.get_running_loop().run_in_executor(None, broker.known_queue, name)
+
+    async def _ladder(self, name: str) -> None:
+        """The delay ladder (once per connection) and the last step's binding to `name`."""
+        channel = await self.channel("admin")
+        if not self._ladder_ready:
+            await channel.exchange_declare(DELAY_EXCHANGE, exchange_type="topic", durable=True)
+            for level in range(DELAY_LEVELS - 1, -1, -1):
+                await channel.exchange_declare(_rung(level), exchange_type="topic", durable=True)
+            for level in range(DELAY_LEVELS - 1, -1, -1):
+                rung, skip = _rung(level), "*." * (DELAY_LEVELS - 1 - level)
+                onward = _rung(level - 1) if level else DELAY_EXCHANGE
+                arguments = {"x-message-ttl": 2**level, "x-dead-letter-exchange": onward}
+                await channel.queue_declare(rung, durable=True, arguments=arguments)
+                await channel.queue_bind(rung, rung, routing_key=f"{skip}1.#")
+                await channel.exchange_bind(onward, rung, routing_key=f"{skip}0.#")
+            self._ladder_ready = True
+        if name not in self._ladder_bound:
+            await channel.queue_bind(name, DELAY_EXCHANGE, routing_key="*." * DELAY_LEVELS + name)
+            self._ladder_bound.add(name)
+
+    # -- publishing --------------------------------------------------------------------------
+    async def publish(self, sends: Sequence[tuple[str, bytes, int, int, int]], broker: AMQPBroker) -> None:
+        """Publish (queue name, body, AMQP priority, attempts so far, delay ms) tuples; wait for the confirms."""
+        from pamqp.commands import Basic
+
+        for name in dict.fromkeys(send[0] for send in sends):
+            await self.declare(name, broker)
+        for name in dict.fromkeys(send[0] for send in sends if send[4] > 0):
+            await self._ladder(name)
+        channel = await self.channel("publish")
+        pending = []
+        for name, body, priority, attempts, delay_ms in sends:
+            properties = Basic.Properties(
+                delivery_mode=2, priority=priority, headers={ATTEMPTS_HEADER: attempts} if attempts else None
+            )
+            if delay_ms > 0:
+                exchange, key = _rung(DELAY_LEVELS - 1), delay_ladder_key(min(delay_ms, 2**DELAY_LEVELS - 1), name)
+            else:
+                exchange, key = "", name
+            pending.append(channel.basic_publish(body, exchange=exchange, routing_key=key, properties=properties))
+        confirms = await asyncio.gather(*pending)
+        if broker.confirm_publish and not all(isinstance(c, Basic.Ack) for c in confirms):
+            raise BrokerError("RabbitMQ did not accept every message published (a negative confirm)")
+
+    async def publish_then_ack(
+        self, sends: Sequence[tuple[str, bytes, int, int, int]], tags: Sequence[int], broker: AMQPBroker
+    ) -> None:
+        await self.publish(sends, broker)
+        await self.ack(tags)
+
+    # -- consuming ---------------------------------------------------------------------------
+    async def consume(self, broker: AMQPBroker, names: Sequence[str], prefetch: int, count: bool) -> int:
+        channel = self._channels.get("consume")
+        if channel is None or channel.is_closed:
+            # A new consuming channel: its deliveries carry a new generation, and its
+            # closing voids them (RabbitMQ takes back whatever a closed channel held).
+            channel = self._channels["consume"] = await self.connection.channel(publisher_confirms=False)
+            self._consumer_tags.clear()
+            self._prefetch = 0
+            generation = broker._generation
+            channel.closing.add_done_callback(lambda _: broker._channel_lost(generation))
+        if prefetch > self._prefetch:
+            await channel.basic_qos(prefetch_count=prefetch, global_=True)
+            self._prefetch = prefetch
+        for name in names:
+            if name in self._consumer_tags:
+                continue
+            await self.declare(name, broker)
+            queue, generation = name[len(broker.prefix) :], broker._generation
+
+            async def on_message(message: Any, queue: str = queue, generation: int = generation) -> None:
+                broker._received(queue, generation, message)
+
+            ok = await channel.basic_consume(name, on_message)
+            self._consumer_tags[name] = ok.consumer_tag
+        return sum((await self.ready_counts(names)).values()) if count else 0
+
+    async def ack(self, tags: Sequence[int]) -> None:
+        channel = self._channels.get("consume")
+        if channel is None or channel.is_closed:
+            return  # the deliveries went back with the channel
+        for tag in tags:
+            await channel.basic_ack(tag)
+
+    async def ready_counts(self, names: Sequence[str], declare: AMQPBroker | None = None) -> dict[str, int]:
+        counts = {}
+        for name in names:
+            if declare is not None:
+                await self.declare(name, declare)
+            channel = await self.channel("admin")
+            try:
+                ok = await channel.queue_declare(name, passive=True)
+            except Exception as exc:
+                import aiormq
+
+                if not isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+                    raise
+                counts[name] = 0
+            else:
+                counts[name] = ok.message_count
+        return counts
+
+    async def purge(self, names: Sequence[str], broker: AMQPBroker) -> int:
+        removed = 0
+        for name in names:
+            await self.declare(name, broker)
+            ok = await (await self.channel("admin")).queue_purge(name)
+            removed += ok.message_count
+        return removed
+
+    # -- dead letters ------------------------------------------------------------------------
+    async def _declare_dead_letters(self, broker: AMQPBroker) -> str:
+        name = broker._dead_letter_queue
+        if name not in self._declared:
+            arguments: dict[str, Any] = {"x-max-length": DEAD_LETTERS_KEPT}
+            if "x-expires" in broker.queue_arguments:
+                arguments["x-expires"] = broker.queue_arguments["x-expires"]
+            await (await self.channel("admin")).queue_declare(name, durable=True, arguments=arguments)
+            self._declared.add(name)
+        return name
+
+    async def dead_letter(self, body: bytes, headers: dict[str, Any], tags: Sequence[int], broker: AMQPBroker) -> None:
+        from pamqp.commands import Basic
+
+        name = await self._declare_dead_letters(broker)
+        channel = await self.channel("publish")
+        await channel.basic_publish(
+            body, routing_key=name, properties=Basic.Properties(delivery_mode=2, headers=headers)
+        )
+        await self.ack(tags)
+
+    async def read_dead_letters(self, broker: AMQPBroker) -> list[tuple[str, bytes, str, float]]:
+        """Every dead letter, oldest first, read on a channel of its own and then left in place:
+        closing that channel gives back what it took, in order."""
+        name = await self._declare_dead_letters(broker)
+        channel = await self.connection.channel(publisher_confirms=False)
+        letters = []
+        try:
+            while True:
+                message = await _get(channel, name)
+                if message is None:
+                    break
+                headers = message.header.properties.headers or {}
+                letters.append(
+                    (str(headers.get("x-conveyor-queue", "")), message.body,
+                     str(headers.get("x-conveyor-reason", "")), float(headers.get("x-conveyor-at", 0.0)))
+                )  # fmt: skip
+        finally:
+            await channel.close()
+        return letters
+
+    async def requeue_dead_letters(self, broker: AMQPBroker, limit: int) -> int:
+        name = await self._declare_dead_letters(broker)
+        channel = await self.connection.channel(publisher_confirms=False)
+        moved = 0
+        try:
+            for _ in range(limit):
+                message = await _get(channel, name)
+                if message is None:
+                    break
+                headers = message.header.properties.headers or {}
+                queue = str(headers.get("x-conveyor-queue", ""))
+                send = (broker._name(queue), message.body, broker._amqp_priority(0), 0, 0)
+                await self.publish([send], broker)
+                await channel.basic_ack(message.delivery.delivery_tag)
+                moved += 1
+        finally:
+            await channel.close()
+        return moved
+
+
+async def _get(channel: Any, queue: str) -> Any:
+    """One message by basic.get, or None when the queue is empty."""
+    from pamqp.commands import Basic
+
+    message = await channel.basic_get(queue, no_ack=False)
+    return None if isinstance(message.delivery, Basic.GetEmpty) else message
