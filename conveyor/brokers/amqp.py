@@ -356,6 +356,7 @@ class _Link:
         self.connect_timeout = connect_timeout
         self.operation_timeout = operation_timeout
         self.session: _Session | None = None
+        self._connecting = asyncio.Lock()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="conveyor-amqp", daemon=True)
         self._thread.start()
@@ -366,10 +367,11 @@ class _Link:
         import aiormq
 
         async def run() -> T:
-            session = self.session
-            if session is None or session.connection.is_closed:
-                connection = await asyncio.wait_for(aiormq.connect(self.url), self.connect_timeout)
-                session = self.session = _Session(connection)
+            async with self._connecting:  # callers from many threads: one connection between them
+                session = self.session
+                if session is None or session.connection.is_closed:
+                    connection = await asyncio.wait_for(aiormq.connect(self.url), self.connect_timeout)
+                    session = self.session = _Session(connection)
             return await work(session)
 
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
