@@ -93,7 +93,7 @@ def _rung(level: int) -> str:
 class AMQPBroker(Broker):
     leases_lapse = False
     exact_priority_across_queues = False
-    sizes_count_held = False
+    sizes_count_delayed = False
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -118,7 +118,7 @@ class AMQPBroker(Broker):
         self._buffer: list[tuple[int, int, Delivery]] = []
         self._arrived = threading.Condition()
         self._sequence = itertools.count()
-        self._outstanding: set[int] = set()  # delivery tags handed out and not yet settled
+        self._outstanding: dict[int, str] = {}  # delivery tag -> queue, handed out and not yet settled
         self._generation = 0  # of the consuming channel: a delivery from an earlier one is void
         self._interrupted = False
 
@@ -213,7 +213,7 @@ class AMQPBroker(Broker):
                     others.append(entry)
             for entry in others:
                 heapq.heappush(self._buffer, entry)
-            self._outstanding.update(d.tag[1] for d in taken)
+            self._outstanding.update((d.tag[1], d.queue) for d in taken)
         return taken
 
     def _received(self, queue: str, generation: int, message: Any) -> None:
@@ -244,8 +244,7 @@ class AMQPBroker(Broker):
         with self._arrived:
             for delivery in deliveries:
                 generation, tag, _ = delivery.tag
-                if generation == self._generation and tag in self._outstanding:
-                    self._outstanding.discard(tag)
+                if generation == self._generation and self._outstanding.pop(tag, None) is not None:
                     tags.append(tag)
         return tags
 
@@ -288,12 +287,15 @@ class AMQPBroker(Broker):
         return self._call("purge", lambda session: session.purge(names, self))
 
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
-        """Messages ready in each queue (RabbitMQ does not say how many are delayed or held)."""
+        """Messages ready in each queue plus those this process holds (RabbitMQ counts neither
+        the delayed ones nor those other consumers hold)."""
         if queues is None:
             queues = sorted(self.state.kv_items("amqp-queues"))
         names = [self._name(q) for q in queues]
         counts = self._call("queue_sizes", lambda session: session.ready_counts(names, declare=self))
-        return {q: counts[self._name(q)] for q in queues}
+        with self._arrived:
+            held = [*self._outstanding.values(), *(entry[2].queue for entry in self._buffer)]
+        return {q: counts[self._name(q)] + held.count(q) for q in queues}
 
     def known_queue(self, queue_name: str) -> None:
         """Called the first time this process declares a queue: `queue_sizes()` lists it."""
@@ -337,9 +339,19 @@ class AMQPBroker(Broker):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def interrupt(self) -> None:
+        """Wake a blocked fetch, stop consuming and give back what was pushed but not fetched
+        (the worker is stopping: nobody here will run those)."""
         with self._arrived:
             self._interrupted = True
+            tags = [entry[2].tag[1] for entry in self._buffer if entry[2].tag[0] == self._generation]
+            self._buffer.clear()
             self._arrived.notify_all()
+        if not self._link.connected or os.getpid() != self._pid:
+            return  # nothing is consumed here (or the connection's end gave them back)
+        try:
+            self._call("interrupt", lambda session: session.stop_consuming(tags))
+        except BrokerError as exc:  # unreachable: the connection's end gives them back instead
+            logger.debug("Could not give back %d prefetched messages: %s", len(tags), exc)
 
     def close(self) -> None:
         self.interrupt()
@@ -360,6 +372,10 @@ class _Link:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="conveyor-amqp", daemon=True)
         self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        return self.session is not None and not self.session.connection.is_closed
 
     def call(self, where: str, work: Callable[[_Session], Awaitable[T]]) -> T:
         import concurrent.futures
@@ -420,6 +436,9 @@ class _Session:
         self._ladder_bound: set[str] = set()
         self._ladder_ready = False
         self._consumer_tags: dict[str, str] = {}  # queue name -> consumer tag
+        self._consuming = asyncio.Lock()
+        self._consume_generation = -1
+        self._laddering = asyncio.Lock()
         self._prefetch = 0
 
     async def channel(self, purpose: str) -> Any:
@@ -452,6 +471,10 @@ class _Session:
 
     async def _ladder(self, name: str) -> None:
         """The delay ladder (once per connection) and the last step's binding to `name`."""
+        async with self._laddering:
+            await self._build_ladder(name)
+
+    async def _build_ladder(self, name: str) -> None:
         channel = await self.channel("admin")
         if not self._ladder_ready:
             await channel.exchange_declare(DELAY_EXCHANGE, exchange_type="topic", durable=True)
@@ -501,14 +524,20 @@ class _Session:
 
     # -- consuming ---------------------------------------------------------------------------
     async def consume(self, broker: AMQPBroker, names: Sequence[str], prefetch: int, count: bool) -> int:
+        async with self._consuming:  # fetches from several threads share the one consuming channel
+            return await self._consume(broker, names, prefetch, count)
+
+    async def _consume(self, broker: AMQPBroker, names: Sequence[str], prefetch: int, count: bool) -> int:
         channel = self._channels.get("consume")
         if channel is None or channel.is_closed:
             # A new consuming channel: its deliveries carry a new generation, and its
             # closing voids them (RabbitMQ takes back whatever a closed channel held).
+            if channel is not None:
+                broker._channel_lost(self._consume_generation)  # its own callback may not have run yet
             channel = self._channels["consume"] = await self.connection.channel(publisher_confirms=False)
             self._consumer_tags.clear()
             self._prefetch = 0
-            generation = broker._generation
+            generation = self._consume_generation = broker._generation
             channel.closing.add_done_callback(lambda _: broker._channel_lost(generation))
         if prefetch > self._prefetch:
             await channel.basic_qos(prefetch_count=prefetch, global_=True)
@@ -525,6 +554,20 @@ class _Session:
             ok = await channel.basic_consume(name, on_message)
             self._consumer_tags[name] = ok.consumer_tag
         return sum((await self.ready_counts(names)).values()) if count else 0
+
+    async def stop_consuming(self, tags: Sequence[int]) -> None:
+        async with self._consuming:
+            await self._stop_consuming(tags)
+
+    async def _stop_consuming(self, tags: Sequence[int]) -> None:
+        channel = self._channels.get("consume")
+        if channel is None or channel.is_closed:
+            return
+        for consumer_tag in self._consumer_tags.values():
+            await channel.basic_cancel(consumer_tag)
+        self._consumer_tags.clear()
+        for tag in tags:
+            await channel.basic_reject(tag, requeue=True)
 
     async def ack(self, tags: Sequence[int]) -> None:
         channel = self._channels.get("consume")

@@ -83,8 +83,8 @@ class Broker(ABC):
     leases_lapse = True
     #: `fetch` over several queues takes the best priority across all of them (else: within each).
     exact_priority_across_queues = True
-    #: `queue_sizes` counts delayed and leased messages too (else: only those ready now).
-    sizes_count_held = True
+    #: `queue_sizes` counts delayed messages too (else: those ready and those leased here).
+    sizes_count_delayed = True
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
