@@ -18,7 +18,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, over
 
 from conveyor import dedup, messages, signals
 from conveyor.backends import ResultBackend, backend_from_url
-from conveyor.brokers import Broker, broker_from_url
+from conveyor.brokers import AMQP_SCHEMES, Broker, broker_from_url
 from conveyor.brokers.base import Outgoing, check_priority
 from conveyor.canvas import Signature
 from conveyor.config import Settings, settings_from_object
@@ -176,7 +176,15 @@ class Conveyor:
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
-                    self._broker = broker_from_url(self.broker_url, self.conf.broker_transport_options)
+                    url, options = self.broker_url, self.conf.broker_transport_options
+                    if url.split(":", 1)[0] in AMQP_SCHEMES:
+                        from conveyor.brokers.amqp import with_state_defaults
+
+                        conf = self.conf
+                        options = with_state_defaults(
+                            options, conf.result_backend, conf.result_backend_transport_options
+                        )
+                    self._broker = broker_from_url(url, options)
         return self._broker
 
     @property

@@ -25,7 +25,7 @@ import time
 
 from conveyor import Celery
 
-app = Celery("e2eapp", broker={broker!r}, result_backend={broker!r})
+app = Celery("e2eapp", broker={broker!r}, result_backend={backend!r})
 app.conf.broker_transport_options = {{"lease_timeout": {lease}, "polling_interval": 0.5, **{options!r}}}
 app.conf.result_backend_transport_options = {options!r}
 app.conf.update({settings})
@@ -98,11 +98,18 @@ class E2E:
         self._app: Celery | None = None
 
     def write_app(
-        self, lease: float = 30, broker: str | None = None, options: dict[str, str] | None = None, **settings: object
+        self,
+        lease: float = 30,
+        broker: str | None = None,
+        options: dict[str, str] | None = None,
+        backend: str | None = None,
+        **settings: object,
     ) -> None:
-        """The app module: the test's SQLite file unless another broker URL (and options) is given."""
+        """The app module: the test's SQLite file unless another broker URL (and options) is given;
+        results where the broker is unless another backend is."""
+        broker = broker or f"sqlite:///{self.db}"
         source = APP_TEMPLATE.format(
-            broker=broker or f"sqlite:///{self.db}", options=options or {}, lease=lease, settings=repr(settings)
+            broker=broker, backend=backend or broker, options=options or {}, lease=lease, settings=repr(settings)
         )
         (self.directory / "e2eapp.py").write_text(textwrap.dedent(source))
 

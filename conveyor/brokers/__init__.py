@@ -34,10 +34,13 @@ def _amqp(url: str, options: Mapping[str, Any]) -> Broker:
     return AMQPBroker(url, options)
 
 
+#: RabbitMQ, as Celery users write it (kombu's transports by those names are all AMQP 0-9-1).
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
 SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], Broker]] = {
     "memory": _memory,
     "sqlite": _sqlite,
-    **dict.fromkeys(("amqp", "amqps", "pyamqp", "librabbitmq"), _amqp),
+    **dict.fromkeys(AMQP_SCHEMES, _amqp),
     **dict.fromkeys(("redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster"), _redis),
 }
 
@@ -52,4 +55,4 @@ def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broke
     return factory(url, options or {})
 
 
-__all__ = ["SCHEMES", "Broker", "DeadLetter", "Delivery", "Outgoing", "broker_from_url"]
+__all__ = ["AMQP_SCHEMES", "SCHEMES", "Broker", "DeadLetter", "Delivery", "Outgoing", "broker_from_url"]

@@ -63,9 +63,27 @@ ATTEMPTS_HEADER = "x-conveyor-attempts"
 #: Dead letters kept (older ones are dropped), as on the other brokers.
 DEAD_LETTERS_KEPT = 20_000
 DEFAULT_STATE_URL = "sqlite:///conveyor-state.db"
-SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 #: A fetch asked for what is there now (timeout 0) waits this long at most for it to arrive.
 SETTLE_SECONDS = 1.0
+
+
+#: Stores that can keep the shared state: every broker but this one.
+STATE_SCHEMES = ("redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster", "sqlite", "memory")
+
+
+def with_state_defaults(
+    options: Mapping[str, Any], result_backend: str | None, backend_options: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Transport options with `state_url` filled in: the result backend's store when it can
+    keep the state (Redis, SQLite), else the SQLite file `conveyor-state.db`."""
+    options = dict(options)
+    if not options.get("state_url"):
+        if result_backend and urlsplit(result_backend).scheme in STATE_SCHEMES:
+            options["state_url"] = result_backend
+            options.setdefault("state_transport_options", dict(backend_options or {}))
+        else:
+            options["state_url"] = DEFAULT_STATE_URL
+    return options
 
 
 def connection_url(url: str) -> str:
@@ -365,6 +383,8 @@ class _Link:
 
     def __init__(self, url: str, connect_timeout: float, operation_timeout: float) -> None:
         self.url = url
+        parts = urlsplit(url)
+        self.where = f"{parts.hostname}:{parts.port or 5672}"  # no password in messages
         self.connect_timeout = connect_timeout
         self.operation_timeout = operation_timeout
         self.session: _Session | None = None
@@ -393,13 +413,15 @@ class _Link:
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         try:
             return future.result(self.operation_timeout)
-        except concurrent.futures.TimeoutError as exc:
-            future.cancel()
-            raise BrokerConnectionError(
-                f"RabbitMQ broker {where}: no answer within {self.operation_timeout} s"
-            ) from exc
+        except TimeoutError as exc:
+            if not future.done():  # RabbitMQ is silent (a memory or disk alarm blocks publishers)
+                future.cancel()
+                raise BrokerConnectionError(
+                    f"RabbitMQ broker {where}: no answer within {self.operation_timeout} s"
+                ) from exc
+            raise BrokerConnectionError(f"RabbitMQ broker {where}: cannot connect to {self.where}") from exc
         except (
-            OSError, asyncio.TimeoutError, concurrent.futures.CancelledError,
+            OSError, concurrent.futures.CancelledError,
             aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError,
         ) as exc:  # fmt: skip
             raise BrokerConnectionError(f"RabbitMQ broker {where}: {_describe(exc)}") from exc

@@ -46,7 +46,7 @@ from conveyor.exceptions import (
     TaskRevokedError,
     WorkerLostError,
 )
-from conveyor.messages import Envelope, Message
+from conveyor.messages import Envelope, Message, utcnow
 from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
 from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option, short_repr
@@ -70,6 +70,8 @@ MAX_BATCH = 2000
 #: A task still running this long after it started gets its STARTED written on its own;
 #: one that ends sooner has it folded into its final write (one write, not two).
 STARTED_GRACE_SECONDS = 0.05
+#: A message delivered this much before its eta is sent back to wait for the rest.
+EARLY_TOLERANCE_SECONDS = 1.0
 #: Under load the main loop pauses up to this long between batches, so that reports gather.
 MAX_LINGER_SECONDS = 0.002
 #: ... and for at most this share of the time the pool needs for the work queued in it.
@@ -411,6 +413,12 @@ class Worker:
         if message.is_expired():
             logger.warning("Task %s[%s] expired at %s: not run", message.display_name, message.id, message.expires)
             self._end_now(delivery, job, states.REVOKED, TaskRevokedError(f"task expired at {message.expires}"))
+            return
+        early = (message.eta - utcnow()).total_seconds() if message.eta is not None else 0.0
+        if early > EARLY_TOLERANCE_SECONDS:
+            # Delivered before its eta: a broker whose longest delay is shorter (RabbitMQ's
+            # TTLs end at 49 days) sends it on its way again for the rest.
+            self._requeue([delivery], delay=early)
             return
         wait = self._rate_limit_wait(message.task)
         if wait > 0:
