@@ -382,7 +382,7 @@ class Conveyor:
             except BrokerConnectionError as exc:
                 if not retry or (max_retries is not None and attempt >= max_retries):
                     raise BrokerConnectionError(
-                        f"cannot publish to {self.broker_url} after {attempt + 1} attempt(s): {exc}"
+                        f"cannot publish to {self.broker.display_url} after {attempt + 1} attempt(s): {exc}"
                     ) from exc
                 time.sleep(min(interval, float(policy.get("interval_max", 1))))
                 interval += float(policy.get("interval_step", 0.2))

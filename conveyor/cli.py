@@ -13,7 +13,7 @@ import click
 
 from conveyor import __version__, states
 from conveyor.app import Conveyor
-from conveyor.config import POOL_NAMES
+from conveyor.config import POOL_NAMES, redacted
 from conveyor.exceptions import ConveyorError
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
@@ -175,7 +175,7 @@ def flower(obj: _Context, port: int, address: str, basic_auth: str | None, logle
     if basic_auth is not None and ":" not in basic_auth:
         raise click.BadParameter("must be user:password", param_hint="--basic-auth")
     dashboard = create_app(obj.app, basic_auth=basic_auth)
-    click.echo(f"Conveyor dashboard on http://{address}:{port}/ (broker {obj.app.broker_url})", err=True)
+    click.echo(f"Conveyor dashboard on http://{address}:{port}/ (broker {obj.app.broker.display_url})", err=True)
     uvicorn.run(dashboard, host=address, port=port, log_level=loglevel.lower(), access_log=False)
 
 
@@ -210,8 +210,8 @@ def _banner(worker: Any) -> None:
     lines = [
         click.style(f" -------------- {worker.hostname} v{__version__}", bold=True),
         f"- ** app:         {app.main or '__main__'}",
-        f"- ** transport:   {app.broker_url}",
-        f"- ** results:     {app.conf.result_backend or app.broker_url}",
+        f"- ** transport:   {redacted(app.broker_url)}",
+        f"- ** results:     {redacted(app.conf.result_backend or app.broker_url)}",
         f"- ** concurrency: {worker.concurrency} ({worker.pool_name})",
         f"- ** queues:      {', '.join(worker.queues)}",
         "",
@@ -361,7 +361,7 @@ def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
         letters = obj.app.broker.dead_letters(limit)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
-    table = Table(title=f"Dead letters on {obj.app.broker_url} (newest first)")
+    table = Table(title=f"Dead letters on {obj.app.broker.display_url} (newest first)")
     for column in ("when", "queue", "task", "reason"):
         table.add_column(column, overflow="fold")
     for letter in letters:
@@ -386,7 +386,7 @@ def status(obj: _Context) -> None:
     app = obj.app
     console = Console()
     workers = app.broker.workers()
-    table = Table(title=f"Workers on {app.broker_url}")
+    table = Table(title=f"Workers on {app.broker.display_url}")
     for column in ("worker", "pool", "concurrency", "active", "processed", "queues"):
         table.add_column(column)
     for hostname, raw in sorted(workers.items()):

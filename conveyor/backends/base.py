@@ -236,7 +236,14 @@ class ResultBackend(ABC):
                 waiter.wait(remaining)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.url}>"
+        return f"<{type(self).__name__} {self.display_url}>"
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs and screens."""
+        from conveyor.config import redacted
+
+        return redacted(self.url)
 
 
 def result_value(meta: Mapping[str, Any]) -> Any:

@@ -209,7 +209,14 @@ class Broker(ABC):
         self.publish([Outgoing(queue, body, check_priority(priority), not_before)])
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.url}>"
+        return f"<{type(self).__name__} {self.display_url}>"
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs and screens."""
+        from conveyor.config import redacted
+
+        return redacted(self.url)
 
 
 class WakeSignal(Protocol):

@@ -83,11 +83,13 @@ class Fetcher:
                 failures += 1
                 delay = min(MAX_BACKOFF, 0.1 * 2**failures)
                 if failures == 1:
-                    logger.error("Cannot fetch from broker %s: %s; retrying with backoff", self.broker.url, exc)
+                    logger.error("Cannot fetch from broker %s: %s; retrying with backoff", self.broker.display_url, exc)
                 time.sleep(delay)
             else:
                 if failures:
-                    logger.warning("Broker %s is reachable again after %d failed fetches", self.broker.url, failures)
+                    logger.warning(
+                        "Broker %s is reachable again after %d failed fetches", self.broker.display_url, failures
+                    )
                     failures = 0
             self.release(wanted - len(deliveries))
             if deliveries and self._stopped:

@@ -215,7 +215,7 @@ class Worker:
         logger.info(
             "%s ready: pool=%s concurrency=%d prefetch=%d queues=%s broker=%s backend=%s",
             self.hostname, self.pool_name, self.concurrency, self.prefetch,
-            ",".join(self.queues), broker.url, backend.url,
+            ",".join(self.queues), broker.display_url, backend.display_url,
         )  # fmt: skip
         self.ready.set()
         signals.worker_ready.send(self)

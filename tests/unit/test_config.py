@@ -153,3 +153,13 @@ def test_constructor_arguments() -> None:
 @pytest.mark.parametrize(("text", "per_second"), [(10, 10.0), ("10/s", 10.0), ("60/m", 1.0), ("3600/h", 1.0)])
 def test_rate_strings(text: object, per_second: float) -> None:
     assert parse_rate(text) == per_second
+
+
+def test_urls_in_logs_and_screens_hide_their_password() -> None:
+    """Security: URLs carry passwords; what Conveyor prints does not."""
+    from conveyor.config import redacted
+
+    assert redacted("amqp://user:s3cret@rabbit:5672//") == "amqp://user:***@rabbit:5672//"
+    assert redacted("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redacted("sqlite:///conveyor.db") == "sqlite:///conveyor.db"
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
