@@ -30,6 +30,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = f"bench{os.getpid()}:"
 REDIS_URL = os.environ.get("CONVEYOR_REDIS_URL", "redis://127.0.0.1:6379/14")
+AMQP_URL = os.environ.get("CONVEYOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def rss_mib(pid: int) -> float:
@@ -53,18 +54,20 @@ def worker(env: dict[str, str], pool: str, concurrency: int) -> Iterator[subproc
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def fresh_app(url: str):  # type: ignore[no-untyped-def]
+def fresh_app(url: str, backend: str | None = None):  # type: ignore[no-untyped-def]
     sys.modules.pop("benchmarks.bench_app", None)
     os.environ["CONVEYOR_BENCH_BROKER"] = url
+    os.environ["CONVEYOR_BENCH_BACKEND"] = backend or ""
     os.environ["CONVEYOR_BENCH_PREFIX"] = PREFIX
     from benchmarks import bench_app
 
     return bench_app.app, bench_app.noop
 
 
-def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str, str]]:
-    env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "CONVEYOR_BENCH_PREFIX": PREFIX, "PYTHONPATH": str(ROOT)}
-    app, noop = fresh_app(url)
+def measure(url: str, tasks: int, pool: str, concurrency: int, backend: str | None = None) -> list[tuple[str, str]]:
+    env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "CONVEYOR_BENCH_BACKEND": backend or "",
+           "CONVEYOR_BENCH_PREFIX": PREFIX, "PYTHONPATH": str(ROOT)}  # fmt: skip
+    app, noop = fresh_app(url, backend)
     if pool == "asyncio":
         noop = app.tasks["bench.anoop"]
     name = noop.name
@@ -133,7 +136,12 @@ def measure(url: str, tasks: int, pool: str, concurrency: int) -> list[tuple[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker", default="sqlite", choices=["sqlite", "redis"], help="which broker to measure")
+    parser.add_argument(
+        "--broker",
+        default="sqlite",
+        choices=["sqlite", "redis", "amqp"],
+        help="which broker to measure (amqp: RabbitMQ, with results and state on Redis)",
+    )
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per measurement")
     parser.add_argument("--pool", default="solo", help="worker pool (solo, threads, prefork, asyncio: an async no-op)")
     parser.add_argument("--concurrency", type=int, default=1)
@@ -157,9 +165,12 @@ def main() -> None:
 
         compare.main(args.tasks, args.trips, args.runs, args.peers or None)
         return
-    if args.broker == "redis":
+    if args.broker in ("redis", "amqp"):
         try:
-            rows = measure(REDIS_URL, args.tasks, args.pool, args.concurrency)
+            if args.broker == "redis":
+                rows = measure(REDIS_URL, args.tasks, args.pool, args.concurrency)
+            else:
+                rows = measure(AMQP_URL, args.tasks, args.pool, args.concurrency, backend=REDIS_URL)
         finally:
             import redis
 

@@ -5,8 +5,8 @@ import os
 from conveyor import Celery
 
 _url = os.environ.get("CONVEYOR_BENCH_BROKER", "sqlite:///bench.db")
-_options = {"global_keyprefix": os.environ.get("CONVEYOR_BENCH_PREFIX", "bench:")}
-app = Celery("bench", broker=_url, result_backend=_url)
+_options = {"global_keyprefix": os.environ.get("CONVEYOR_BENCH_PREFIX", "bench:"), "queue_expires": 120}
+app = Celery("bench", broker=_url, result_backend=os.environ.get("CONVEYOR_BENCH_BACKEND") or _url)
 app.conf.broker_transport_options = {"polling_interval": 1.0, **_options}
 app.conf.result_backend_transport_options = _options
 

@@ -199,9 +199,11 @@ class Conveyor:
         results beside the broker's queues; other brokers get no backend.
         """
         if self._backend is None:
+            url = self.conf.result_backend
+            # rpc:// sends results through the broker's connection (taken before the lock: it locks too).
+            through = {"broker": self.broker} if url and url.split(":", 1)[0] == "rpc" else {}
             with self._lock:
                 if self._backend is None:
-                    url = self.conf.result_backend
                     if url is None and self.broker_url.split(":", 1)[0] in ("sqlite", "memory"):
                         url = self.broker_url
                     self._backend = backend_from_url(
@@ -210,6 +212,7 @@ class Conveyor:
                         serializer=self.conf.result_serializer,
                         accept=self.conf.result_accept_content or self.conf.accept_content,
                         expires=self.conf.result_expires,
+                        **through,
                     )
         return self._backend
 
@@ -348,7 +351,8 @@ class Conveyor:
                 "chain": [dict(s) for s in options.get("chain") or ()] or None,
                 "headers": dict(options.get("headers") or {}),
                 "priority": check_priority(int(priority or 0)),
-                "reply_to": options.get("reply_to"),
+                # A task sent from a running one reports where that one does (a chain to its caller).
+                "reply_to": options.get("reply_to") or (parent.reply_to if parent else None) or self.backend.reply_to(),
             }
         )
         queue = self._checked_queue(self.router.route(

@@ -15,7 +15,8 @@ the message body and cross the wire unchanged.
   built-in task that checks the header's results (one backend read) and
   retries itself every `interval` seconds until they are all ready; then it
   sends the body with the list of results, or, if one failed, stores the body
-  as FAILURE with ChordError. It works the same on every result backend.
+  as FAILURE with ChordError. It works the same on every result backend that
+  workers can read (not rpc://, whose results reach only their caller).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from conveyor import messages
+from conveyor.exceptions import ImproperlyConfigured
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -270,6 +272,11 @@ class chord(Signature):  # noqa: N801 - Celery's name
         if self.body is None:
             raise ValueError("chord() needs a body: chord(header)(body) or chord(header, body)")
         app = self._app()
+        if not app.conf.task_always_eager and not app.backend.shared:
+            raise ImproperlyConfigured(
+                f"chord() needs a result backend that workers can read; {app.backend.display_url} sends "
+                "each result to its caller only (use Redis, SQL or SQLite results for chords)"
+            )
         body = _bound(self.body.clone(), app)
         body.freeze()
         header = self.header.apply_async(args, kwargs, **options)

@@ -301,7 +301,7 @@ class Task(Generic[P, R]):
         if task_id is None:
             raise RuntimeError(f"task {self.name}: update_state() needs a task id outside a worker")
         update = self.app.backend.make_update(
-            task_id, state or "PENDING", meta, history={"worker": self.request.hostname}
+            task_id, state or "PENDING", meta, history={"worker": self.request.hostname}, reply_to=self.request.reply_to
         )
         sink = state_sink.get()
         if sink is not None:

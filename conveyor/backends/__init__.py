@@ -61,7 +61,14 @@ def _redis(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend
     return RedisBackend(url, options, **kwargs)
 
 
+def _rpc(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
+    from conveyor.backends.rpc import RPCBackend
+
+    return RPCBackend(url, options, **kwargs)
+
+
 SCHEMES: dict[str, Callable[..., ResultBackend]] = {
+    "rpc": _rpc,
     "memory": _memory,
     "sqlite": _sqlite,
     "django": _django,

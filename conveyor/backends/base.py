@@ -35,6 +35,8 @@ class StateUpdate:
     history: tuple[bytes, ...]
     """History entries to append, oldest first."""
     expires_at: float | None
+    reply_to: str | None = None
+    """Where the caller waits for it (the message's `reply_to`): what the rpc backend sends to."""
 
 
 def coalesce(updates: Sequence[StateUpdate]) -> list[StateUpdate]:
@@ -117,6 +119,9 @@ class ResultBackend(ABC):
     #: True when a write wakes callers waiting in `get()`; False when they poll
     #: every `polling_interval` seconds (databases that cannot notify).
     wakes_waiters = True
+    #: False where only the process that sent a task sees its state (rpc): chords, whose
+    #: unlock runs on a worker, then cannot work.
+    shared = True
 
     def __init__(
         self,
@@ -160,6 +165,10 @@ class ResultBackend(ABC):
         """Create before reading; `wait()` returns when the task may have become ready."""
         return Waiter(float(self.options.get("polling_interval", DEFAULT_POLLING_INTERVAL)))
 
+    def reply_to(self) -> str | None:
+        """What a task sent from here puts in its message's `reply_to` (None: nothing)."""
+        return None
+
     def cleanup(self) -> int:
         """Delete expired results (for stores without native expiry); return how many."""
         return 0
@@ -184,6 +193,7 @@ class ResultBackend(ABC):
         history: Mapping[str, Any] | None = None,
         extended: Mapping[str, Any] | None = None,
         now: float | None = None,
+        reply_to: str | None = None,
     ) -> StateUpdate:
         """Encode one state change. Raises TypeError/ValueError when `result` cannot be serialized."""
         now = time.time() if now is None else now
@@ -199,7 +209,8 @@ class ResultBackend(ABC):
             **(extended or {}),
         }
         expires_at = now + self.expires if self.expires is not None else None
-        return StateUpdate(task_id, state, self.encode(meta), (self.encode_history(state, history, now),), expires_at)
+        history_entries = (self.encode_history(state, history, now),)
+        return StateUpdate(task_id, state, self.encode(meta), history_entries, expires_at, reply_to)
 
     def encode_history(self, state: str, history: Mapping[str, Any] | None, now: float) -> bytes:
         """One history entry: the state, when, and what the worker adds (worker, pid, runtime...)."""

@@ -60,6 +60,8 @@ T = TypeVar("T")
 DELAY_LEVELS = 32
 DELAY_EXCHANGE = "conveyor.delayed"
 ATTEMPTS_HEADER = "x-conveyor-attempts"
+#: A reply's task state, so the caller need not decode the meta to know it.
+STATE_HEADER = "x-conveyor-state"
 #: Dead letters kept (older ones are dropped), as on the other brokers.
 DEAD_LETTERS_KEPT = 20_000
 DEFAULT_STATE_URL = "sqlite:///conveyor-state.db"
@@ -321,6 +323,21 @@ class AMQPBroker(Broker):
         if self.state.kv_get("amqp-queues", queue) is None:
             self.state.kv_put("amqp-queues", queue, b"1")
 
+    # -- replies, for the rpc result backend ---------------------------------------------------
+    def consume_replies(self, queue: str, expires_ms: int, on_reply: Callable[[str, bytes, str], None]) -> None:
+        """Declare the reply queue `queue` and pass each state arriving there to `on_reply`
+        (task id, meta, state), on the connection's loop."""
+        self._call("consume_replies", lambda session: session.consume_replies(queue, expires_ms, on_reply))
+
+    def replies_consumed(self, queue: str) -> bool:
+        """Whether the reply queue is still consumed (not after a lost connection)."""
+        session = self._link.session
+        return self._link.connected and session is not None and session.replies_consumed(queue)
+
+    def send_replies(self, replies: Sequence[tuple[str, str, bytes, str]], content_type: str) -> None:
+        """Send (reply queue, task id, meta, state) to the callers waiting for them."""
+        self._call("send_replies", lambda session: session.send_replies(replies, content_type))
+
     # -- shared state, kept by the state store -------------------------------------------------
     def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
         self.state.revoke(task_ids, info, expires_at)
@@ -460,6 +477,7 @@ class _Session:
         self._consumer_tags: dict[str, str] = {}  # queue name -> consumer tag
         self._consuming = asyncio.Lock()
         self._consume_generation = -1
+        self._replies: set[str] = set()  # reply queues consumed on the "replies" channel
         self._laddering = asyncio.Lock()
         self._prefetch = 0
 
@@ -469,6 +487,8 @@ class _Session:
         if channel is None or channel.is_closed:
             channel = await self.connection.channel(publisher_confirms=purpose == "publish")
             self._channels[purpose] = channel
+            if purpose == "replies":
+                self._replies.clear()  # their consumers closed with the old channel
         return channel
 
     # -- declaring ---------------------------------------------------------------------------
@@ -623,6 +643,36 @@ class _Session:
             ok = await (await self.channel("admin")).queue_purge(name)
             removed += ok.message_count
         return removed
+
+    # -- replies -------------------------------------------------------------------------------
+    def replies_consumed(self, name: str) -> bool:
+        channel = self._channels.get("replies")
+        return name in self._replies and channel is not None and not channel.is_closed
+
+    async def consume_replies(self, name: str, expires_ms: int, on_reply: Callable[[str, bytes, str], None]) -> None:
+        channel = await self.channel("replies")
+        if name in self._replies:
+            return
+        await channel.queue_declare(name, durable=False, arguments={"x-expires": expires_ms})
+
+        async def on_message(message: Any) -> None:
+            properties = message.header.properties
+            state = (properties.headers or {}).get(STATE_HEADER, "")
+            on_reply(str(properties.correlation_id), message.body, str(state))
+
+        await channel.basic_consume(name, on_message, no_ack=True)
+        self._replies.add(name)
+
+    async def send_replies(self, replies: Sequence[tuple[str, str, bytes, str]], content_type: str) -> None:
+        from pamqp.commands import Basic
+
+        channel = await self.channel("publish")
+        sends = []
+        for queue, task_id, meta, state in replies:
+            headers: dict[str, Any] = {STATE_HEADER: state}
+            properties = Basic.Properties(correlation_id=task_id, content_type=content_type, headers=headers)
+            sends.append(channel.basic_publish(meta, routing_key=queue, properties=properties))
+        await asyncio.gather(*sends)
 
     # -- dead letters ------------------------------------------------------------------------
     async def _declare_dead_letters(self, broker: AMQPBroker) -> str:

@@ -358,7 +358,7 @@ def result_updates(
     update = backend.make_update(
         job.message.id, state, value, traceback=tb,
         history=history_entry(job, runtime=round(runtime, 6), name=job.message.task),
-        extended=extended,
+        extended=extended, reply_to=job.message.reply_to,
     )  # fmt: skip
     return (update,)
 

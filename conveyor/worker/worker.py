@@ -505,8 +505,9 @@ class Worker:
                     states.STARTED, history_entry(job, pid=pid, name=job.message.task), at
                 )
                 update = StateUpdate(
-                    update.task_id, update.state, update.meta, (entry, *update.history), update.expires_at
-                )
+                    update.task_id, update.state, update.meta, (entry, *update.history), update.expires_at,
+                    update.reply_to,
+                )  # fmt: skip
             self._updates.append(update)
 
     def _materialize_start(self, task_id: str) -> None:
@@ -521,6 +522,7 @@ class Worker:
                     {"pid": pid, "hostname": self.hostname},
                     history=history_entry(job, pid=pid, name=job.message.task),
                     now=at,
+                    reply_to=job.message.reply_to,
                 )
             )
 
@@ -563,11 +565,18 @@ class Worker:
 
     def _revoked_updates(self, job: Job) -> tuple[StateUpdate, ...]:
         error = TaskRevokedError("terminated")
-        return (self.app.backend.make_update(job.message.id, states.REVOKED, error, history=history_entry(job)),)
+        update = self.app.backend.make_update(
+            job.message.id, states.REVOKED, error, history=history_entry(job), reply_to=job.message.reply_to
+        )
+        return (update,)
 
     def _end_now(self, delivery: Delivery, job: Job, state: str, error: BaseException) -> None:
         """End a task without running it (revoked, expired)."""
-        self._updates.append(self.app.backend.make_update(job.message.id, state, error, history=history_entry(job)))
+        self._updates.append(
+            self.app.backend.make_update(
+                job.message.id, state, error, history=history_entry(job), reply_to=job.message.reply_to
+            )
+        )
         dedup.task_ended(self.app, job.message.headers)
         self._event("revoked", job.message, exception=repr(error))
         self._ack(delivery)
