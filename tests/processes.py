@@ -238,3 +238,69 @@ def wait_for_state(result: Any, state: str, timeout: float = 20) -> None:
     while result.state != state:
         assert time.monotonic() < deadline, f"{result.id} never reached {state} (is {result.state})"
         time.sleep(0.02)
+
+
+class RabbitMQServer:
+    """A RabbitMQ node of the test's own (name, ports and data directory), on loopback."""
+
+    BINARY = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's: runs as the caller, not as `rabbitmq`
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout: float = 60) -> None:
+        import socket
+
+        if not Path(self.BINARY).exists():
+            raise RuntimeError(f"{self.BINARY} is not installed")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "enabled_plugins").write_text("[].\n")
+        (self.directory / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": f"conveyor{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.port + 10_000),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq"),
+        }
+        with (self.directory / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [self.BINARY], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError as exc:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    log = (self.directory / "server.log").read_text()
+                    raise RuntimeError(f"RabbitMQ did not start:\n{log}") from exc
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """A clean shutdown (durable queues and persistent messages are kept), by process group."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+            try:  # the Erlang VM of the group may outlive the script a moment
+                os.killpg(self.process.pid, 0)
+                time.sleep(0.5)
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process = None

@@ -52,6 +52,10 @@ from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Ou
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 logger = logging.getLogger("conveyor.broker")
+if logging.getLogger("aiormq").level == logging.NOTSET:
+    # aiormq logs a lost connection with a traceback on every reader and channel; the worker
+    # says it once in its own words ("Cannot fetch from broker ...", "reachable again").
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 
@@ -140,6 +144,7 @@ class AMQPBroker(Broker):
         self._sequence = itertools.count()
         self._outstanding: dict[int, str] = {}  # delivery tag -> queue, handed out and not yet settled
         self._generation = 0  # of the consuming channel: a delivery from an earlier one is void
+        self._widest = 0  # the most one fetch has asked for
         self._interrupted = False
 
     # -- names and plumbing ------------------------------------------------------------------
@@ -185,8 +190,10 @@ class AMQPBroker(Broker):
         deadline = time.monotonic() + timeout
         generation = self._generation
         with self._arrived:
-            while not self._interrupted and not self._has(wanted) and self._generation == generation:
+            while not self._interrupted and not self._has(wanted):
                 remaining = deadline - time.monotonic()
+                if self._generation != generation:
+                    raise BrokerConnectionError(f"RabbitMQ broker fetch: lost the connection to {self.display_url}")
                 if remaining <= 0:
                     break
                 self._arrived.wait(remaining)
@@ -214,8 +221,12 @@ class AMQPBroker(Broker):
         """Consume from the queues with room for `limit` more; with `count`, how many messages
         they hold ready (not yet pushed to anyone)."""
         with self._arrived:
-            # Deliveries buffered for queues not asked for now must not fill the window.
-            window = len(self._outstanding) + sum(1 for e in self._buffer if e[2].queue not in wanted) + limit
+            # The window is the most a fetch has asked for at once (a worker's first fetch asks for
+            # its whole prefetch window): what RabbitMQ leaves unacknowledged with us, acks still
+            # on their way included, so a lost connection gives out again no more than that. Only
+            # deliveries buffered for queues not asked for now widen it: they must not fill it.
+            self._widest = max(self._widest, limit)
+            window = self._widest + sum(1 for e in self._buffer if e[2].queue not in wanted)
         return self._call("fetch", lambda session: session.consume(self, names, window, count))
 
     def _has(self, wanted: set[str]) -> bool:
