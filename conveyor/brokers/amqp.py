@@ -136,7 +136,7 @@ class AMQPBroker(Broker):
         self.operation_timeout = float(self.options.get("operation_timeout", 30.0))
         self.state_url = str(self.options.get("state_url") or DEFAULT_STATE_URL)
         self.state = broker_from_url(self.state_url, self.options.get("state_transport_options") or {})
-        self._link = _Link(connection_url(url), self.connect_timeout, self.operation_timeout)
+        self._link = _Link(connection_url(url), self.connect_timeout, self.operation_timeout, self.confirm_publish)
         self._pid = os.getpid()
         # The consumer: deliveries RabbitMQ pushed, best priority first, until fetch hands them out.
         self._buffer: list[tuple[int, int, Delivery]] = []
@@ -156,12 +156,13 @@ class AMQPBroker(Broker):
         return f"{self.prefix}conveyor.dead-letters"
 
     def _amqp_priority(self, priority: int) -> int:
-        """Conveyor's 0 (highest) .. 255 on RabbitMQ's 0 .. max_priority (highest)."""
-        return self.max_priority - (priority * self.max_priority + MAX_PRIORITY - 1) // MAX_PRIORITY
+        """Conveyor's 0 (highest) .. 255 on RabbitMQ's max_priority (highest) .. 0: exact for
+        0 .. max_priority - 1, and anything lower folded into RabbitMQ's lowest."""
+        return self.max_priority - min(priority, self.max_priority)
 
     def _call(self, where: str, work: Callable[[_Session], Awaitable[T]]) -> T:
         if os.getpid() != self._pid:  # a forked child: the parent's connection and loop are not ours
-            self._link = _Link(self._link.url, self.connect_timeout, self.operation_timeout)
+            self._link = _Link(self._link.url, self.connect_timeout, self.operation_timeout, self.confirm_publish)
             self._pid = os.getpid()
         return self._link.call(where, work)
 
@@ -409,8 +410,9 @@ class AMQPBroker(Broker):
 class _Link:
     """The connection and the asyncio loop thread that drives it; reconnects on next use."""
 
-    def __init__(self, url: str, connect_timeout: float, operation_timeout: float) -> None:
+    def __init__(self, url: str, connect_timeout: float, operation_timeout: float, confirm_publish: bool) -> None:
         self.url = url
+        self.confirm_publish = confirm_publish
         parts = urlsplit(url)
         self.where = f"{parts.hostname}:{parts.port or 5672}"  # no password in messages
         self.connect_timeout = connect_timeout
@@ -435,7 +437,7 @@ class _Link:
                 session = self.session
                 if session is None or session.connection.is_closed:
                     connection = await asyncio.wait_for(aiormq.connect(self.url), self.connect_timeout)
-                    session = self.session = _Session(connection)
+                    session = self.session = _Session(connection, self.confirm_publish)
             return await work(session)
 
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
@@ -479,8 +481,9 @@ def _describe(exc: BaseException) -> str:
 class _Session:
     """One connection's channels and what it has declared; used only on the loop."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, confirms: bool) -> None:
         self.connection = connection
+        self.confirms = confirms  # publishes wait for RabbitMQ's confirm
         self._channels: dict[str, Any] = {}
         self._declared: set[str] = set()
         self._ladder_bound: set[str] = set()
@@ -492,11 +495,11 @@ class _Session:
         self._laddering = asyncio.Lock()
         self._prefetch = 0
 
-    async def channel(self, purpose: str) -> Any:
+    async def channel(self, purpose: str, confirms: bool = False) -> Any:
         """A channel per purpose; one a channel error closed is opened again."""
         channel = self._channels.get(purpose)
         if channel is None or channel.is_closed:
-            channel = await self.connection.channel(publisher_confirms=purpose == "publish")
+            channel = await self.connection.channel(publisher_confirms=confirms)
             self._channels[purpose] = channel
             if purpose == "replies":
                 self._replies.clear()  # their consumers closed with the old channel
@@ -554,7 +557,7 @@ class _Session:
             await self.declare(name, broker)
         for name in dict.fromkeys(send[0] for send in sends if send[4] > 0):
             await self._ladder(name)
-        channel = await self.channel("publish")
+        channel = await self.channel("publish", self.confirms)
         pending = []
         for name, body, priority, attempts, delay_ms in sends:
             properties = Basic.Properties(
@@ -566,7 +569,7 @@ class _Session:
                 exchange, key = "", name
             pending.append(channel.basic_publish(body, exchange=exchange, routing_key=key, properties=properties))
         confirms = await asyncio.gather(*pending)
-        if broker.confirm_publish and not all(isinstance(c, Basic.Ack) for c in confirms):
+        if self.confirms and not all(isinstance(c, Basic.Ack) for c in confirms):
             raise BrokerError("RabbitMQ did not accept every message published (a negative confirm)")
 
     async def publish_then_ack(
@@ -677,7 +680,7 @@ class _Session:
     async def send_replies(self, replies: Sequence[tuple[str, str, bytes, str]], content_type: str) -> None:
         from pamqp.commands import Basic
 
-        channel = await self.channel("publish")
+        channel = await self.channel("publish", self.confirms)
         sends = []
         for queue, task_id, meta, state in replies:
             headers: dict[str, Any] = {STATE_HEADER: state}
@@ -700,7 +703,7 @@ class _Session:
         from pamqp.commands import Basic
 
         name = await self._declare_dead_letters(broker)
-        channel = await self.channel("publish")
+        channel = await self.channel("publish", self.confirms)
         await channel.basic_publish(
             body, routing_key=name, properties=Basic.Properties(delivery_mode=2, headers=headers)
         )
