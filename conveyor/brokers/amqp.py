@@ -145,6 +145,7 @@ class AMQPBroker(Broker):
         self._outstanding: dict[int, str] = {}  # delivery tag -> queue, handed out and not yet settled
         self._generation = 0  # of the consuming channel: a delivery from an earlier one is void
         self._widest = 0  # the most one fetch has asked for
+        self._subscription: tuple[tuple[str, ...], int, int] | None = None  # what consume() last set up
         self._interrupted = False
 
     # -- names and plumbing ------------------------------------------------------------------
@@ -228,7 +229,12 @@ class AMQPBroker(Broker):
             # deliveries buffered for queues not asked for now widen it: they must not fill it.
             self._widest = max(self._widest, limit)
             window = self._widest + sum(1 for e in self._buffer if e[2].queue not in wanted)
-        return self._call("fetch", lambda session: session.consume(self, names, window, count))
+        subscription = (tuple(names), window, self._generation)
+        if not count and subscription == self._subscription and self._link.connected:
+            return 0  # consuming as asked already: no trip to the loop
+        ready = self._call("fetch", lambda session: session.consume(self, names, window, count))
+        self._subscription = subscription
+        return ready
 
     def _has(self, wanted: set[str]) -> bool:
         return any(entry[2].queue in wanted for entry in self._buffer)
@@ -392,6 +398,7 @@ class AMQPBroker(Broker):
             self._interrupted = True
             tags = [entry[2].tag[1] for entry in self._buffer if entry[2].tag[0] == self._generation]
             self._buffer.clear()
+            self._subscription = None  # the consumers are cancelled below: a later fetch starts them again
             self._arrived.notify_all()
         if not self._link.connected or os.getpid() != self._pid:
             return  # nothing is consumed here (or the connection's end gave them back)
@@ -630,7 +637,7 @@ class _Session:
         if channel is None or channel.is_closed:
             return  # the deliveries went back with the channel
         for tag in tags:
-            await channel.basic_ack(tag)
+            await channel.basic_ack(tag, wait=False)  # AMQP acks have no reply; the writes are ordered
 
     async def ready_counts(self, names: Sequence[str], declare: AMQPBroker | None = None) -> dict[str, int]:
         counts = {}
