@@ -23,7 +23,7 @@ from conveyor.brokers.base import Outgoing, check_priority
 from conveyor.canvas import Signature
 from conveyor.config import Settings, settings_from_object
 from conveyor.control import Control
-from conveyor.exceptions import BrokerConnectionError, ImproperlyConfigured
+from conveyor.exceptions import BrokerConnectionError, ConveyorError, EncodeError, ImproperlyConfigured
 from conveyor.result import AsyncResult
 from conveyor.routing import Router
 from conveyor.sqlitedb import DEFAULT_URL
@@ -287,7 +287,14 @@ class Conveyor:
         conf = self.conf
         serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
         compression = options.get("compression") or (task and task.compression) or conf.task_compression
-        body = message.encode(serializer, compression, conf.task_message_format)
+        try:
+            body = message.encode(serializer, compression, conf.task_message_format)
+        except ConveyorError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(
+                f"cannot serialize the arguments of {name}[{message.id}] with {serializer}: {exc}"
+            ) from exc
         outgoing = Outgoing(queue, body, message.priority, message.eta.timestamp() if message.eta else None, message)
         return outgoing, AsyncResult(message.id, self, task_name=name, ignored=message.ignore_result)
 

@@ -52,8 +52,9 @@ class DecodeError(ConveyorError):
     """A message or stored result could not be decoded."""
 
 
-class EncodeError(ConveyorError):
-    """A value (such as a task's return value) cannot be serialized."""
+class EncodeError(ConveyorError, TypeError):
+    """A value (a task's arguments or return value) cannot be serialized (Celery's name, kombu's
+    `EncodeError`; a TypeError too, as the serializer's own error was before)."""
 
 
 class BrokerError(ConveyorError):

@@ -216,3 +216,13 @@ def test_missing_queues_can_be_refused(memory_app: Celery) -> None:
     noop.apply_async(queue="known")
     with pytest.raises(ImproperlyConfigured, match="queue 'adhoc' is not in task_queues"):
         noop.apply_async(queue="adhoc")
+
+
+def test_arguments_that_cannot_be_serialized_raise_encode_error_naming_the_task(memory_app: Celery) -> None:
+    """Bad input (S5.3 serializer): Celery's EncodeError, naming the task and the serializer; nothing sent."""
+    from conveyor.exceptions import EncodeError
+
+    task = memory_app.task(name="t.takes_anything")(lambda x: x)
+    with pytest.raises(EncodeError, match=r"t\.takes_anything\[.*\] with json: .*not JSON serializable"):
+        task.delay(object())
+    assert memory_app.broker.queue_sizes(["celery"]) == {"celery": 0}
