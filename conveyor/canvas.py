@@ -17,6 +17,14 @@ the message body and cross the wire unchanged.
   sends the body with the list of results, or, if one failed, stores the body
   as FAILURE with ChordError. It works the same on every result backend that
   workers can read (not rpc://, whose results reach only their caller).
+
+They nest as in Celery: a chain's step may be a group (each member gets the
+previous result; a group followed by another step becomes a chord) or a
+chord (what follows it follows its body); a group's member may be a chain or
+a chord; a chord's header may hold chains and its body may be a chain. A
+composite travels as a dict with its parts in `kwargs` (`tasks`, or `header`
+and `body`), and `Signature.from_dict` rebuilds it wherever it lands: the
+worker that finishes a step applies whatever comes next.
 """
 
 from __future__ import annotations
@@ -61,10 +69,24 @@ class Signature(dict[str, Any]):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], app: Conveyor | None = None) -> Signature:
-        return cls(
-            data["task"], data.get("args") or (), data.get("kwargs"), data.get("options"),
-            bool(data.get("immutable")), app=app,
-        )  # fmt: skip
+        """The signature a dict describes: a plain call, or a chain, group or chord with its parts."""
+        kind, kwargs = data.get("subtask_type"), data.get("kwargs") or {}
+        composite: Signature
+        if kind == "chain":
+            composite = chain(*(Signature.from_dict(t, app) for t in kwargs["tasks"]), app=app)
+        elif kind == "group":
+            composite = group((Signature.from_dict(t, app) for t in kwargs["tasks"]), app=app)
+        elif kind == "chord":
+            header = [Signature.from_dict(t, app) for t in kwargs["header"]]
+            body = Signature.from_dict(kwargs["body"], app)
+            composite = chord(header, body, interval=float(kwargs.get("interval", CHORD_INTERVAL)), app=app)
+        else:
+            return cls(
+                data["task"], data.get("args") or (), kwargs, data.get("options"),
+                bool(data.get("immutable")), app=app,
+            )  # fmt: skip
+        composite["options"].update(data.get("options") or {})
+        return composite
 
     @property
     def task(self) -> str:
@@ -109,6 +131,10 @@ class Signature(dict[str, Any]):
         """Fix the task id now (so results can be handed out before sending); returns it."""
         return str(self["options"].setdefault("task_id", messages.new_id()))
 
+    def frozen_result(self, app: Conveyor) -> Any:
+        """The result handle of a frozen signature, before it is sent."""
+        return app.AsyncResult(self.freeze())
+
     def _app(self) -> Conveyor:
         from conveyor.app import current_app
 
@@ -150,8 +176,21 @@ def signature(
     return Signature(varies, args, kwargs, {**(options or {}), **extra_options}, immutable)
 
 
-class chain(Signature):  # noqa: N801 - Celery's name
-    """Tasks run one after another, each getting the previous one's result first."""
+class _Composite(Signature):
+    """A chain, group or chord: its parts travel in `kwargs`, as Celery embeds them."""
+
+    def clone(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any) -> Signature:
+        copy = Signature.from_dict(_plain(self), self.app)
+        copy["options"].update(options)
+        return copy
+
+
+class chain(_Composite):  # noqa: N801 - Celery's name
+    """Tasks run one after another, each getting the previous one's result first.
+
+    A step may be a group (its tasks each get the previous result; followed by
+    another step, the pair becomes a chord, as in Celery) or a chord.
+    """
 
     def __init__(self, *tasks: Signature | Iterable[Signature], app: Conveyor | None = None) -> None:
         flat: list[Signature] = []
@@ -164,26 +203,34 @@ class chain(Signature):  # noqa: N801 - Celery's name
                 flat.extend(task)
         if not flat:
             raise ValueError("chain() needs at least one signature")
-        _plain_tasks("chain", flat)
-        super().__init__("conveyor.chain", app=app or flat[0].app)
+        super().__init__("conveyor.chain", kwargs={"tasks": _upgrade(flat, app)}, app=app or flat[0].app)
         self["subtask_type"] = "chain"
-        self.tasks: list[Signature] = flat
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return list(self["kwargs"]["tasks"])
 
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]
         return chain(self, other, app=self.app)
 
-    def apply_async(
-        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
-    ) -> AsyncResult[Any]:
-        """Send the first task (with `args` prepended); the last one's result, linked by `parent`."""
-        app = self._app()
-        steps = [_bound(step.clone(), app) for step in self.tasks]
-        results = []
-        for step in steps:
-            step.freeze()
-            results.append(app.AsyncResult(str(step.id)))
+    def freeze(self) -> str:
+        return [step.freeze() for step in self.tasks][-1]
+
+    def frozen_result(self, app: Conveyor) -> Any:
+        results = [step.frozen_result(app) for step in self.tasks]
         for previous, result in pairwise(results):
             result.parent = previous
+        return results[-1]
+
+    def apply_async(  # type: ignore[override]
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Send the first step (with `args` prepended); the last step's result (a GroupResult when
+        it is a group), linked to the ones before by `parent`."""
+        app = self._app()
+        following = [Signature.from_dict(s, app) for s in reversed(options.pop("chain", None) or ())]
+        steps = _upgrade([_bound(step.clone(), app) for step in self.tasks] + following, app)
+        result = chain(*steps, app=app).frozen_result(app)
         if app.conf.task_always_eager:
             value: Any = None
             for index, step in enumerate(steps):
@@ -192,37 +239,60 @@ class chain(Signature):  # noqa: N801 - Celery's name
             return eager
         rest = [dict(step) for step in reversed(steps[1:])]
         steps[0].apply_async(args, kwargs, **options, **({"chain": rest} if rest else {}))
-        return results[-1]
+        return result
 
     def __repr__(self) -> str:
         return " | ".join(repr(task) for task in self.tasks)
 
 
-class group(Signature):  # noqa: N801 - Celery's name
-    """Tasks run in parallel; their results come back together, in order."""
+class group(_Composite):  # noqa: N801 - Celery's name
+    """Tasks run in parallel; their results come back together, in order. A member may be a chain
+    or a chord; a group inside a group adds its members."""
 
     def __init__(self, *tasks: Signature | Iterable[Signature], app: Conveyor | None = None) -> None:
         flat: list[Signature] = []
         for task in tasks:
-            flat.extend([task] if isinstance(task, Signature) else task)
-        _plain_tasks("group", flat)
-        super().__init__("conveyor.group", app=app or (flat[0].app if flat else None))
+            for member in [task] if isinstance(task, Signature) else task:
+                flat.extend(member.tasks if isinstance(member, group) else [member])
+        super().__init__("conveyor.group", kwargs={"tasks": flat}, app=app or (flat[0].app if flat else None))
         self["subtask_type"] = "group"
-        self.tasks: list[Signature] = flat
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return list(self["kwargs"]["tasks"])
+
+    def freeze(self) -> str:
+        for task in self.tasks:
+            task.freeze()
+        return str(self["options"].setdefault("group_id", messages.new_id()))
+
+    def frozen_result(self, app: Conveyor) -> GroupResult:
+        from conveyor.result import GroupResult
+
+        group_id = self.freeze()
+        return GroupResult(group_id, [task.frozen_result(app) for task in self.tasks], app)
 
     def apply_async(  # type: ignore[override]
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> GroupResult:
-        """Send every task in one broker call (`args` prepended to each); a GroupResult."""
+        """Send every task (plain calls in one broker call; `args` prepended to each); a GroupResult."""
         from conveyor.result import GroupResult
 
         app = self._app()
-        group_id = str(options.pop("group_id", None) or messages.new_id())
+        following = list(options.pop("chain", None) or ())
+        if following:  # a group followed by more steps: the next one is its chord's body
+            body = Signature.from_dict(following.pop(), app)
+            more = {"chain": following} if following else {}
+            return chord(self.tasks, body, app=app).apply_async(args, kwargs, **options, **more)  # type: ignore[return-value]
+        group_id = str(options.pop("group_id", None) or self["options"].get("group_id") or messages.new_id())
         if app.conf.task_always_eager:
             eager = [task.apply_async(args, kwargs, **options) for task in self.tasks]
             return GroupResult(group_id, eager, app)
         outgoing, results = [], []
         for index, task in enumerate(self.tasks):
+            if isinstance(task, _Composite):
+                results.append(task.apply_async(args, kwargs, **options))
+                continue
             sig = task.clone(args, kwargs, **options, group_id=group_id, group_index=index)
             if "deduplication_id" in sig.options:
                 raise TypeError(f"deduplication applies to single calls, not to a group's members ({sig.task})")
@@ -243,7 +313,7 @@ class group(Signature):  # noqa: N801 - Celery's name
         return f"group({', '.join(repr(task) for task in self.tasks)})"
 
 
-class chord(Signature):  # noqa: N801 - Celery's name
+class chord(_Composite):  # noqa: N801 - Celery's name
     """A group (the header) whose results, once all are ready, go to one more task (the body)."""
 
     def __init__(
@@ -254,16 +324,49 @@ class chord(Signature):  # noqa: N801 - Celery's name
         interval: float = CHORD_INTERVAL,
         app: Conveyor | None = None,
     ) -> None:
-        self.header = header if isinstance(header, group) else group(header, app=app)
-        super().__init__("conveyor.chord", app=app or self.header.app or (body.app if body else None))
+        tasks = header.tasks if isinstance(header, group) else group(header, app=app).tasks
+        first = tasks[0].app if tasks else None
+        super().__init__(
+            "conveyor.chord", kwargs={"header": tasks, "body": body, "interval": interval},
+            app=app or first or (body.app if body else None),
+        )  # fmt: skip
         self["subtask_type"] = "chord"
-        self.body = body
-        self.interval = interval
+
+    @property
+    def header(self) -> group:
+        header = group(self["kwargs"]["header"], app=self.app)
+        if "group_id" in self["options"]:
+            header["options"]["group_id"] = self["options"]["group_id"]
+        return header
+
+    @property
+    def body(self) -> Signature | None:
+        body: Signature | None = self["kwargs"]["body"]
+        return body
+
+    @property
+    def interval(self) -> float:
+        return float(self["kwargs"]["interval"])
+
+    def freeze(self) -> str:
+        if self.body is None:
+            raise ValueError("chord() needs a body: chord(header)(body) or chord(header, body)")
+        for task in self["kwargs"]["header"]:
+            task.freeze()
+        self["options"].setdefault("group_id", messages.new_id())
+        return self.body.freeze()
+
+    def frozen_result(self, app: Conveyor) -> Any:
+        self.freeze()
+        assert self.body is not None
+        result = self.body.frozen_result(app)
+        result.parent = self.header.frozen_result(app)
+        return result
 
     def __call__(self, body: Signature | None = None, **options: Any) -> AsyncResult[Any]:  # type: ignore[override]
         """`chord(header)(body)`: send it; the body's result."""
         if body is not None:
-            self.body = body
+            self["kwargs"]["body"] = body
         return self.apply_async(**options)
 
     def apply_async(
@@ -278,24 +381,43 @@ class chord(Signature):  # noqa: N801 - Celery's name
                 "each result to its caller only (use Redis, SQL or SQLite results for chords)"
             )
         body = _bound(self.body.clone(), app)
-        body.freeze()
+        following = [Signature.from_dict(s, app) for s in reversed(options.pop("chain", None) or ())]
+        if following:  # a chord inside a chain: what follows it follows its body
+            body = chain(body, *following, app=app)
+        result = body.frozen_result(app)
         header = self.header.apply_async(args, kwargs, **options)
-        result = app.AsyncResult(str(body.id))
         result.parent = header
         if app.conf.task_always_eager:
-            return body.apply_async((header.get(),))
+            return body.apply_async((header.get(),))  # type: ignore[no-any-return]
         app.tasks["conveyor.chord_unlock"].apply_async(
             kwargs={"group_id": header.id, "result_ids": [r.id for r in header.results], "body": dict(body),
                     "interval": self.interval},
             countdown=self.interval,
         )  # fmt: skip
-        return result
+        return result  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"chord([{', '.join(repr(task) for task in self.header.tasks)}], {self.body!r})"
 
 
-def _plain_tasks(kind: str, signatures: list[Signature]) -> None:
-    nested = [s for s in signatures if isinstance(s, (chain, group, chord))]
-    if nested:
-        raise TypeError(f"{kind}() takes task signatures; a {type(nested[0]).__name__} inside it is not supported yet")
+def _plain(value: Any) -> Any:
+    """A deep copy of a signature as plain dicts and lists (what travels in a message)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _upgrade(steps: list[Signature], app: Conveyor | None) -> list[Signature]:
+    """A chain's steps, each group followed by a step joined with it into a chord (as Celery does)."""
+    upgraded: list[Signature] = []
+    for step in steps:
+        if upgraded and isinstance(upgraded[-1], group):
+            upgraded[-1] = chord(upgraded[-1], step, app=app)
+        else:
+            upgraded.append(step)
+    return upgraded
 
 
 def _bound(sig: Signature, app: Conveyor) -> Signature:

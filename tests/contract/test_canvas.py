@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from conveyor import Celery, GroupResult, chain, chord, group, states
+from conveyor import Celery, GroupResult, Signature, chain, chord, group, states
 from conveyor.exceptions import ChordError
 from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
@@ -100,12 +101,33 @@ def test_chord_with_a_failed_header_task_fails_its_body(app: Celery) -> None:
         assert result.state == states.FAILURE
 
 
-def test_nesting_canvas_is_refused_clearly(app: Celery) -> None:
-    add = app.tasks["c.add"]
-    with pytest.raises(TypeError, match="a group inside it is not supported"):
-        chain(add.s(1, 1), group([add.s(1), add.s(2)]))
-    with pytest.raises(TypeError, match="a chain inside it is not supported"):
-        group([add.s(1, 1) | add.s(2)])
+def test_canvas_nests_as_in_celery(app: Celery) -> None:
+    """S5.5 canvas, nested: a group inside a chain (followed by a step it becomes a chord), chains
+    inside a group and inside a chord's header, a chord inside a chain, a chain as a chord's body."""
+    add, total = app.tasks["c.add"], app.tasks["c.total"]
+    with running(app, "threads"):
+        # 1+1 = 2; the group's members each get 2 first: [3, 4]; total: 7
+        assert chain(add.s(1, 1), group(add.s(1), add.s(2)), total.s()).apply_async().get(timeout=20) == 7
+        # ending with a group: its GroupResult, each member fed the previous result
+        assert (add.s(1, 1) | group(add.s(10), add.s(20))).apply_async().get(timeout=20) == [12, 22]
+        assert group(add.s(1, 1) | add.s(1), add.s(2, 2) | add.s(2)).apply_async().get(timeout=20) == [3, 6]
+        assert chord([add.s(1, 1) | add.s(1), add.s(5, 5)], total.s()).apply_async().get(timeout=20) == 13
+        after_chord = chain(chord([add.s(1, 1), add.s(2, 2)], total.s()), add.s(100)).apply_async()
+        assert after_chord.get(timeout=20) == 106
+        assert after_chord.parent is not None and after_chord.parent.get(timeout=20) == 6
+        assert chord([add.s(1, 1), add.s(2, 2)], total.s() | add.s(1)).apply_async().get(timeout=20) == 7
+
+
+def test_nested_signatures_travel_as_dicts_and_come_back_whole(app: Celery) -> None:
+    """A nested canvas embedded in a message (Celery's layout: parts in kwargs) is rebuilt as it was."""
+    add, total = app.tasks["c.add"], app.tasks["c.total"]
+    canvas = chain(add.s(1, 1), group(add.s(1), add.s(2) | add.s(3)), total.s())
+    wire = json.loads(json.dumps(canvas))
+    assert wire["subtask_type"] == "chain" and wire["kwargs"]["tasks"][1]["subtask_type"] == "chord"
+    rebuilt = Signature.from_dict(wire, app)
+    assert isinstance(rebuilt, chain) and repr(rebuilt) == repr(canvas)
+    [first, upgraded] = rebuilt.tasks
+    assert isinstance(upgraded, chord) and isinstance(upgraded.header.tasks[1], chain)
 
 
 def test_canvas_runs_eagerly_when_always_eager(app: Celery) -> None:
