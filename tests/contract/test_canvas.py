@@ -127,6 +127,7 @@ def test_nested_signatures_travel_as_dicts_and_come_back_whole(app: Celery) -> N
     rebuilt = Signature.from_dict(wire, app)
     assert isinstance(rebuilt, chain) and repr(rebuilt) == repr(canvas)
     [first, upgraded] = rebuilt.tasks
+    assert first.task == "c.add" and first.args == (1, 1)
     assert isinstance(upgraded, chord) and isinstance(upgraded.header.tasks[1], chain)
 
 
