@@ -317,14 +317,16 @@ class Conveyor:
     ) -> tuple[messages.Message, str]:
         """The message for one call and the queue it goes to (options as in apply_async)."""
         conf = self.conf
-        now = messages.utcnow()
         eta = options.get("eta")
-        if options.get("countdown") is not None:
-            # As in Celery, countdown wins when both are given.
-            eta = now + timedelta(seconds=float(options["countdown"]))
+        countdown = options.get("countdown")
         expires = options.get("expires", task.expires if task else None)
-        if isinstance(expires, (int, float)):
-            expires = now + timedelta(seconds=float(expires))
+        if countdown is not None or isinstance(expires, (int, float)):  # the clock is read only when needed
+            now = messages.utcnow()
+            if countdown is not None:
+                # As in Celery, countdown wins when both are given.
+                eta = now + timedelta(seconds=float(countdown))
+            if isinstance(expires, (int, float)):
+                expires = now + timedelta(seconds=float(expires))
         hard = options.get("time_limit", task.time_limit if task else None)
         soft = options.get("soft_time_limit", task.soft_time_limit if task else None)
         if hard is not None and soft is not None and soft > hard:

@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import socket
-import uuid
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from reprlib import Repr
@@ -29,8 +28,12 @@ _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 64
 
 
 def new_id() -> str:
-    """A new task id: a random UUID, as Celery uses."""
-    return str(uuid.uuid4())
+    """A new task id: a random (version 4) UUID, as Celery uses; made from its 16 random bytes
+    directly, at less than half the cost of `str(uuid.uuid4())` (every `delay()` makes one)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return str(_unpack_id(bytes(raw)))
 
 
 def utcnow() -> datetime:
@@ -166,16 +169,29 @@ class Message:
         payload = [list(self.args), self.kwargs, used] if used else [list(self.args), self.kwargs]
         body, content_type = serialization.dumps(payload, serializer, compression)
         headers: dict[str, Any] = {**self.headers, "task": self.task, "id": _pack_id(self.id)}
-        optional = {
-            "shadow": self.shadow, "eta": _iso(self.eta), "expires": _iso(self.expires), "group": self.group,
-            "group_index": self.group_index, "retries": self.retries or None,
-            "timelimit": [self.time_limit, self.soft_time_limit] if self.time_limit or self.soft_time_limit else None,
-            "root_id": _pack_id(self.root_id) if self.root_id != self.id else None,
-            "parent_id": _pack_id(self.parent_id) if self.parent_id else None,
-            "ignore_result": self.ignore_result or None,
-            "compression": serialization.codec(compression).content_type if compression else None,
-        }  # fmt: skip
-        headers.update((k, v) for k, v in optional.items() if v is not None)
+        # Only what differs from the defaults is written (each test is cheaper than building them all).
+        if self.shadow is not None:
+            headers["shadow"] = self.shadow
+        if self.eta is not None:
+            headers["eta"] = _iso(self.eta)
+        if self.expires is not None:
+            headers["expires"] = _iso(self.expires)
+        if self.group is not None:
+            headers["group"] = self.group
+        if self.group_index is not None:
+            headers["group_index"] = self.group_index
+        if self.retries:
+            headers["retries"] = self.retries
+        if self.time_limit or self.soft_time_limit:
+            headers["timelimit"] = [self.time_limit, self.soft_time_limit]
+        if self.root_id is not None and self.root_id != self.id:
+            headers["root_id"] = _pack_id(self.root_id)
+        if self.parent_id:
+            headers["parent_id"] = _pack_id(self.parent_id)
+        if self.ignore_result:
+            headers["ignore_result"] = True
+        if compression:
+            headers["compression"] = serialization.codec(compression).content_type
         properties = {k: v for k, v in (("priority", self.priority), ("reply_to", self.reply_to)) if v}
         # JSON, the usual content type, is left implicit.
         kind = None if content_type == "application/json" else content_type

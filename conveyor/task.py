@@ -141,6 +141,7 @@ class Task(Generic[P, R]):
         self.__wrapped__ = fun
         self.__module__ = fun.__module__
         self._signature = inspect.signature(fun)
+        self._positional = _positional_range(self._signature, self.bind)
         #: An `async def` task: its worker awaits it (see `AsyncTask`).
         self.is_async = inspect.iscoroutinefunction(fun)
 
@@ -158,6 +159,9 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError, naming the task, when the arguments do not fit its signature."""
+        positional = self._positional
+        if positional is not None and not kwargs and positional[0] <= len(args) <= positional[1]:
+            return  # the common call, `add.delay(1, 2)`: a count is the whole check
         bound_args = (None, *args) if self.bind else tuple(args)
         try:
             self._signature.bind(*bound_args, **kwargs)
@@ -330,3 +334,27 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _positional_range(signature: inspect.Signature, bound: bool) -> tuple[int, float] | None:
+    """How many positional arguments a call without keywords may pass: (least, most); None when
+    a keyword-only parameter is required (then `Signature.bind` decides every call)."""
+    least, most = 0, 0.0
+    parameters = list(signature.parameters.values())
+    if bound:  # the task itself goes first: the function must take it positionally
+        if not parameters or parameters[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            return None
+        parameters = parameters[1:]
+    for parameter in parameters:
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            most += 1
+            if parameter.default is parameter.empty:
+                least = int(most)
+        elif parameter.kind is parameter.VAR_POSITIONAL:
+            most = float("inf")
+        elif parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
+            return None
+    return least, most

@@ -121,3 +121,15 @@ def test_plain_compact_call_decodes_to_the_same_message_as_the_full_envelope() -
     assert len(Envelope.parse(plain.encode(format="compact")).headers) == 2  # takes the plain-call path
     from_compact, from_celery = decode(plain.encode(format="compact")), decode(plain.encode(format="celery"))
     assert {**vars(from_compact), "origin": None} == {**vars(from_celery), "origin": None}
+
+
+def test_new_ids_are_random_version_4_uuids() -> None:
+    import uuid
+
+    from conveyor.messages import new_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for task_id in ids:
+        parsed = uuid.UUID(task_id)
+        assert str(parsed) == task_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -226,3 +226,34 @@ def test_arguments_that_cannot_be_serialized_raise_encode_error_naming_the_task(
     with pytest.raises(EncodeError, match=r"t\.takes_anything\[.*\] with json: .*not JSON serializable"):
         task.delay(object())
     assert memory_app.broker.queue_sizes(["celery"]) == {"celery": 0}
+
+
+def test_the_argument_count_shortcut_agrees_with_signature_bind(memory_app: Celery) -> None:
+    """`add.delay(1, 2)` is checked by counting; every other call by inspect's bind: both say the same."""
+    import inspect
+
+    def a(x, y): ...  # type: ignore[no-untyped-def]
+    def b(x, y=1, *rest): ...  # type: ignore[no-untyped-def]
+    def c(x, /, y=2): ...  # type: ignore[no-untyped-def]
+    def d(x, *, key): ...  # type: ignore[no-untyped-def]
+    def e(*args, **kwargs): ...  # type: ignore[no-untyped-def]
+    def f(): ...  # type: ignore[no-untyped-def]
+    def g(self, x): ...  # type: ignore[no-untyped-def]
+    def h(*, self): ...  # type: ignore[no-untyped-def]
+
+    for index, (function, bind) in enumerate(
+        [(a, False), (b, False), (c, False), (d, False), (e, False), (f, False), (g, True), (f, True), (h, True)]
+    ):
+        task = memory_app.task(name=f"shortcut.{index}", bind=bind)(function)
+        for count in range(5):
+            arguments = tuple(range(count))
+            try:
+                inspect.signature(function).bind(*((None, *arguments) if bind else arguments))
+                fits = True
+            except TypeError:
+                fits = False
+            if fits:
+                task.check_arguments(arguments, {})
+            else:
+                with pytest.raises(TypeError, match=f"shortcut.{index}"):
+                    task.check_arguments(arguments, {})
