@@ -304,3 +304,25 @@ class RabbitMQServer:
             except ProcessLookupError:
                 pass
         self.process = None
+
+
+def flow_through_restart(e2e: E2E, server: RedisServer | RabbitMQServer, tasks: int) -> list[Any]:
+    """Publish `tasks` additions for a running worker, restart the server once 30% have gone
+    through, and wait until every one has its right result; the messages sent."""
+    from conveyor.brokers import Outgoing
+
+    app = e2e.app
+    messages = [app.build_message("e2e.add", (i, i))[0] for i in range(tasks)]
+    for offset in range(0, len(messages), 500):
+        app.broker.publish([Outgoing("celery", m.encode()) for m in messages[offset : offset + 500]])
+    deadline = time.monotonic() + 60
+    while app.broker.queue_sizes(["celery"])["celery"] > tasks * 0.7:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    server.stop()
+    time.sleep(1.0)
+    server.start()
+    for message in messages[::-1]:
+        assert app.AsyncResult(message.id).get(timeout=120) == message.args[0] * 2
+    time.sleep(1)  # anything run twice has written its second SUCCESS by now
+    return messages

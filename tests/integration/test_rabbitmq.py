@@ -7,14 +7,12 @@ directory) and stops only that one.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from conveyor import states
-from conveyor.brokers import Outgoing
-from tests.processes import E2E, RabbitMQServer
+from tests.processes import E2E, RabbitMQServer, flow_through_restart
 
 
 @pytest.fixture
@@ -37,23 +35,9 @@ def test_worker_survives_a_rabbitmq_restart_and_no_task_is_lost(e2e: E2E, rabbit
     state = f"sqlite:///{e2e.directory / 'state.db'}"
     e2e.write_app(broker=rabbitmq.url, backend=state, options={"state_url": state})
     worker = e2e.start_worker("-P", "threads", "-c", "4", name="survivor")
-    app = e2e.app
-    messages = [app.build_message("e2e.add", (i, i))[0] for i in range(5_000)]
-    for offset in range(0, len(messages), 500):
-        app.broker.publish([Outgoing("celery", m.encode()) for m in messages[offset : offset + 500]])
-    deadline = time.monotonic() + 60
-    while app.broker.queue_sizes(["celery"])["celery"] > 3_500:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    rabbitmq.stop()
-    time.sleep(1.0)
-    rabbitmq.start()
-    for message in messages[::-1]:
-        assert app.AsyncResult(message.id).get(timeout=120) == message.args[0] * 2
-    time.sleep(1)  # anything run twice has written its second SUCCESS by now
     twice = 0
-    for message in messages:
-        history = [h["state"] for h in app.AsyncResult(message.id).scoreboard["history"]]
+    for message in flow_through_restart(e2e, rabbitmq, 5_000):
+        history = [h["state"] for h in e2e.app.AsyncResult(message.id).scoreboard["history"]]
         assert history.count(states.SUCCESS) in (1, 2), (message.id, history)
         twice += history.count(states.SUCCESS) == 2
     # At most what RabbitMQ had left unacknowledged with the worker: its prefetch window

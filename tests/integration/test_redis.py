@@ -15,7 +15,13 @@ import redis
 from conveyor import Celery, states
 from conveyor.brokers.base import Outgoing
 from conveyor.exceptions import BrokerConnectionError, BrokerError
-from tests.processes import E2E, RedisServer, free_port, wait_for_state
+from tests.processes import (
+    E2E,
+    RedisServer,
+    flow_through_restart,
+    free_port,
+    wait_for_state,
+)
 
 
 def rss_kib(pid: int) -> int:
@@ -76,25 +82,9 @@ def test_worker_survives_a_redis_restart_and_every_task_succeeds_once(e2e: E2E, 
     try:
         e2e.write_app(broker=server.url, lease=30)
         worker = e2e.start_worker("-P", "threads", "-c", "4", name="survivor")
-        app = e2e.app
-        messages = [app.build_message("e2e.add", (i, i))[0] for i in range(10_000)]
-        for offset in range(0, len(messages), 500):
-            app.broker.publish([Outgoing("celery", m.encode()) for m in messages[offset : offset + 500]])
-        deadline = time.monotonic() + 60
-        while app.broker.queue_sizes(["celery"])["celery"] > 7_000:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        server.stop()
-        time.sleep(1.0)
-        server.start()
-        for message in messages[::-1]:
-            assert app.AsyncResult(message.id).get(timeout=120) == message.args[0] * 2
-        time.sleep(1)  # anything run twice would have written its second SUCCESS by now
-        client = redis.Redis.from_url(server.url)
-        for message in messages:
-            history = [h["state"] for h in app.AsyncResult(message.id).scoreboard["history"]]
+        for message in flow_through_restart(e2e, server, 10_000):
+            history = [h["state"] for h in e2e.app.AsyncResult(message.id).scoreboard["history"]]
             assert history.count(states.SUCCESS) == 1, (message.id, history)
-        client.close()
         assert "Cannot fetch from broker" in worker.log and "reachable again" in worker.log
         assert worker.log.count("Cannot fetch from broker") == 1
     finally:
