@@ -113,6 +113,14 @@ class E2E:
         )
         (self.directory / "e2eapp.py").write_text(textwrap.dedent(source))
 
+    def write_rabbitmq_app(self, **settings: object) -> None:
+        """The app module on RabbitMQ (CONVEYOR_AMQP_URL, queue names of the test's own), with
+        results and shared state in a SQLite file of the test's own."""
+        from tests.conftest import store_url
+
+        url, options = store_url("amqp", self.directory)
+        self.write_app(broker=url, backend=options["state_url"], options=options, **settings)
+
     @property
     def app(self) -> Celery:
         """The app module imported into the test process (the producer side)."""

@@ -738,10 +738,12 @@ class _Session:
 
     async def requeue_dead_letters(self, broker: AMQPBroker, limit: int) -> int:
         name = await self._declare_dead_letters(broker)
+        # Only those there now: one sent back that fails again joins the tail meanwhile.
+        there = (await self.ready_counts([name]))[name]
         channel = await self.connection.channel(publisher_confirms=False)
         moved = 0
         try:
-            for _ in range(limit):
+            for _ in range(min(limit, there)):
                 message = await _get(channel, name)
                 if message is None:
                     break

@@ -1,4 +1,5 @@
-"""`conveyor beat` and `worker -B` with real processes, on SQLite and Redis (issue 5 items 3-7)."""
+"""`conveyor beat` and `worker -B` with real processes, on SQLite, Redis and RabbitMQ (whose beat
+state lives in its state store) (issue 5 items 3-7)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ SCHEDULE = {"tick": {"task": "e2e.add", "schedule": 1.0, "args": (1, 1)}}
 SENT = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] Scheduler: Sending due task tick")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
 def beat_env(request: pytest.FixtureRequest, e2e: E2E) -> E2E:
     if request.param == "redis":
         url, options = request.getfixturevalue("redis_store")
         e2e.write_app(broker=url, options=options, beat_schedule=SCHEDULE)
+    elif request.param == "amqp":
+        e2e.write_rabbitmq_app(beat_schedule=SCHEDULE)
     else:
         e2e.write_app(beat_schedule=SCHEDULE)
     return e2e

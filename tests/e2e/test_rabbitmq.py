@@ -11,14 +11,12 @@ import time
 
 import pytest
 
-from tests.conftest import store_url
 from tests.processes import E2E
 
 
 @pytest.fixture
 def rabbit(e2e: E2E) -> E2E:
-    url, options = store_url("amqp", e2e.directory)
-    e2e.write_app(broker=url, backend=options["state_url"], options=options, task_acks_late=True)
+    e2e.write_rabbitmq_app(task_acks_late=True)
     return e2e
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from conveyor import states
-from tests.conftest import store_url
 from tests.contract.test_semantics import wait_for
 from tests.processes import E2E, wait_for_state
 
@@ -22,11 +21,9 @@ def broker(request: pytest.FixtureRequest, e2e: E2E) -> str:
 
 
 def write_app(e2e: E2E, broker: str, **settings: Any) -> None:
-    """The app module on this broker: SQLite (the test's file), or RabbitMQ with results and
-    shared state in a SQLite file of the test's own."""
+    """The app module on this broker: SQLite (the test's file), or RabbitMQ."""
     if broker == "amqp":
-        url, options = store_url("amqp", e2e.directory)
-        e2e.write_app(broker=url, backend=options["state_url"], options=options, **settings)
+        e2e.write_rabbitmq_app(**settings)
     else:
         e2e.write_app(**settings)
 
