@@ -212,6 +212,7 @@ def _banner(worker: Any) -> None:
         f"- ** app:         {app.main or '__main__'}",
         f"- ** transport:   {redacted(app.broker_url)}",
         f"- ** results:     {redacted(app.conf.result_backend or app.broker_url)}",
+        *_state_line(app),
         f"- ** concurrency: {worker.concurrency} ({worker.pool_name})",
         f"- ** queues:      {', '.join(worker.queues)}",
         "",
@@ -220,6 +221,13 @@ def _banner(worker: Any) -> None:
         "",
     ]
     click.echo("\n".join(lines), err=True)
+
+
+def _state_line(app: Any) -> list[str]:
+    """Where a broker that keeps no state of its own (RabbitMQ) keeps revocations, rate limits,
+    beat and the worker registry: they are shared only as far as that store is."""
+    state_url = getattr(app.broker, "state_url", None)
+    return [f"- ** state:       {redacted(state_url)}"] if state_url else []
 
 
 def _json_option(value: str | None, what: str) -> Any:

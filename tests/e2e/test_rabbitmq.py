@@ -23,6 +23,8 @@ def rabbit(e2e: E2E) -> E2E:
 def test_the_tutorial_flow_on_rabbitmq(rabbit: E2E) -> None:
     """S5.2, S2.3: delay().get(), a countdown held by RabbitMQ; `conveyor status` sees worker and queue."""
     worker = rabbit.start_worker("-P", "threads", "-c", "2", name="rabbit")
+    assert "- ** transport:   amqp://guest:***@" in worker.log  # no password in the log
+    assert "- ** state:       sqlite:///" in worker.log  # where revocations, rate limits and beat live
     assert rabbit.app.tasks["e2e.add"].delay(1, 2).get(timeout=30) == 3
     started = time.monotonic()
     later = rabbit.app.tasks["e2e.add"].apply_async((2, 3), countdown=1.5)
