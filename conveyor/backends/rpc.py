@@ -81,6 +81,8 @@ class RPCBackend(ResultBackend):
             self.broker.send_replies(replies, self.serializer.content_type)
 
     def read(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        if self._listening:
+            self._listen()  # consuming again after a lost connection (else states stop arriving)
         with self._arrived:
             return {t: self._metas[t] for t in task_ids if t in self._metas}
 
