@@ -11,12 +11,18 @@ the message body and cross the wire unchanged.
   `parent` the one before.
 - `group(...)`: every call built first and published in one broker call
   (`Broker.publish` of the whole batch); a `GroupResult` in order.
-- `chord(header)(body)`: the header group, then `conveyor.chord_unlock`, a
-  built-in task that checks the header's results (one backend read) and
-  retries itself every `interval` seconds until they are all ready; then it
-  sends the body with the list of results, or, if one failed, stores the body
-  as FAILURE with ChordError. It works the same on every result backend that
-  workers can read (not rpc://, whose results reach only their caller).
+- `chord(header)(body)`: the chord's record (header ids, body) goes into the
+  broker's key-value store, then the header group, each part carrying the
+  chord's id. The worker that stores a part's result counts it (compare-and-
+  set); the part that completes the count sends the body with the list of
+  results, or, if one failed, stores the body as FAILURE with ChordError.
+  Whoever removes the record (compare-and-set again) is the one that sends, so
+  it happens once. The built-in `conveyor.chord_unlock` task checks the header
+  every few seconds as a fallback (a worker that died between storing a part's
+  result and counting it), and is the only path for parts that no single task
+  ends (a group or chord as a part). It works the same on every result
+  backend that workers can read (not rpc://, whose results reach only their
+  caller).
 
 They nest as in Celery: a chain's step may be a group (each member gets the
 previous result; a group followed by another step becomes a chord) or a
@@ -40,8 +46,16 @@ if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.result import AsyncResult, GroupResult
 
-#: Seconds between a chord's checks of its header (the chord_unlock task's retry countdown).
+#: Seconds between a chord's checks of its header by `conveyor.chord_unlock`: the fallback, when
+#: no header task's end can say so (a header task that is itself a group or a chord).
 CHORD_INTERVAL = 0.2
+#: ... and its pace when every header task says when it ends: only a worker that died between
+#: storing a header result and counting it leaves the chord to it.
+CHORD_FALLBACK_INTERVAL = 2.0
+#: The broker's key-value namespace of pending chords: group id -> {ids, body}; "<id>:done" -> count.
+CHORDS = "chords"
+#: The header that makes a task a chord's header part: its chord's group id.
+CHORD_HEADER = "conveyor_chord"
 
 
 class Signature(dict[str, Any]):
@@ -385,19 +399,85 @@ class chord(_Composite):  # noqa: N801 - Celery's name
         if following:  # a chord inside a chain: what follows it follows its body
             body = chain(body, *following, app=app)
         result = body.frozen_result(app)
-        header = self.header.apply_async(args, kwargs, **options)
-        result.parent = header
         if app.conf.task_always_eager:
+            header = self.header.apply_async(args, kwargs, **options)
+            result.parent = header
             return body.apply_async((header.get(),))  # type: ignore[no-any-return]
+        # The chord's record goes first: the last header task to end sends the body from it.
+        parts = self.header
+        group_id = parts.freeze()
+        ids = [task.frozen_result(app).id for task in parts.tasks]
+        app.broker.kv_put(CHORDS, group_id, app.backend.encode({"ids": ids, "body": _plain(body)}))
+        every_part_counts = all([_mark(task, group_id) for task in parts.tasks])
+        header = parts.apply_async(args, kwargs, **options)
+        result.parent = header
+        interval = max(self.interval, CHORD_FALLBACK_INTERVAL) if every_part_counts else self.interval
         app.tasks["conveyor.chord_unlock"].apply_async(
-            kwargs={"group_id": header.id, "result_ids": [r.id for r in header.results], "body": dict(body),
-                    "interval": self.interval},
-            countdown=self.interval,
-        )  # fmt: skip
+            kwargs={"group_id": group_id, "interval": interval}, countdown=interval
+        )
         return result  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"chord([{', '.join(repr(task) for task in self.header.tasks)}], {self.body!r})"
+
+
+def _mark(task: Signature, group_id: str) -> bool:
+    """Make the task that ends a header part carry its chord's id (a chain's last step); False
+    when no one task ends it (a group or chord as a part: the unlock task watches those)."""
+    if isinstance(task, chain):
+        return _mark(task.tasks[-1], group_id)
+    if isinstance(task, _Composite):
+        return False
+    task["options"]["headers"] = {**(task["options"].get("headers") or {}), CHORD_HEADER: group_id}
+    return True
+
+
+def chord_part_done(app: Conveyor, group_id: str) -> None:
+    """A header task of chord `group_id` has ended and its result is stored: count it; the
+    count reaching the header's size completes the chord (a task counted twice, run again
+    after a crash, makes the count early, never late: completing checks every result)."""
+    raw = app.broker.kv_get(CHORDS, group_id)
+    if raw is None:
+        return  # completed already
+    size = len(app.backend.decode(raw)["ids"])
+    counter = f"{group_id}:done"
+    while True:
+        current = app.broker.kv_get(CHORDS, counter)
+        count = int(current or 0) + 1
+        if app.broker.kv_swap(CHORDS, counter, current, str(count).encode()):
+            break
+    if count >= size:
+        complete_chord(app, group_id, hostname=None)
+
+
+def complete_chord(app: Conveyor, group_id: str, hostname: str | None) -> bool:
+    """Once every header result is ready, send the body with them (or store it as FAILURE with
+    ChordError); False while one is not. Of the workers that may try at once (the last header
+    tasks, the unlock task), exactly one sends it: the one whose compare-and-set removes the record."""
+    from conveyor import states
+    from conveyor.exceptions import ChordError
+    from conveyor.result import GroupResult
+
+    raw = app.broker.kv_get(CHORDS, group_id)
+    if raw is None:
+        return True  # another worker completed it
+    record = app.backend.decode(raw)
+    header = GroupResult(group_id, [app.AsyncResult(task_id) for task_id in record["ids"]], app)
+    if not header.ready():  # one backend read; ready results are kept, so what follows reads nothing
+        return False
+    if not app.broker.kv_swap(CHORDS, group_id, raw, None):
+        return True
+    app.broker.kv_put(CHORDS, f"{group_id}:done", None)
+    callback = Signature.from_dict(record["body"], app)
+    failed = next((r for r in header.results if not r.successful()), None)
+    if failed is None:
+        callback.apply_async((header.get(),))
+        return True
+    error = ChordError(f"Dependency {failed.id} raised {failed.result!r}")
+    app.backend.store(str(callback.id), states.FAILURE, error, history={"worker": hostname})
+    for errback in callback.options.get("link_error") or ():
+        Signature.from_dict(errback, app).apply_async((callback.id,))
+    return True
 
 
 def _plain(value: Any) -> Any:
@@ -429,23 +509,9 @@ def register_builtins(app: Conveyor) -> None:
     """Tasks every app has, so any worker can run a chord's unlock step."""
 
     @app.task(name="conveyor.chord_unlock", bind=True, max_retries=None, ignore_result=True)
-    def chord_unlock(self: Any, group_id: str, result_ids: list[str], body: dict[str, Any], interval: float) -> None:
-        from conveyor import states
-        from conveyor.exceptions import ChordError
-        from conveyor.result import GroupResult
-
-        header = GroupResult(group_id, [app.AsyncResult(task_id) for task_id in result_ids], app)
-        if not header.ready():  # one backend read; the ready results are kept, so what follows reads nothing
+    def chord_unlock(self: Any, group_id: str, interval: float) -> None:
+        if not complete_chord(app, group_id, self.request.hostname):
             raise self.retry(countdown=interval)
-        callback = Signature.from_dict(body, app)
-        failed = next((r for r in header.results if not r.successful()), None)
-        if failed is None:
-            callback.apply_async((header.get(),))
-            return
-        error = ChordError(f"Dependency {failed.id} raised {failed.result!r}")
-        app.backend.store(str(callback.id), states.FAILURE, error, history={"worker": self.request.hostname})
-        for errback in callback.options.get("link_error") or ():
-            Signature.from_dict(errback, app).apply_async((callback.id,))
 
 
 __all__ = ["Signature", "chain", "chord", "group", "signature"]

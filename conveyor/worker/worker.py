@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Union
 from conveyor import __version__, dedup, signals, states
 from conveyor.backends.base import StateUpdate
 from conveyor.brokers.base import Delivery
+from conveyor.canvas import CHORD_HEADER, chord_part_done
 from conveyor.config import parse_rate
 from conveyor.control import RATE_LIMITS
 from conveyor.exceptions import (
@@ -164,6 +165,7 @@ class Worker:
         # needs only its history entry, folded into its final update.
         self._starting: dict[str, tuple[Job, int, float]] = {}
         self._policies: dict[str, _Policy] = {}
+        self._chord_parts: dict[str, str] = {}  # task id -> its chord's group id, until its end is counted
         self._rate_limits: dict[str, str] = {}  # set at run time, by task name
         self._rate_limits_seen: dict[str, str] = {}  # the housekeeping thread's copy
         self._freed_slots = 0
@@ -198,7 +200,7 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         self._warn_unconsumed_default_queue()
         broker, backend = app.broker, app.backend
-        self.writer = Writer(backend, broker)
+        self.writer = Writer(backend, broker, written=self._written)
         self.writer.start()
         self.pool = create_pool(self.pool_name, app, self.concurrency)
         self.pool.start(self.events.put)
@@ -386,6 +388,9 @@ class Worker:
 
     def _receive(self, delivery: Delivery, message: Message, revoked: bool) -> None:
         job = Job(next(self._job_ids), message, delivery.queue, self.hostname, delivery.redelivered)
+        chord_id = message.headers.get(CHORD_HEADER)
+        if chord_id is not None:  # a chord's header part: its end is counted once its result is stored
+            self._chord_parts[message.id] = str(chord_id)
         logger.info("Task %s[%s] received", message.display_name, message.id)
         if revoked:
             logger.info("Task %s[%s] is revoked: not run", message.display_name, message.id)
@@ -649,6 +654,14 @@ class Worker:
 
     def _unacked_count(self) -> int:
         return sum(1 for h in self.held.values() if not h.acked)
+
+    def _written(self, updates: Sequence[StateUpdate]) -> None:
+        """On the writer's thread, once results are stored: count the chord header parts that ended."""
+        for update in updates:
+            if update.state in states.READY_STATES:
+                chord_id = self._chord_parts.pop(update.task_id, None)
+                if chord_id is not None:
+                    chord_part_done(self.app, chord_id)
 
     def _renew_leases(self) -> None:
         # A snapshot: the main loop changes `held` meanwhile (list() of a dict view is atomic in CPython).

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from conveyor.backends.base import ResultBackend, StateUpdate, coalesce
 from conveyor.brokers.base import Broker, Delivery
@@ -30,9 +30,16 @@ _Batch = tuple[Sequence[StateUpdate], Sequence[Delivery], Sequence[bytes]]
 
 
 class Writer:
-    def __init__(self, backend: ResultBackend, broker: Broker) -> None:
+    def __init__(
+        self,
+        backend: ResultBackend,
+        broker: Broker,
+        written: Callable[[Sequence[StateUpdate]], None] | None = None,
+    ) -> None:
+        """`written` is called (on the writer's thread) with each batch of updates once stored."""
         self.backend = backend
         self.broker = broker
+        self.written = written
         self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="conveyor-writer", daemon=True)
 
@@ -72,6 +79,13 @@ class Writer:
             if events:
                 self._record(events)
 
+    def _tell(self, updates: Sequence[StateUpdate]) -> None:
+        assert self.written is not None
+        try:
+            self.written(updates)
+        except Exception:  # the results are stored: what follows them must not undo that
+            logger.exception("After storing %d results", len(updates))
+
     def _record(self, events: list[bytes]) -> None:
         try:
             self.broker.add_events(events)
@@ -87,6 +101,8 @@ class Writer:
             try:
                 if updates:
                     self.backend.write(coalesce(updates))
+                    if self.written is not None:
+                        self._tell(updates)
                     updates = []
                 if acks:
                     self.broker.ack(acks)

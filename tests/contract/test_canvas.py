@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +14,8 @@ from conveyor import Celery, GroupResult, Signature, chain, chord, group, states
 from conveyor.exceptions import ChordError
 from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
+
+BODY_RUNS: list[str] = []
 
 
 def make_app(store: tuple[str, dict[str, str]]) -> Celery:
@@ -32,6 +36,11 @@ def make_app(store: tuple[str, dict[str, str]]) -> Celery:
     @app.task(name="c.where", bind=True)
     def where(self: Any) -> list[Any]:
         return [self.request.group, self.request.group_index]
+
+    @app.task(name="c.tally")
+    def tally(values: list[int], key: str) -> int:
+        BODY_RUNS.append(key)
+        return len(values)
 
     return app
 
@@ -90,6 +99,23 @@ def test_chord_calls_the_body_with_every_result(app: Celery) -> None:
         result = chord(add.s(i, i) for i in range(5))(total.s())
         assert result.get(timeout=30) == 20
         assert isinstance(result.parent, GroupResult) and result.parent.get(timeout=5) == [0, 2, 4, 6, 8]
+
+
+def test_the_last_header_task_to_end_sends_the_body_once(app: Celery, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No polling: the worker that stores a chord's last header result sends the body (the unlock
+    task, pushed out of reach here, is only the fallback); of 40 parts ending on four threads at
+    once, and chains as parts, exactly one sends it."""
+    from conveyor import canvas
+
+    monkeypatch.setattr(canvas, "CHORD_FALLBACK_INTERVAL", 3600.0)
+    add, tally = app.tasks["c.add"], app.tasks["c.tally"]
+    key = uuid.uuid4().hex
+    with running(app, "threads", concurrency=4):
+        parts = [add.s(i, i) for i in range(30)] + [add.s(i, 0) | add.s(1) for i in range(10)]
+        assert chord(parts, tally.s(key=key)).apply_async().get(timeout=30) == 40
+        time.sleep(0.5)
+    assert BODY_RUNS.count(key) == 1
+    assert app.broker.kv_items(canvas.CHORDS) == {}  # the record and its count are gone
 
 
 def test_chord_with_a_failed_header_task_fails_its_body(app: Celery) -> None:
