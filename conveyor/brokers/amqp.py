@@ -38,8 +38,10 @@ coroutines, so channels are never shared between threads.
 from __future__ import annotations
 
 import asyncio
+import base64
 import heapq
 import itertools
+import json
 import logging
 import os
 import threading
@@ -104,6 +106,24 @@ def connection_url(url: str) -> str:
     return urlunsplit((scheme, f"{user}:{password}@{host}{port}", path, parts.query, ""))
 
 
+def celery_envelope(body: bytes, properties: Any, headers: Mapping[str, Any]) -> bytes:
+    """A message Celery sent (protocol 2: task headers and properties in the AMQP frame, the
+    body alone) as the JSON envelope Conveyor reads (kombu's layout), so a Conveyor worker runs it."""
+    envelope = {
+        "body": base64.b64encode(body).decode(),
+        "content-type": properties.content_type or "application/json",
+        "content-encoding": properties.content_encoding or "utf-8",
+        "headers": dict(headers),
+        "properties": {
+            "correlation_id": properties.correlation_id,
+            "reply_to": properties.reply_to,
+            "delivery_mode": properties.delivery_mode,
+            "body_encoding": "base64",
+        },
+    }
+    return json.dumps(envelope, default=str).encode()
+
+
 def delay_ladder_key(delay_ms: int, queue: str) -> str:
     """The routing key that walks the ladder for `delay_ms` and ends at `queue`."""
     bits = format(delay_ms, f"0{DELAY_LEVELS}b")
@@ -125,11 +145,12 @@ class AMQPBroker(Broker):
 
         self.prefix = str(self.options.get("global_keyprefix", ""))
         self.max_priority = int(self.options.get("max_priority", MAX_PRIORITY))
-        if not 1 <= self.max_priority <= MAX_PRIORITY:
-            raise ImproperlyConfigured(f"transport option max_priority must be 1-255, not {self.max_priority}")
+        if not 0 <= self.max_priority <= MAX_PRIORITY:
+            raise ImproperlyConfigured(f"transport option max_priority must be 0-255, not {self.max_priority}")
         self.confirm_publish = bool(self.options.get("confirm_publish", True))
         expires = self.options.get("queue_expires")
-        self.queue_arguments: dict[str, Any] = {"x-max-priority": self.max_priority}
+        # 0: queues without priorities, as Celery declares them (its `celery` queue can be shared).
+        self.queue_arguments: dict[str, Any] = {"x-max-priority": self.max_priority} if self.max_priority else {}
         if expires:
             self.queue_arguments["x-expires"] = int(float(expires) * 1000)
         self.connect_timeout = float(self.options.get("connect_timeout", 5.0))
@@ -260,7 +281,10 @@ class AMQPBroker(Broker):
         headers = properties.headers or {}
         attempts = int(headers.get(ATTEMPTS_HEADER, 0)) + 1 + (1 if message.delivery.redelivered else 0)
         priority = properties.priority or 0
-        delivery = Delivery(queue, message.body, (generation, message.delivery.delivery_tag, priority), attempts)
+        body = message.body
+        if "task" in headers and "id" in headers:  # sent by Celery: its headers travel in the AMQP frame
+            body = celery_envelope(body, properties, headers)
+        delivery = Delivery(queue, body, (generation, message.delivery.delivery_tag, priority), attempts)
         with self._arrived:
             if generation == self._generation:
                 heapq.heappush(self._buffer, (-priority, next(self._sequence), delivery))
