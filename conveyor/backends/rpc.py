@@ -68,6 +68,11 @@ class RPCBackend(ResultBackend):
 
     def _received(self, task_id: str, meta: bytes, state: str) -> None:
         """Called on the broker's loop for each state that arrives."""
+        if not state:  # sent by a Celery worker: the state is only in the meta
+            try:
+                state = str(self.decode(meta).get("status", ""))
+            except Exception:  # not a result record: nothing to wait for in it
+                return
         with self._arrived:
             if self._states.get(task_id) == states.SUCCESS:
                 return  # a late duplicate never replaces a success

@@ -124,6 +124,31 @@ def celery_envelope(body: bytes, properties: Any, headers: Mapping[str, Any]) ->
     return json.dumps(envelope, default=str).encode()
 
 
+def celery_frame(data: bytes) -> tuple[bytes, dict[str, Any]] | None:
+    """A message in Celery's format (kombu's JSON envelope, `task_message_format="celery"`) as
+    Celery sends it over AMQP: the body alone, the task headers and properties in the frame.
+    None for anything else (Conveyor's compact envelope, or bytes that are no envelope)."""
+    if data[:1] != b"{":
+        return None
+    try:
+        envelope = json.loads(data)
+        headers, properties = envelope["headers"], envelope.get("properties") or {}
+        body = envelope.get("body", "")
+        body = base64.b64decode(body) if properties.get("body_encoding") == "base64" else str(body).encode()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(headers, dict) or "task" not in headers or "id" not in headers:
+        return None
+    fields = {
+        "headers": headers,
+        "content_type": envelope.get("content-type") or "application/json",
+        "content_encoding": envelope.get("content-encoding") or "utf-8",
+        "correlation_id": properties.get("correlation_id"),
+        "reply_to": properties.get("reply_to"),
+    }
+    return body, fields
+
+
 def delay_ladder_key(delay_ms: int, queue: str) -> str:
     """The routing key that walks the ladder for `delay_ms` and ends at `queue`."""
     bits = format(delay_ms, f"0{DELAY_LEVELS}b")
@@ -591,9 +616,14 @@ class _Session:
         channel = await self.channel("publish", self.confirms)
         pending = []
         for name, body, priority, attempts, delay_ms in sends:
-            properties = Basic.Properties(
-                delivery_mode=2, priority=priority, headers={ATTEMPTS_HEADER: attempts} if attempts else None
-            )
+            frame: dict[str, Any] = {"delivery_mode": 2, "priority": priority, "headers": None}
+            native = celery_frame(body)
+            if native is not None:  # in Celery's format: as Celery puts it on the wire, for Celery workers too
+                body, fields = native
+                frame.update(fields)
+            if attempts:
+                frame["headers"] = {**(frame["headers"] or {}), ATTEMPTS_HEADER: attempts}
+            properties = Basic.Properties(**frame)
             if delay_ms > 0:
                 exchange, key = _rung(DELAY_LEVELS - 1), delay_ladder_key(min(delay_ms, 2**DELAY_LEVELS - 1), name)
             else:
@@ -661,7 +691,7 @@ class _Session:
         if channel is None or channel.is_closed:
             return  # the deliveries went back with the channel
         for tag in tags:
-            await channel.basic_ack(tag, wait=False)  # AMQP acks have no reply; the writes are ordered
+            await channel.basic_ack(tag)  # written before this returns: a process may exit right after
 
     async def ready_counts(self, names: Sequence[str], declare: AMQPBroker | None = None) -> dict[str, int]:
         counts = {}
