@@ -189,6 +189,7 @@ class AMQPBroker(Broker):
         self._arrived = threading.Condition()
         self._sequence = itertools.count()
         self._outstanding: dict[int, str] = {}  # delivery tag -> queue, handed out and not yet settled
+        self._settling: set[int] = set()  # settled here, their ack (or reject) not yet sent
         self._generation = 0  # of the consuming channel: a delivery from an earlier one is void
         self._widest = 0  # the most one fetch has asked for
         self._subscription: tuple[tuple[str, ...], int, int] | None = None  # what consume() last set up
@@ -323,22 +324,39 @@ class AMQPBroker(Broker):
                 self._generation += 1
                 self._buffer.clear()
                 self._outstanding.clear()
+                self._settling.clear()
                 self._arrived.notify_all()
 
     def _settle_tags(self, deliveries: Sequence[Delivery]) -> list[int]:
-        """The delivery tags among these that the consuming channel still holds; settled now."""
+        """The delivery tags among these that the consuming channel still holds; settled now (until
+        their ack or reject is sent, `_settled` says they are on their way)."""
         tags = []
         with self._arrived:
             for delivery in deliveries:
                 generation, tag, _ = delivery.tag
                 if generation == self._generation and self._outstanding.pop(tag, None) is not None:
                     tags.append(tag)
+            self._settling.update(tags)
         return tags
+
+    def _settled(self, tags: Sequence[int]) -> None:
+        with self._arrived:
+            self._settling.difference_update(tags)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         tags = self._settle_tags(deliveries)
-        if tags:
-            self._call("ack", lambda session: session.ack(tags))
+        if not tags:
+            return
+        with self._arrived:
+            # One ack with `multiple` covers them all when no other delivery below the highest is
+            # still unacknowledged here (held, buffered, or being settled by another call).
+            others = [*self._outstanding, *self._settling.difference(tags)]
+            others += [entry[2].tag[1] for entry in self._buffer]
+            acks = [(max(tags), True)] if min(others, default=max(tags) + 1) > max(tags) else [(t, False) for t in tags]
+        try:
+            self._call("ack", lambda session: session.ack(acks))
+        finally:
+            self._settled(tags)
 
     def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
         held = set(self._settle_tags(deliveries))
@@ -349,7 +367,10 @@ class AMQPBroker(Broker):
         ]
         if sends:
             # Published again before the ack: a crash in between leaves a copy, never none.
-            self._call("requeue", lambda session: session.publish_then_ack(sends, sorted(held), self))
+            try:
+                self._call("requeue", lambda session: session.publish_then_ack(sends, sorted(held), self))
+            finally:
+                self._settled(sorted(held))
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         # Nothing to extend: the channel holds them for as long as the connection lives.
@@ -360,7 +381,10 @@ class AMQPBroker(Broker):
         tags = self._settle_tags([delivery])
         if tags:
             headers = {"x-conveyor-queue": delivery.queue, "x-conveyor-reason": reason, "x-conveyor-at": time.time()}
-            self._call("dead_letter", lambda session: session.dead_letter(delivery.body, headers, tags, self))
+            try:
+                self._call("dead_letter", lambda session: session.dead_letter(delivery.body, headers, tags, self))
+            finally:
+                self._settled(tags)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         letters = self._call("dead_letters", lambda session: session.read_dead_letters(self))
@@ -447,14 +471,18 @@ class AMQPBroker(Broker):
             self._interrupted = True
             tags = [entry[2].tag[1] for entry in self._buffer if entry[2].tag[0] == self._generation]
             self._buffer.clear()
+            self._settling.update(tags)  # rejected below: no ack with `multiple` may cover them
             self._subscription = None  # the consumers are cancelled below: a later fetch starts them again
             self._arrived.notify_all()
         if not self._link.connected or os.getpid() != self._pid:
+            self._settled(tags)
             return  # nothing is consumed here (or the connection's end gave them back)
         try:
             self._call("interrupt", lambda session: session.stop_consuming(tags))
         except BrokerError as exc:  # unreachable: the connection's end gives them back instead
             logger.debug("Could not give back %d prefetched messages: %s", len(tags), exc)
+        finally:
+            self._settled(tags)
 
     def close(self) -> None:
         self.interrupt()
@@ -637,7 +665,7 @@ class _Session:
         self, sends: Sequence[tuple[str, bytes, int, int, int]], tags: Sequence[int], broker: AMQPBroker
     ) -> None:
         await self.publish(sends, broker)
-        await self.ack(tags)
+        await self.ack([(tag, False) for tag in tags])
 
     # -- consuming ---------------------------------------------------------------------------
     async def consume(self, broker: AMQPBroker, names: Sequence[str], prefetch: int, count: bool) -> int:
@@ -686,12 +714,13 @@ class _Session:
         for tag in tags:
             await channel.basic_reject(tag, requeue=True)
 
-    async def ack(self, tags: Sequence[int]) -> None:
+    async def ack(self, acks: Sequence[tuple[int, bool]]) -> None:
+        """Send (delivery tag, multiple) acks on the consuming channel."""
         channel = self._channels.get("consume")
         if channel is None or channel.is_closed:
             return  # the deliveries went back with the channel
-        for tag in tags:
-            await channel.basic_ack(tag)  # written before this returns: a process may exit right after
+        for tag, multiple in acks:
+            await channel.basic_ack(tag, multiple=multiple)  # written before this returns: a process may exit
 
     async def ready_counts(self, names: Sequence[str], declare: AMQPBroker | None = None) -> dict[str, int]:
         counts = {}
@@ -768,7 +797,7 @@ class _Session:
         await channel.basic_publish(
             body, routing_key=name, properties=Basic.Properties(delivery_mode=2, headers=headers)
         )
-        await self.ack(tags)
+        await self.ack([(tag, False) for tag in tags])
 
     async def read_dead_letters(self, broker: AMQPBroker) -> list[tuple[str, bytes, str, float]]:
         """Every dead letter, oldest first, read on a channel of its own and then left in place:

@@ -37,6 +37,15 @@ def sent_times(env: E2E) -> list[float]:
     return sorted(times)
 
 
+def assert_each_tick_once(times: list[float]) -> None:
+    """No tick of the every-second entry was sent twice: a repeat would come within moments of the
+    first, and the count would exceed the seconds covered. (A send that was late, its process busy,
+    is followed by one on time: a short gap that is no repeat.)"""
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) > 0.2, gaps
+    assert len(times) <= round(times[-1] - times[0]) + 1, gaps
+
+
 def count_over(env: E2E, seconds: float) -> int:
     """Submissions in a window of `seconds` that starts at the first one."""
     deadline = time.monotonic() + 15
@@ -58,8 +67,7 @@ def test_three_beats_still_send_each_run_once(beat_env: E2E) -> None:
     for name in ("beat-a", "beat-b", "beat-c"):
         beat_env.start_beat(name=name)
     assert 9 <= count_over(beat_env, 10) <= 11
-    gaps = [b - a for a, b in itertools.pairwise(sent_times(beat_env))]
-    assert min(gaps) > 0.5  # no run sent twice
+    assert_each_tick_once(sent_times(beat_env))
 
 
 def test_killing_the_submitting_beat_keeps_submissions_going(beat_env: E2E) -> None:
@@ -82,8 +90,8 @@ def test_a_restarted_beat_neither_repeats_nor_skips(beat_env: E2E) -> None:
     beat_env.start_beat(name="second")
     time.sleep(4)
     times = sent_times(beat_env)
+    assert_each_tick_once(times)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) > 0.5, gaps  # nothing repeated
     assert max(gaps) < 2.5, gaps  # nothing skipped beyond the restart itself
 
 
