@@ -408,7 +408,7 @@ class chord(_Composite):  # noqa: N801 - Celery's name
         group_id = parts.freeze()
         ids = [task.frozen_result(app).id for task in parts.tasks]
         app.broker.kv_put(CHORDS, group_id, app.backend.encode({"ids": ids, "body": _plain(body)}))
-        every_part_counts = all([_mark(task, group_id) for task in parts.tasks])
+        every_part_counts = all([_mark(task, [group_id, len(ids)]) for task in parts.tasks])
         header = parts.apply_async(args, kwargs, **options)
         result.parent = header
         interval = max(self.interval, CHORD_FALLBACK_INTERVAL) if every_part_counts else self.interval
@@ -421,25 +421,22 @@ class chord(_Composite):  # noqa: N801 - Celery's name
         return f"chord([{', '.join(repr(task) for task in self.header.tasks)}], {self.body!r})"
 
 
-def _mark(task: Signature, group_id: str) -> bool:
-    """Make the task that ends a header part carry its chord's id (a chain's last step); False
-    when no one task ends it (a group or chord as a part: the unlock task watches those)."""
+def _mark(task: Signature, chord_id: list[Any]) -> bool:
+    """Make the task that ends a header part carry its chord's [group id, size] (a chain's last
+    step); False when no one task ends it (a group or chord as a part: the unlock task watches those)."""
     if isinstance(task, chain):
-        return _mark(task.tasks[-1], group_id)
+        return _mark(task.tasks[-1], chord_id)
     if isinstance(task, _Composite):
         return False
-    task["options"]["headers"] = {**(task["options"].get("headers") or {}), CHORD_HEADER: group_id}
+    task["options"]["headers"] = {**(task["options"].get("headers") or {}), CHORD_HEADER: chord_id}
     return True
 
 
-def chord_part_done(app: Conveyor, group_id: str) -> None:
-    """A header task of chord `group_id` has ended and its result is stored: count it; the
-    count reaching the header's size completes the chord (a task counted twice, run again
-    after a crash, makes the count early, never late: completing checks every result)."""
-    raw = app.broker.kv_get(CHORDS, group_id)
-    if raw is None:
-        return  # completed already
-    size = len(app.backend.decode(raw)["ids"])
+def chord_part_done(app: Conveyor, group_id: str, size: int) -> None:
+    """A header task of chord `group_id` (of `size` parts) has ended and its result is stored:
+    count it; the count reaching `size` completes the chord (a task counted twice, run again
+    after a crash, makes the count early, never late: completing checks every result). One
+    small key per part: the record, with every id and the body, is read only to complete."""
     counter = f"{group_id}:done"
     while True:
         current = app.broker.kv_get(CHORDS, counter)
@@ -459,8 +456,9 @@ def complete_chord(app: Conveyor, group_id: str, hostname: str | None) -> bool:
     from conveyor.result import GroupResult
 
     raw = app.broker.kv_get(CHORDS, group_id)
-    if raw is None:
-        return True  # another worker completed it
+    if raw is None:  # another worker completed it (a count made since, by a task run again, goes too)
+        app.broker.kv_put(CHORDS, f"{group_id}:done", None)
+        return True
     record = app.backend.decode(raw)
     header = GroupResult(group_id, [app.AsyncResult(task_id) for task_id in record["ids"]], app)
     if not header.ready():  # one backend read; ready results are kept, so what follows reads nothing

@@ -579,11 +579,12 @@ class _Session:
         self._laddering = asyncio.Lock()
         self._prefetch = 0
 
-    async def channel(self, purpose: str, confirms: bool = False) -> Any:
-        """A channel per purpose; one a channel error closed is opened again."""
+    async def channel(self, purpose: str) -> Any:
+        """A channel per purpose ("publish" waits for confirms when they are on); one a channel
+        error closed is opened again."""
         channel = self._channels.get(purpose)
         if channel is None or channel.is_closed:
-            channel = await self.connection.channel(publisher_confirms=confirms)
+            channel = await self.connection.channel(publisher_confirms=purpose == "publish" and self.confirms)
             self._channels[purpose] = channel
             if purpose == "replies":
                 self._replies.clear()  # their consumers closed with the old channel
@@ -641,7 +642,7 @@ class _Session:
             await self.declare(name, broker)
         for name in dict.fromkeys(send[0] for send in sends if send[4] > 0):
             await self._ladder(name)
-        channel = await self.channel("publish", self.confirms)
+        channel = await self.channel("publish")
         pending = []
         for name, body, priority, attempts, delay_ms in sends:
             frame: dict[str, Any] = {"delivery_mode": 2, "priority": priority, "headers": None}
@@ -770,7 +771,7 @@ class _Session:
     async def send_replies(self, replies: Sequence[tuple[str, str, bytes, str]], content_type: str) -> None:
         from pamqp.commands import Basic
 
-        channel = await self.channel("publish", self.confirms)
+        channel = await self.channel("publish")
         sends = []
         for queue, task_id, meta, state in replies:
             headers: dict[str, Any] = {STATE_HEADER: state}
@@ -793,7 +794,7 @@ class _Session:
         from pamqp.commands import Basic
 
         name = await self._declare_dead_letters(broker)
-        channel = await self.channel("publish", self.confirms)
+        channel = await self.channel("publish")
         await channel.basic_publish(
             body, routing_key=name, properties=Basic.Properties(delivery_mode=2, headers=headers)
         )

@@ -165,7 +165,7 @@ class Worker:
         # needs only its history entry, folded into its final update.
         self._starting: dict[str, tuple[Job, int, float]] = {}
         self._policies: dict[str, _Policy] = {}
-        self._chord_parts: dict[str, str] = {}  # task id -> its chord's group id, until its end is counted
+        self._chord_parts: dict[str, tuple[str, int]] = {}  # task id -> its chord (group id, size) until counted
         self._rate_limits: dict[str, str] = {}  # set at run time, by task name
         self._rate_limits_seen: dict[str, str] = {}  # the housekeeping thread's copy
         self._freed_slots = 0
@@ -388,9 +388,9 @@ class Worker:
 
     def _receive(self, delivery: Delivery, message: Message, revoked: bool) -> None:
         job = Job(next(self._job_ids), message, delivery.queue, self.hostname, delivery.redelivered)
-        chord_id = message.headers.get(CHORD_HEADER)
-        if chord_id is not None:  # a chord's header part: its end is counted once its result is stored
-            self._chord_parts[message.id] = str(chord_id)
+        chord = message.headers.get(CHORD_HEADER)
+        if isinstance(chord, (list, tuple)) and len(chord) == 2:  # a chord's header part: counted once stored
+            self._chord_parts[message.id] = (str(chord[0]), int(chord[1]))
         logger.info("Task %s[%s] received", message.display_name, message.id)
         if revoked:
             logger.info("Task %s[%s] is revoked: not run", message.display_name, message.id)
@@ -659,9 +659,9 @@ class Worker:
         """On the writer's thread, once results are stored: count the chord header parts that ended."""
         for update in updates:
             if update.state in states.READY_STATES:
-                chord_id = self._chord_parts.pop(update.task_id, None)
-                if chord_id is not None:
-                    chord_part_done(self.app, chord_id)
+                chord = self._chord_parts.pop(update.task_id, None)
+                if chord is not None:
+                    chord_part_done(self.app, *chord)
 
     def _renew_leases(self) -> None:
         # A snapshot: the main loop changes `held` meanwhile (list() of a dict view is atomic in CPython).
