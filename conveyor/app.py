@@ -407,6 +407,11 @@ class Conveyor:
                     headers = {**m.headers, "id": m.id, "task": m.task}
                     signals.after_task_publish.send(m.task, headers=headers, routing_key=sent.queue)
 
+    def confirm_published(self) -> None:
+        """Wait until the broker has taken what this thread published (see `Broker.confirm`)."""
+        if self._broker is not None:
+            self._broker.confirm()
+
     def signature(
         self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> Signature:

@@ -18,9 +18,12 @@ caller translates them with `translate()` into its own Conveyor error.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +38,8 @@ from redis.exceptions import NoScriptError
 
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
 from conveyor.threadend import when_thread_ends
+
+logger = logging.getLogger("conveyor.redis")
 
 #: Seconds to wait for a TCP connection before the operation fails.
 DEFAULT_CONNECT_TIMEOUT = 3.0
@@ -128,6 +133,11 @@ class Scripts:
     Script objects would also check SCRIPT EXISTS before every pipeline;
     here a pipeline is one round trip and only a NOSCRIPT reply costs a reload.
     A cluster client keeps redis-py's routing: there, calls go one by one.
+
+    `send` pipelines across calls: a command goes out and the call returns; its
+    reply is read by a later call of the same thread, by `confirm`, or when the
+    thread ends. A single-message publish then costs one socket write instead
+    of a round trip (see `confirm` for what that changes).
     """
 
     def __init__(self, client: Any, sources: Mapping[str, str]) -> None:
@@ -138,7 +148,7 @@ class Scripts:
         self.shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in sources.items()}
         self.cluster = is_cluster(client)
         self._local = threading.local()
-        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
+        self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
 
     def load(self) -> None:
         for source in self.sources.values():
@@ -151,17 +161,26 @@ class Scripts:
     def batch(self) -> Batch:
         return Batch(self)
 
-    def _connection(self) -> Any:
-        """This thread's own connection (a new one in a forked child: sockets are not shared)."""
-        held: _Held | None = getattr(self._local, "held", None)
-        if held is None or held.pid != os.getpid():
-            held = self._local.held = _Held(self.client.connection_pool)
-            self._held.add(held)
-        return held.connection
+    def _link(self) -> _Link:
+        """This thread's link (a new one in a forked child: sockets are not shared)."""
+        link: _Link | None = getattr(self._local, "link", None)
+        if link is None or link.pid != os.getpid():
+            link = self._local.link = _Link(self)
+            self._links.add(link)
+        return link
 
     def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send raw commands in one round trip; replies in order. A NOSCRIPT reply reloads and retries."""
-        send = self._each_on_cluster if self.cluster else self._pipeline
+        if self.cluster:
+            send = self._each_on_cluster
+        else:
+            link = self._link()
+            if link.unconfirmed:
+                self._confirm(link)  # their replies come first on the connection
+
+            def send(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+                return self._pipeline(link, commands)
+
         replies = send(commands)
         for index, (command, reply) in enumerate(zip(commands, replies)):
             if isinstance(reply, NoScriptError):
@@ -171,8 +190,112 @@ class Scripts:
                 raise reply
         return replies
 
-    def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        connection = self._connection()
+    def send(self, command: tuple[Any, ...]) -> None:
+        """Send one command without waiting for its reply: replies are read later (see `confirm`).
+
+        A thread sending back to back reads the replies that have arrived every
+        READ_EVERY sends (one socket read for many), and waits once SEND_WINDOW
+        are owed; one that sends after a pause first reads what it owes, which
+        also finds a connection the server closed meanwhile. A reply that
+        reports an error (other than NOSCRIPT, which reloads and sends again)
+        is raised by that call, as `redis.ResponseError`.
+        """
+        if self.cluster:
+            self.execute([command])
+            return
+        link = self._link()
+        errors: list[Exception] = []
+        connection = link.connect()
+        try:
+            if link.unconfirmed and link.sent_on is not connection:
+                self._send_again(link, connection)
+            elif link.unconfirmed:
+                owed = len(link.unconfirmed)
+                if time.monotonic() - link.last_sent > PAUSE_SECONDS:
+                    errors = self._read_replies(link, connection, 0)
+                elif owed >= SEND_WINDOW:
+                    errors = self._read_replies(link, connection, SEND_WINDOW // 2)
+                elif owed % READ_EVERY == 0:
+                    # What has arrived, without waiting: a lost connection then sends few again.
+                    errors = self._read_replies(link, connection, None)
+            if not link.unconfirmed and not _usable(connection):
+                # Closed by the server (a restart) while nothing was owed on it: a new
+                # connection loses nothing. Never send into a dead one.
+                link.drop()
+                connection = link.connect()
+            connection.send_packed_command(_pack(connection, [command]), check_health=False)
+        except BaseException:
+            link.drop()
+            raise
+        link.unconfirmed.append(command)
+        link.sent_on = connection
+        link.last_sent = time.monotonic()
+        _raise_refused(errors)
+
+    def confirm(self) -> None:
+        """Wait for the replies to this thread's `send`s; raise the first error among them.
+
+        Until a send is confirmed, Redis may not have run it: a lost connection
+        sends every unconfirmed command again on a new one (at-least-once: one
+        that Redis ran before the loss runs twice). Confirm before acting on a
+        send's effect: a worker confirms a task's publishes before the task
+        counts as done, `AsyncResult.get()` before it waits, and a thread's
+        sends are confirmed when it ends (and the main thread's at exit).
+        """
+        link: _Link | None = getattr(self._local, "link", None)
+        if link is not None and link.unconfirmed and link.pid == os.getpid():
+            self._confirm(link)
+
+    def _confirm(self, link: _Link) -> None:
+        connection = link.connect()
+        try:
+            if link.sent_on is not connection:
+                self._send_again(link, connection)
+            errors = self._read_replies(link, connection, 0)
+        except BaseException:
+            link.drop()
+            raise
+        _raise_refused(errors)
+
+    def _send_again(self, link: _Link, connection: Any) -> None:
+        """Send the unconfirmed commands again, after the connection they went out on was lost."""
+        connection.send_packed_command(_pack(connection, list(link.unconfirmed)), check_health=False)
+        link.sent_on = connection
+
+    def _read_replies(self, link: _Link, connection: Any, leave: int | None) -> list[Exception]:
+        """Read replies to unconfirmed sends until `leave` remain (None: those already here); the errors."""
+        unconfirmed, errors = link.unconfirmed, []
+        while unconfirmed and (len(unconfirmed) > leave if leave is not None else connection.can_read(timeout=0)):
+            try:
+                reply = connection.read_response()
+            except redis.ResponseError as exc:  # a reply, not a broken connection
+                reply = exc
+            command = unconfirmed.popleft()
+            if isinstance(reply, NoScriptError):
+                self.load()
+                connection.send_packed_command(_pack(connection, [command]), check_health=False)
+                unconfirmed.append(command)
+            elif isinstance(reply, Exception):
+                errors.append(reply)
+        return errors
+
+    def _end_link(self, link: _Link) -> None:
+        """A thread ended (or the process exits): confirm its sends, give its connection back."""
+        try:
+            if link.unconfirmed:
+                try:
+                    self._confirm(link)
+                except redis.ConnectionError:
+                    self._confirm(link)  # once more, on a new connection
+        except Exception as exc:
+            logger.error(
+                "%d commands sent to Redis by a thread that ended are unconfirmed: %s", len(link.unconfirmed), exc
+            )
+        finally:
+            link.release()
+
+    def _pipeline(self, link: _Link, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        connection = link.connect()
         try:
             connection.send_packed_command(_pack(connection, commands), check_health=False)
             replies: list[Any] = []
@@ -186,14 +309,8 @@ class Scripts:
             # A half-read pipeline leaves replies on the socket: never reuse it. The next
             # call checks out a fresh connection (the pool connects it, following a
             # Sentinel fail-over).
-            self._drop(connection)
+            link.drop()
             raise
-
-    def _drop(self, connection: Any) -> None:
-        held = self._local.held
-        self._local.held = None
-        connection.disconnect()
-        held.release()
 
     def _each_on_cluster(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """One by one through redis-py's cluster client, which routes each to its slot's node."""
@@ -209,23 +326,70 @@ class Scripts:
         return replies
 
     def close(self) -> None:
-        for held in list(self._held):
-            try:
-                held.connection.disconnect()
-            except Exception:  # already broken: nothing to close cleanly
-                pass
-            held.release()
+        for link in list(self._links):
+            link.end()
         self._local = threading.local()
 
 
-class _Held:
-    """One thread's connection, checked out of the pool; given back when the thread ends
-    (`threadend`), so short-lived producer threads do not each keep a connection open."""
+#: Unread replies a thread may owe before `Scripts.send` waits for half of them.
+SEND_WINDOW = 1000
+#: A thread sending back to back reads the replies that have arrived after every this many sends.
+READ_EVERY = 32
+#: After this long without sending, a thread's next send first reads every reply it owes.
+PAUSE_SECONDS = 0.05
 
-    def __init__(self, pool: Any) -> None:
+
+def _usable(connection: Any) -> bool:
+    """An idle connection is usable when nothing is waiting on it: readable means closed or out of step."""
+    try:
+        return not connection.can_read(timeout=0)
+    except (redis.ConnectionError, OSError):
+        return False
+
+
+def _raise_refused(errors: list[Exception]) -> None:
+    if errors:
+        raise redis.ResponseError(
+            f"Redis refused {len(errors)} command(s) sent without waiting for the reply: {errors[0]}"
+        ) from errors[0]
+
+
+class _Link:
+    """One thread's connection, checked out of the pool, and its unconfirmed sends.
+
+    Ended with its thread (`threadend`): the sends are confirmed and the
+    connection goes back, so short-lived producer threads neither lose a
+    message nor each keep a connection open.
+    """
+
+    def __init__(self, scripts: Scripts) -> None:
         self.pid = os.getpid()
-        self.connection = pool.get_connection()
-        self.release = when_thread_ends(pool.release, self.connection)
+        self.pool = scripts.client.connection_pool
+        self.connection: Any = None
+        self.unconfirmed: deque[tuple[Any, ...]] = deque()
+        self.sent_on: Any = None  # the connection the unconfirmed commands went out on
+        self.last_sent = 0.0
+        self.end = when_thread_ends(scripts._end_link, self)
+
+    def connect(self) -> Any:
+        if self.connection is None:
+            self.connection = self.pool.get_connection()
+        return self.connection
+
+    def drop(self) -> None:
+        """Close a connection in an unknown state (a half-read reply); the next use takes a new one,
+        and sends the unconfirmed commands again (the pool may hand back this same object, reconnected)."""
+        connection, self.connection, self.sent_on = self.connection, None, None
+        if connection is not None:
+            try:
+                connection.disconnect()
+            finally:
+                self.pool.release(connection)
+
+    def release(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            self.pool.release(connection)
 
 
 def _pack(connection: Any, commands: Sequence[tuple[Any, ...]]) -> Any:

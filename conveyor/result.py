@@ -136,6 +136,8 @@ class AsyncResult(Generic[R]):
             )
         if self.ignored:
             return None  # type: ignore[return-value]
+        if self._ready_meta is None:
+            self.app.confirm_published()  # a message Redis refused would otherwise be waited for in vain
         meta = self._ready_meta or self.app.backend.wait_for(self.id, timeout)
         self._ready_meta = meta
         value = result_value(meta)

@@ -199,6 +199,15 @@ class Broker(ABC):
     def workers(self) -> dict[str, bytes]:
         """Live workers' announcements, by hostname."""
 
+    def confirm(self) -> None:  # noqa: B027 - only for brokers whose publish returns before the store replied
+        """Wait until the store has taken every message this thread published; raise if it refused one.
+
+        `publish` may return once a message is on its way (Redis pipelines
+        single publishes across calls); callers that act on a publish having
+        happened (a worker finishing a task that sent others, `get()` on a
+        result) confirm first.
+        """
+
     def interrupt(self) -> None:  # noqa: B027 - optional for brokers that never block long
         """Wake any `fetch` blocked in this process (used at shutdown)."""
 

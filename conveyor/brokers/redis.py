@@ -321,6 +321,8 @@ class RedisBroker(Broker):
         super().__init__(url, options)
         self.prefix = f"{self.options.get('global_keyprefix', '')}conveyor"
         self.polling_interval = float(self.options.get("polling_interval", 5.0))
+        #: Whether each publish waits for Redis's reply (else it is read by a later call or confirm()).
+        self.confirm_publish = bool(self.options.get("confirm_publish", False))
         self.client = redisdb.connect(url, self.options)
         self.cluster = redisdb.is_cluster(self.client)
         self._scripts = redisdb.Scripts(
@@ -365,6 +367,13 @@ class RedisBroker(Broker):
     def _translate(self, where: str) -> Any:
         return redisdb.translate(BrokerError, BrokerConnectionError, f"Redis broker {where}")
 
+    @property
+    def _direct(self) -> Any:
+        """The client, for commands other than scripts, once this thread's publishes are confirmed:
+        they went out on another connection, and a read must see them (read your own writes)."""
+        self._scripts.confirm()
+        return self.client
+
     # -- Broker ----------------------------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now_ms = int(time.time() * 1000)
@@ -378,7 +387,13 @@ class RedisBroker(Broker):
         new_queues = sorted(by_queue.keys() - self._known_queues)
         with self._translate("publish"):
             if len(calls) == 1 and not new_queues:
-                self._scripts.run(*calls[0])  # the common case: one round trip, no pipeline
+                # The common case, one queue already known: sent without waiting for the reply
+                # unless confirm_publish is set (Scripts.send; the reply is read by confirm()).
+                name, keys, args = calls[0]
+                if self.confirm_publish:
+                    self._scripts.run(name, keys, args)
+                else:
+                    self._scripts.send(("EVALSHA", self._scripts.shas[name], len(keys), *keys, *args))
                 return
             batch = self._scripts.batch()
             for call in calls:
@@ -387,6 +402,10 @@ class RedisBroker(Broker):
                 batch.command("SADD", self._queues_key, *new_queues)
             batch.execute()
             self._known_queues.update(new_queues)
+
+    def confirm(self) -> None:
+        with self._translate("publish"):
+            self._scripts.confirm()
 
     def _pubsub(self, queues: Sequence[str]) -> Any:
         """This thread's subscription to the queues' notify channels."""
@@ -438,7 +457,7 @@ class RedisBroker(Broker):
         self, queues: Sequence[str], limit: int, now_ms: int, token: str, lease_ms: int
     ) -> tuple[list[Delivery], float | None]:
         # Exact priority across queues: peek each queue's best, then claim the merged top `limit`.
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._direct.pipeline(transaction=False)
         for queue in queues:
             pipe.zrange(self._keys(queue)[0], 0, limit - 1, withscores=True)
         peeked = pipe.execute()
@@ -534,11 +553,11 @@ class RedisBroker(Broker):
 
     def kv_items(self, namespace: str) -> dict[str, bytes]:
         with self._translate("kv_items"):
-            return {k.decode(): v for k, v in self.client.hgetall(self._kv_key(namespace)).items()}
+            return {k.decode(): v for k, v in self._direct.hgetall(self._kv_key(namespace)).items()}
 
     def kv_get(self, namespace: str, key: str) -> bytes | None:
         with self._translate("kv_get"):
-            return self.client.hget(self._kv_key(namespace), key)  # type: ignore[no-any-return]
+            return self._direct.hget(self._kv_key(namespace), key)  # type: ignore[no-any-return]
 
     def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
         args = [key, expected or b"", new or b"", "1" if expected is not None else "0", "1" if new is not None else "0"]
@@ -570,9 +589,9 @@ class RedisBroker(Broker):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         letters: list[DeadLetter] = []
         with self._translate("dead_letters"):
-            for raw_queue in self.client.smembers(self._queues_key):
+            for raw_queue in self._direct.smembers(self._queues_key):
                 queue = raw_queue.decode()
-                items = self.client.lrange(f"{self.prefix}:{{{queue}}}:dead", 0, 2 * limit - 1)
+                items = self._direct.lrange(f"{self.prefix}:{{{queue}}}:dead", 0, 2 * limit - 1)
                 for i in range(0, len(items) - 1, 2):
                     info = json.loads(items[i])
                     letters.append(DeadLetter(info["queue"], items[i + 1], info["reason"], info["at"]))
@@ -594,13 +613,13 @@ class RedisBroker(Broker):
 
     def recent_events(self, limit: int = 1000) -> list[bytes]:
         with self._translate("recent_events"):
-            return list(self.client.lrange(self._events_key, -limit, -1))
+            return list(self._direct.lrange(self._events_key, -limit, -1))
 
     def requeue_dead_letters(self, limit: int) -> int:
         with self._translate("requeue_dead_letters"):
             # Oldest first across queues: each queue's oldest `limit` (its list's tail), merged by time.
-            queues = [raw.decode() for raw in self.client.smembers(self._queues_key)]
-            pipe = self.client.pipeline(transaction=False)
+            queues = [raw.decode() for raw in self._direct.smembers(self._queues_key)]
+            pipe = self._direct.pipeline(transaction=False)
             for queue in queues:
                 pipe.lrange(f"{self.prefix}:{{{queue}}}:dead", -2 * limit, -1)
             oldest = sorted(
@@ -622,32 +641,32 @@ class RedisBroker(Broker):
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
         with self._translate("queue_sizes"):
             if queues is None:
-                queues = sorted(q.decode() for q in self.client.smembers(self._queues_key))
-            pipe = self.client.pipeline(transaction=False)
+                queues = sorted(q.decode() for q in self._direct.smembers(self._queues_key))
+            pipe = self._direct.pipeline(transaction=False)
             for queue in queues:
                 pipe.hlen(self._keys(queue)[2])
             return dict(zip(queues, (int(n) for n in pipe.execute())))
 
     def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
         with self._translate("register_worker"):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._direct.pipeline(transaction=False)
             pipe.zadd(self._workers_key, {hostname: time.time() + ttl})
             pipe.hset(self._workers_info_key, hostname, info)
             pipe.execute()
 
     def unregister_worker(self, hostname: str) -> None:
         with self._translate("unregister_worker"):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._direct.pipeline(transaction=False)
             pipe.zrem(self._workers_key, hostname)
             pipe.hdel(self._workers_info_key, hostname)
             pipe.execute()
 
     def workers(self) -> dict[str, bytes]:
         with self._translate("workers"):
-            live = [h.decode() for h in self.client.zrangebyscore(self._workers_key, time.time(), "+inf")]
+            live = [h.decode() for h in self._direct.zrangebyscore(self._workers_key, time.time(), "+inf")]
             if not live:
                 return {}
-            infos = self.client.hmget(self._workers_info_key, live)
+            infos = self._direct.hmget(self._workers_info_key, live)
         return {hostname: info for hostname, info in zip(live, infos) if info is not None}
 
     def interrupt(self) -> None:
@@ -656,7 +675,7 @@ class RedisBroker(Broker):
             channels = {channel for pubsub in self._pubsubs for channel in pubsub.channels}
         try:
             for channel in channels:
-                self.client.publish(channel, b"1")
+                self._direct.publish(channel, b"1")
         except Exception:  # shutting down with Redis unreachable: the fetch times out anyway
             pass
 

@@ -23,7 +23,7 @@ from conveyor import dedup, messages, signals, states
 from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
 from conveyor.backends.memory import MemoryBackend
 from conveyor.canvas import Signature
-from conveyor.exceptions import EncodeError, Retry
+from conveyor.exceptions import ConveyorError, EncodeError, Retry
 from conveyor.result import EagerResult, in_task
 from conveyor.task import Context, LazyRequest, Task, _current_request, current_request, state_sink
 
@@ -194,8 +194,10 @@ def execute(
         try:
             value = _call(task, job.message)
         except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is (Retry too)
-            return _ended(app, backend, task, job, exc, started)
-        return _succeeded(app, backend, task, job, value, started)
+            outcome = _ended(app, backend, task, job, exc, started)
+        else:
+            outcome = _succeeded(app, backend, task, job, value, started)
+        return _confirmed(app, backend, task, job, outcome, started)
 
 
 async def execute_async(
@@ -218,8 +220,10 @@ async def execute_async(
         try:
             value = await _call_async(task, job.message)
         except (Exception, SystemExit) as exc:
-            return _ended(app, backend, task, job, exc, started)
-        return _succeeded(app, backend, task, job, value, started)
+            outcome = _ended(app, backend, task, job, exc, started)
+        else:
+            outcome = _succeeded(app, backend, task, job, value, started)
+        return _confirmed(app, backend, task, job, outcome, started)
 
 
 class _Running:
@@ -270,6 +274,19 @@ def _succeeded(
         if job.message.chain:
             _send_next_in_chain(app, job.message, value)
     return _signalled(task, job, outcome, value)
+
+
+def _confirmed(
+    app: Conveyor, backend: ResultBackend, task: Task[Any, Any], job: Job, outcome: Outcome, started: float
+) -> Outcome:
+    """The outcome once the broker has taken what the run published (subtasks, a chain's next
+    step): a FAILURE if it refused them, as a publish raising inside the task would have made it."""
+    try:
+        app.confirm_published()
+    except ConveyorError as exc:
+        logger.error("Task %s[%s]: what it published was not taken: %s", job.message.task, job.message.id, exc)
+        return _ended(app, backend, task, job, exc, started)
+    return outcome
 
 
 def _send_next_in_chain(app: Conveyor, message: messages.Message, value: Any) -> None:

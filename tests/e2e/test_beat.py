@@ -39,10 +39,11 @@ def sent_times(env: E2E) -> list[float]:
 
 def assert_each_tick_once(times: list[float]) -> None:
     """No tick of the every-second entry was sent twice: a repeat would come within moments of the
-    first, and the count would exceed the seconds covered. (A send that was late, its process busy,
-    is followed by one on time: a short gap that is no repeat.)"""
+    first (two beats racing for one tick: milliseconds), and the count would exceed the seconds
+    covered. (A send that was late, its process busy, is followed by one on time: a gap of a
+    tenth of a second or more, seen down to 0.17 s on a loaded machine, that is no repeat.)"""
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) > 0.2, gaps
+    assert min(gaps) > 0.05, gaps
     assert len(times) <= round(times[-1] - times[0]) + 1, gaps
 
 
