@@ -198,7 +198,8 @@ class Scripts:
         are owed; one that sends after a pause first reads what it owes, which
         also finds a connection the server closed meanwhile. A reply that
         reports an error (other than NOSCRIPT, which reloads and sends again)
-        is raised by that call, as `redis.ResponseError`.
+        is raised by the call that reads it, as `redis.ResponseError`, before
+        its own command is sent.
         """
         if self.cluster:
             self.execute([command])
@@ -218,6 +219,11 @@ class Scripts:
                 elif owed % READ_EVERY == 0:
                     # What has arrived, without waiting: a lost connection then sends few again.
                     errors = self._read_replies(link, connection, None)
+        except BaseException:
+            link.drop()
+            raise
+        _raise_refused(errors)  # before this call's command goes out: the caller may retry it
+        try:
             if not link.unconfirmed and not _usable(connection):
                 # Closed by the server (a restart) while nothing was owed on it: a new
                 # connection loses nothing. Never send into a dead one.
@@ -230,7 +236,6 @@ class Scripts:
         link.unconfirmed.append(command)
         link.sent_on = connection
         link.last_sent = time.monotonic()
-        _raise_refused(errors)
 
     def confirm(self) -> None:
         """Wait for the replies to this thread's `send`s; raise the first error among them.

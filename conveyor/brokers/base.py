@@ -105,7 +105,11 @@ class Broker(ABC):
 
     @abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Remove delivered messages for good. Stale leases are ignored."""
+        """Remove delivered messages for good. Stale leases are ignored.
+
+        May return before the store has done it (Redis sends acks without
+        waiting, see `confirm`); a later call of the same thread sees its effect.
+        """
 
     @abstractmethod
     def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:

@@ -508,8 +508,15 @@ class RedisBroker(Broker):
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
+            sha = self._scripts.shas["ack"]
             with self._translate("ack"):
-                self._run_per_queue("ack", deliveries)
+                # Sent without waiting, like a single publish (Scripts.send): a result written
+                # next need not wait behind an early ack's round trip. An ack only removes, so
+                # Redis refuses none; one on a lost connection is sent again.
+                for queue, items in self._by_queue(deliveries).items():
+                    self._scripts.send(
+                        ("EVALSHA", sha, 4, *self._keys(queue)[:4], *(p for d in items for p in d.tag[1:]))
+                    )
 
     def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
         if not deliveries:

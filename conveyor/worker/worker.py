@@ -243,6 +243,7 @@ class Worker:
                 batch = [self.events.get(timeout=timeout)]
             except queue.Empty:
                 batch = []
+                self._confirm_when_idle()
             while batch and len(batch) < MAX_BATCH:
                 try:
                     batch.append(self.events.get_nowait())
@@ -261,6 +262,14 @@ class Worker:
             last, last_processed = now, self.processed
             if backlog > 0 and task_seconds:
                 time.sleep(min(MAX_LINGER_SECONDS, backlog * task_seconds * LINGER_SHARE))
+
+    def _confirm_when_idle(self) -> None:
+        """Idle for a while: check that what this loop sent without waiting (acks it wrote itself,
+        a chord's body) landed; a lost connection sends it again (Broker.confirm)."""
+        try:
+            self.app.confirm_published()
+        except BrokerError as exc:  # the fetcher and writer report an unreachable broker
+            logger.debug("Could not confirm sent acknowledgements yet: %s", exc)
 
     def _housekeeping(self) -> None:
         """Lease renewal, heartbeats and result clean-up, on a thread of their own.

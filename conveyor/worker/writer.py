@@ -1,11 +1,13 @@
-"""The writer: results, then acks, on a thread of its own.
+"""The writer: results, then acks, on a thread of its own when there is a backlog.
 
 The main loop hands over each batch and goes back to feeding the pool, so a
-busy worker keeps running tasks while a batch is on the wire. Batches are
-written in the order handed over, results before acks (a crash in between
-reruns a task, never loses it); whatever queued up meanwhile goes out as one
-batch. When the store is unreachable the batch is kept and retried with
-backoff, logged once on loss and once on recovery.
+busy worker keeps running tasks while a batch is on the wire. A batch that
+finds the writer idle is written by the main loop itself: one thread wake-up
+less between a task's end and its caller. Batches are written in the order
+handed over, results before acks (a crash in between reruns a task, never
+loses it); whatever queued up meanwhile goes out as one batch. When the store
+is unreachable the batch is kept and retried with backoff, logged once on loss
+and once on recovery.
 """
 
 from __future__ import annotations
@@ -42,13 +44,32 @@ class Writer:
         self.written = written
         self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="conveyor-writer", daemon=True)
+        # Batches handed to the thread and not yet written: only submit() adds, only the thread takes away.
+        self._unfinished = 0
+        self._count_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, updates: Sequence[StateUpdate], acks: Sequence[Delivery], events: Sequence[bytes] = ()) -> None:
-        """Queue a batch: its results are written, then its deliveries acknowledged, then its
-        monitoring events recorded (those are best effort: dropped, not retried, on failure)."""
+        """Write a batch: its results, then its deliveries' acks, then its monitoring events
+        (those are best effort: dropped, not retried, on failure).
+
+        With nothing queued or being written, the calling thread writes it at
+        once: an idle worker's result then reaches its caller without waking
+        another thread first. Otherwise, or if that one attempt fails, the
+        batch goes to the writer's thread, which writes batches in order and
+        retries with backoff. Call from one thread only (the worker's loop).
+        """
+        if not self._unfinished:
+            updates, acks = self._write(list(updates), list(acks), closing=False, inline=True)
+            if events:
+                self._record(list(events))
+                events = ()
+            if not updates and not acks:
+                return
+        with self._count_lock:
+            self._unfinished += 1
         self._batches.put((updates, acks, events))
 
     def close(self, timeout: float | None = None) -> None:
@@ -61,6 +82,7 @@ class Writer:
         updates: list[StateUpdate] = []
         acks: list[Delivery] = []
         closing = False
+        taken = 0  # batches merged into updates and acks
         while not closing:
             batch = self._batches.get()
             events: list[bytes] = []
@@ -71,6 +93,7 @@ class Writer:
                     updates += batch[0]
                     acks += batch[1]
                     events += batch[2]
+                    taken += 1
                 try:
                     batch = self._batches.get_nowait()
                 except queue.Empty:
@@ -78,6 +101,10 @@ class Writer:
             updates, acks = self._write(updates, acks, closing)
             if events:
                 self._record(events)
+            if not updates and not acks:
+                with self._count_lock:
+                    self._unfinished -= taken
+                taken = 0
 
     def _tell(self, updates: Sequence[StateUpdate]) -> None:
         assert self.written is not None
@@ -93,9 +120,11 @@ class Writer:
             logger.warning("Dropped %d task events: %s", len(events), exc)
 
     def _write(
-        self, updates: list[StateUpdate], acks: list[Delivery], closing: bool
+        self, updates: list[StateUpdate], acks: list[Delivery], closing: bool, inline: bool = False
     ) -> tuple[list[StateUpdate], list[Delivery]]:
-        """Write and acknowledge; on failure return what is left (merged with the next batch)."""
+        """Write and acknowledge; on failure return what is left (merged with the next batch, or,
+        when written inline by the worker's loop, handed to the writer's thread, which retries
+        and logs)."""
         failures = 0
         while updates or acks:
             try:
@@ -107,8 +136,14 @@ class Writer:
                     updates = []
                 if acks:
                     self.broker.ack(acks)
+                    if not inline and self._batches.empty():
+                        # Nothing follows to carry their replies: check now that they landed
+                        # (a broker whose acks are not waited for, Redis, sends them again if lost).
+                        self.broker.confirm()
                     acks = []
             except (BackendError, BrokerError) as exc:
+                if inline:
+                    return updates, acks
                 failures += 1
                 if failures == 1:
                     logger.error(

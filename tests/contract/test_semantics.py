@@ -134,8 +134,9 @@ def test_autoretry_with_backoff_then_success(app: Celery) -> None:
     assert [h["state"] for h in history] == ["STARTED", "RETRY", "STARTED", "RETRY", "STARTED", "SUCCESS"]
     assert result.scoreboard["retries"] == 2
     gaps = [b - a for a, b in zip(CALLS[key], CALLS[key][1:])]
-    # Exponential: 0.2 s, then 0.4 s (RabbitMQ's delays may come up to ~0.08 s late).
-    assert gaps[1] > gaps[0] + 0.1, gaps
+    # Exponential: 0.2 s, then 0.4 s. A delay is never cut short, but may end late (RabbitMQ's by up
+    # to ~0.2 s on a loaded machine), so each wait is checked against its own floor, not the other.
+    assert gaps[0] >= 0.19 and gaps[1] >= 0.39, gaps
 
 
 def test_retries_exhausted_reraise_the_exception_or_max_retries_exceeded(app: Celery) -> None:

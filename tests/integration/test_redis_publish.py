@@ -11,6 +11,7 @@ script cache flushed; and that a refusal is raised, not waited for in vain.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import redis
 from conveyor import Celery, states
 from conveyor.exceptions import BrokerError
 from conveyor.messages import Envelope
-from conveyor.redisdb import READ_EVERY, SEND_WINDOW
+from conveyor.redisdb import PAUSE_SECONDS, READ_EVERY, SEND_WINDOW
 from tests.contract.test_worker_contract import running
 from tests.processes import RedisServer
 
@@ -134,10 +135,18 @@ def test_a_refused_publish_is_raised_by_get_instead_of_waited_for(server: RedisS
     result = add.delay(1, 2)  # sent, not yet confirmed
     with pytest.raises(BrokerError, match="maxmemory"):
         result.get(timeout=30)
+    add.delay(3, 4)  # refused too, not known yet
+    time.sleep(PAUSE_SECONDS * 2)  # after a pause, a call first reads what its thread owes
+    with pytest.raises(BrokerError, match="maxmemory"):
+        add.delay(5, 6)  # raises the refusal before its own message goes out
     strict = make_app(server.url, broker_transport_options={"confirm_publish": True})
     with pytest.raises(BrokerError, match="maxmemory"):
         strict.tasks["t.add"].delay(1, 2)  # raised by the call itself
     strict.close()
+    redis.Redis.from_url(server.url).config_set("maxmemory", 0)
+    add.delay(7, 8)
+    app.broker.confirm()
+    assert len(ready_ids(server.url)) == 2  # (0, 0) and (7, 8): (5, 6) was never sent
     app.close()
 
 

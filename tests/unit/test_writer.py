@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -37,9 +38,11 @@ class RecordingBroker(MemoryBroker):
     def __init__(self, events: list[str]) -> None:
         super().__init__("memory://writer-test")
         self.events = events
+        self.threads: list[str] = []
 
     def ack(self, deliveries):  # type: ignore[no-untyped-def]
         self.events.append("ack")
+        self.threads.append(threading.current_thread().name)
         super().ack(deliveries)
 
 
@@ -65,7 +68,8 @@ def write_once(failures: int, caplog: pytest.LogCaptureFixture) -> tuple[list[st
 def test_results_are_written_before_acks_and_retried_until_the_store_is_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    events, backend, broker = write_once(2, caplog)
+    # The first attempt is made on the submitting thread, at once; the writer's thread retries the rest.
+    events, backend, broker = write_once(3, caplog)
     assert events == ["write", "ack"]
     assert backend.get_meta("t1")["result"] == 3
     assert broker.queue_sizes(["q"]) == {"q": 0}
@@ -81,3 +85,23 @@ def test_shutdown_gives_up_on_an_unreachable_store_and_leaves_the_message_leased
     assert events == []  # never acknowledged without its result
     assert broker.queue_sizes(["q"]) == {"q": 1}
     assert any("Giving up" in r.getMessage() for r in caplog.records)
+
+
+def test_an_idle_writer_lets_the_caller_write_and_a_busy_one_keeps_the_order() -> None:
+    """An idle worker's batch is written on the loop's own thread (no wake-up of another);
+    while a batch waits for a retry, later ones queue behind it, in order."""
+    events: list[str] = []
+    backend, broker = FlakyBackend(0, events), RecordingBroker(events)
+    broker.publish([Outgoing("q", b"m")] * 3)
+    first, second, third = broker.fetch(["q"], 3, 0)
+    w = Writer(backend, broker)
+    w.start()
+    w.submit([backend.make_update("t1", states.SUCCESS, 1)], [first])
+    assert broker.threads == [threading.current_thread().name]
+    backend.failures = 1  # the next inline attempt fails: the writer's thread takes over
+    w.submit([backend.make_update("t2", states.SUCCESS, 2)], [second])
+    w.submit([backend.make_update("t3", states.SUCCESS, 3)], [third])
+    w.close(timeout=10)
+    assert broker.threads[1] == "conveyor-writer"  # t2 (and t3 with it, unless t2 was done by then)
+    assert [backend.get_meta(t)["result"] for t in ("t1", "t2", "t3")] == [1, 2, 3]
+    assert broker.queue_sizes(["q"]) == {"q": 0}
