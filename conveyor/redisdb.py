@@ -336,10 +336,11 @@ class Scripts:
         self._local = threading.local()
 
 
-#: Unread replies a thread may owe before `Scripts.send` waits for half of them.
-SEND_WINDOW = 1000
+#: Unread replies a thread may owe before `Scripts.send` waits for half of them: also the most
+#: commands a lost connection can make it send twice.
+SEND_WINDOW = 64
 #: A thread sending back to back reads the replies that have arrived after every this many sends.
-READ_EVERY = 32
+READ_EVERY = 16
 #: After this long without sending, a thread's next send first reads every reply it owes.
 PAUSE_SECONDS = 0.05
 
