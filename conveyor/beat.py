@@ -152,7 +152,7 @@ class Beat:
                 task.apply_async(entry.args, entry.kwargs, **entry.options)
             else:
                 self.app.send_task(entry.task, entry.args, entry.kwargs, **entry.options)
-            self.app.broker.confirm()
+            self.app.confirm_published()
             self.sent += 1
         except (ConveyorError, TypeError, ValueError) as exc:
             logger.error("Scheduler: Could not send %s (%s): %s", entry.name, entry.task, exc)

@@ -470,11 +470,12 @@ def complete_chord(app: Conveyor, group_id: str, hostname: str | None) -> bool:
     failed = next((r for r in header.results if not r.successful()), None)
     if failed is None:
         callback.apply_async((header.get(),))
-        return True
-    error = ChordError(f"Dependency {failed.id} raised {failed.result!r}")
-    app.backend.store(str(callback.id), states.FAILURE, error, history={"worker": hostname})
-    for errback in callback.options.get("link_error") or ():
-        Signature.from_dict(errback, app).apply_async((callback.id,))
+    else:
+        error = ChordError(f"Dependency {failed.id} raised {failed.result!r}")
+        app.backend.store(str(callback.id), states.FAILURE, error, history={"worker": hostname})
+        for errback in callback.options.get("link_error") or ():
+            Signature.from_dict(errback, app).apply_async((callback.id,))
+    app.confirm_published()  # the record is gone: what it turned into must have landed
     return True
 
 

@@ -176,7 +176,7 @@ class Scripts:
         else:
             link = self._link()
             if link.unconfirmed:
-                self._confirm(link)  # their replies come first on the connection
+                self._settle(link, 0)  # their replies come first on the connection
 
             def send(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
                 return self._pipeline(link, commands)
@@ -199,30 +199,21 @@ class Scripts:
         also finds a connection the server closed meanwhile. A reply that
         reports an error (other than NOSCRIPT, which reloads and sends again)
         is raised by the call that reads it, as `redis.ResponseError`, before
-        its own command is sent.
+        its own command is sent (the caller may send it again).
         """
         if self.cluster:
             self.execute([command])
             return
         link = self._link()
-        errors: list[Exception] = []
+        if link.unconfirmed:
+            if time.monotonic() - link.last_sent > PAUSE_SECONDS:
+                self._settle(link, 0)
+            elif len(link.unconfirmed) >= SEND_WINDOW:
+                self._settle(link, SEND_WINDOW // 2)
+            elif len(link.unconfirmed) % READ_EVERY == 0 or link.lost_connection:
+                # What has arrived, without waiting: a lost connection then sends few again.
+                self._settle(link, None)
         connection = link.connect()
-        try:
-            if link.unconfirmed and link.sent_on is not connection:
-                self._send_again(link, connection)
-            elif link.unconfirmed:
-                owed = len(link.unconfirmed)
-                if time.monotonic() - link.last_sent > PAUSE_SECONDS:
-                    errors = self._read_replies(link, connection, 0)
-                elif owed >= SEND_WINDOW:
-                    errors = self._read_replies(link, connection, SEND_WINDOW // 2)
-                elif owed % READ_EVERY == 0:
-                    # What has arrived, without waiting: a lost connection then sends few again.
-                    errors = self._read_replies(link, connection, None)
-        except BaseException:
-            link.drop()
-            raise
-        _raise_refused(errors)  # before this call's command goes out: the caller may retry it
         try:
             if not link.unconfirmed and not _usable(connection):
                 # Closed by the server (a restart) while nothing was owed on it: a new
@@ -249,14 +240,16 @@ class Scripts:
         """
         link: _Link | None = getattr(self._local, "link", None)
         if link is not None and link.unconfirmed and link.pid == os.getpid():
-            self._confirm(link)
+            self._settle(link, 0)
 
-    def _confirm(self, link: _Link) -> None:
+    def _settle(self, link: _Link, leave: int | None) -> None:
+        """Read the replies owed until `leave` remain (None: those already here), after sending the
+        commands again if their connection was lost; raise the first refusal among them."""
         connection = link.connect()
         try:
             if link.sent_on is not connection:
                 self._send_again(link, connection)
-            errors = self._read_replies(link, connection, 0)
+            errors = self._read_replies(link, connection, leave)
         except BaseException:
             link.drop()
             raise
@@ -289,9 +282,9 @@ class Scripts:
         try:
             if link.unconfirmed:
                 try:
-                    self._confirm(link)
+                    self._settle(link, 0)
                 except redis.ConnectionError:
-                    self._confirm(link)  # once more, on a new connection
+                    self._settle(link, 0)  # once more, on a new connection
         except Exception as exc:
             logger.error(
                 "%d commands sent to Redis by a thread that ended are unconfirmed: %s", len(link.unconfirmed), exc
@@ -376,6 +369,11 @@ class _Link:
         self.sent_on: Any = None  # the connection the unconfirmed commands went out on
         self.last_sent = 0.0
         self.end = when_thread_ends(scripts._end_link, self)
+
+    @property
+    def lost_connection(self) -> bool:
+        """Replies are owed on a connection since dropped: the commands must go again."""
+        return bool(self.unconfirmed) and (self.sent_on is None or self.sent_on is not self.connection)
 
     def connect(self) -> Any:
         if self.connection is None:

@@ -132,7 +132,6 @@ class Writer:
                     self.backend.write(coalesce(updates))
                     if self.written is not None:
                         self._tell(updates)
-                        self.broker.confirm()  # what the hook published (a chord's body), before the acks
                     updates = []
                 if acks:
                     self.broker.ack(acks)

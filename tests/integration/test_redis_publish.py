@@ -53,6 +53,15 @@ def ready_ids(url: str) -> set[bytes]:
         client.close()
 
 
+def set_maxmemory(server: RedisServer, limit: int) -> None:
+    """1 byte: Redis refuses every write (OOM); 0: no limit again."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.config_set("maxmemory", limit)
+    finally:
+        client.close()
+
+
 def unconfirmed(app: Celery) -> int:
     return len(app.broker._scripts._link().unconfirmed)  # type: ignore[attr-defined]
 
@@ -131,7 +140,7 @@ def test_a_refused_publish_is_raised_by_get_instead_of_waited_for(server: RedisS
     add = app.tasks["t.add"]
     add.delay(0, 0)
     app.broker.confirm()
-    redis.Redis.from_url(server.url).config_set("maxmemory", 1)
+    set_maxmemory(server, 1)
     result = add.delay(1, 2)  # sent, not yet confirmed
     with pytest.raises(BrokerError, match="maxmemory"):
         result.get(timeout=30)
@@ -143,7 +152,7 @@ def test_a_refused_publish_is_raised_by_get_instead_of_waited_for(server: RedisS
     with pytest.raises(BrokerError, match="maxmemory"):
         strict.tasks["t.add"].delay(1, 2)  # raised by the call itself
     strict.close()
-    redis.Redis.from_url(server.url).config_set("maxmemory", 0)
+    set_maxmemory(server, 0)
     add.delay(7, 8)
     app.broker.confirm()
     assert len(ready_ids(server.url)) == 2  # (0, 0) and (7, 8): (5, 6) was never sent
@@ -163,7 +172,7 @@ def test_a_thread_that_ends_confirms_what_it_sent(server: RedisServer, caplog: p
     thread.start()
     thread.join()
     assert len(ready_ids(server.url)) == 25
-    redis.Redis.from_url(server.url).config_set("maxmemory", 1)
+    set_maxmemory(server, 1)
     with caplog.at_level("ERROR", logger="conveyor.redis"):
         thread = threading.Thread(target=produce, args=(3,))
         thread.start()
@@ -188,7 +197,7 @@ def test_a_task_whose_publish_is_refused_fails_instead_of_succeeding(server: Red
 
     @app.task(name="t.spawn")
     def spawn() -> str:
-        redis.Redis.from_url(server.url).config_set("maxmemory", 1)
+        set_maxmemory(server, 1)
         noop.delay()
         return "sent"
 
@@ -197,5 +206,5 @@ def test_a_task_whose_publish_is_refused_fails_instead_of_succeeding(server: Red
         with pytest.raises(BrokerError, match="maxmemory"):
             result.get(timeout=20)
         assert result.state == states.FAILURE
-    redis.Redis.from_url(server.url).config_set("maxmemory", 0)
+    set_maxmemory(server, 0)
     app.close()
