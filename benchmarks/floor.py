@@ -5,14 +5,19 @@
 A task queue cannot beat these. `delay().get()` crosses at least four
 process wake-ups (producer -> Redis -> worker -> Redis -> producer); the
 "after 5 ms idle" row is what one costs when the other side was asleep,
-which is the normal case for a round trip on an idle worker. The last rows
+which is the normal case for a round trip on an idle worker. The relay row
+is that round trip with no queue at all: a second process blocks in BLPOP
+and answers each message with an LPUSH the caller blocks on (what a queue
+could do with no lease, no result record, nothing decoded). The last rows
 run the peer comparison's task body alone (one INCR through the redis-py
-client) on 1 and 4 threads of one process: no queue drains that workload
-faster than its body runs.
+client) on 1 and 4 threads of one process, and its CPU time per call: no
+queue drains that workload faster than its body runs, and a worker process
+spends that CPU under the GIL besides its own.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import statistics
 import threading
@@ -50,12 +55,42 @@ def rows(n: int = 3000) -> list[tuple[str, str]]:
         out.append((f"PING back to back, {label}", f"{per_call:.0f} µs ({1e6 / per_call:,.0f}/s)"))
     out.append(("PING after 5 ms idle, redis-py connection", f"{_median_us(raw_ping, 300, idle=0.005):.0f} µs"))
     connection.disconnect()
+    out.append(("round trip through a relay process (LPUSH, BLPOP; no queue)", _relay(client, 1000)))
     for threads in (1, 4):
         out.append((f"the peer workload's body alone (INCR, redis-py client), {threads} thread(s)",
                     f"{_incr_rate(client, threads, n):,.0f}/s"))  # fmt: skip
+    started = time.process_time()
+    for _ in range(n):
+        client.incr("bench:floor")
+    cpu_us = (time.process_time() - started) / n * 1e6
+    out.append(("CPU time of one such INCR in the calling process", f"{cpu_us:.0f} µs"))
     client.delete("bench:floor")
     client.close()
     return out
+
+
+def _relay(client: redis.Redis, n: int) -> str:
+    client.delete("bench:floor:ask", "bench:floor:answer")
+    relay = multiprocessing.get_context("spawn").Process(target=_answer, args=(URL, n), daemon=True)
+    relay.start()
+    client.lpush("bench:floor:ask", b"warm-up")
+    client.blpop(["bench:floor:answer"], 10)
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        client.lpush("bench:floor:ask", b"x")
+        client.blpop(["bench:floor:answer"], 10)
+        samples.append((time.perf_counter() - started) * 1e3)
+    relay.join(10)
+    samples.sort()
+    return f"p50 {statistics.median(samples):.2f} ms, p99 {samples[int(n * 0.99) - 1]:.2f} ms"
+
+
+def _answer(url: str, n: int) -> None:
+    client = redis.Redis.from_url(url)
+    for _ in range(n + 1):
+        _, message = client.blpop(["bench:floor:ask"], 10)  # type: ignore[misc]
+        client.lpush("bench:floor:answer", message)
 
 
 def _incr_rate(client: redis.Redis, threads: int, n: int) -> float:

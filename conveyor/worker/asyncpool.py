@@ -69,6 +69,9 @@ class AsyncioPool:
         if wake:
             self._loop.call_soon_threadsafe(self._dispatch)
 
+    def queued(self) -> int:
+        return len(self._waiting) + self._sync.queued()
+
     def shutdown(self) -> list[Job]:
         with self._lock:
             pending = list(self._waiting)

@@ -1,7 +1,7 @@
 """The fetcher: keeps a worker's prefetch window full from the broker.
 
-One thread asks the broker for as many messages as the window has free slots
-(`concurrency x prefetch_multiplier`), blocking in the broker while nothing is
+One thread asks the broker for the window's free slots, half the window
+(`concurrency x prefetch_multiplier`) at most per fetch, blocking in the broker while nothing is
 due, so an idle worker wakes the moment a message arrives and a busy one takes
 messages in batches. Slots are given back by the worker as deliveries are
 acknowledged, requeued or dead-lettered.
@@ -69,13 +69,14 @@ class Fetcher:
             with self._changed:
                 # Under load, wait until half the window is free: one fetch then takes a
                 # batch, not a message per finished task. An idle worker's window is
-                # all free, so it fetches at once and nothing waits.
+                # all free, so it fetches at once and nothing waits. A fetch takes at
+                # most half the window: one half runs while the next is on the wire.
                 while self._free < self._low_water and not self._stopped:
                     self._changed.wait()
                 if self._stopped:
                     return
-                wanted = self._free
-                self._free = 0
+                wanted = min(self._free, self._low_water)
+                self._free -= wanted
             try:
                 deliveries = self.broker.fetch(self.queues, wanted, FETCH_TIMEOUT)
             except BrokerError as exc:

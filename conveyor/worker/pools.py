@@ -76,6 +76,9 @@ class Pool(Protocol):
     def submit(self, job: Job) -> None:
         """Queue a job; it runs when a slot is free."""
 
+    def queued(self) -> int:
+        """How many submitted jobs wait for a slot (not started yet)."""
+
     def shutdown(self) -> list[Job]:
         """Stop taking jobs: return those not started; running ones finish."""
 
@@ -163,6 +166,9 @@ class ThreadPool:
 
     def submit(self, job: Job) -> None:
         self._jobs.put(job)
+
+    def queued(self) -> int:
+        return self._jobs.qsize()
 
     def shutdown(self) -> list[Job]:
         pending: list[Job] = []

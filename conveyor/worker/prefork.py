@@ -188,6 +188,9 @@ class PreforkPool:
             self._pending.append(job)
         self._dispatch()
 
+    def queued(self) -> int:
+        return len(self._pending)
+
     def shutdown(self) -> list[Job]:
         with self._lock:
             self._stopping = True

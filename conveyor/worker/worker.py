@@ -230,7 +230,6 @@ class Worker:
 
     def _loop(self) -> None:
         assert self.pool is not None
-        concurrency = self.pool.concurrency
         task_seconds = 0.0  # recent wall time per finished task, while busy
         last, last_processed = time.monotonic(), 0
         while not (self._stopping and not self.held) and not self._cold:
@@ -255,7 +254,7 @@ class Worker:
             # Under load, let a few tasks' reports gather before the next batch: one wake-up
             # and one write for several tasks, not one each. Only while the pool has queued
             # work to go on with, and for a fraction of the time it takes to run it.
-            now, backlog = time.monotonic(), len(self.held) - concurrency
+            now, backlog = time.monotonic(), self.pool.queued()
             if self.processed > last_processed:
                 seconds = (now - last) / (self.processed - last_processed)
                 task_seconds = seconds if not task_seconds else 0.8 * task_seconds + 0.2 * seconds
@@ -652,7 +651,11 @@ class Worker:
                 self._materialize_start(task_id)
         if self._updates or self._acks or self._events:
             assert self.writer is not None
-            self.writer.submit(self._updates, self._acks, self._events)
+            # With deliveries or reports waiting, or jobs queued in the pool, the loop has
+            # better things to do than wait for the store: the writer's thread writes.
+            assert self.pool is not None
+            idle = self.events.empty() and not self.pool.queued()
+            self.writer.submit(self._updates, self._acks, self._events, inline=idle)
             self._updates, self._acks, self._events = [], [], []
 
     def _event(self, kind: str, message: Message, **fields: Any) -> None:

@@ -1,9 +1,10 @@
 """The writer: results, then acks, on a thread of its own when there is a backlog.
 
 The main loop hands over each batch and goes back to feeding the pool, so a
-busy worker keeps running tasks while a batch is on the wire. A batch that
-finds the writer idle is written by the main loop itself: one thread wake-up
-less between a task's end and its caller. Batches are written in the order
+busy worker keeps running tasks while a batch is on the wire. A batch handed
+over when the main loop has nothing else to do and the writer is idle is
+written by the main loop itself: one thread wake-up less between a task's end
+and its caller. Batches are written in the order
 handed over, results before acks (a crash in between reruns a task, never
 loses it); whatever queued up meanwhile goes out as one batch. When the store
 is unreachable the batch is kept and retried with backoff, logged once on loss
@@ -51,17 +52,24 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, updates: Sequence[StateUpdate], acks: Sequence[Delivery], events: Sequence[bytes] = ()) -> None:
+    def submit(
+        self,
+        updates: Sequence[StateUpdate],
+        acks: Sequence[Delivery],
+        events: Sequence[bytes] = (),
+        inline: bool = False,
+    ) -> None:
         """Write a batch: its results, then its deliveries' acks, then its monitoring events
         (those are best effort: dropped, not retried, on failure).
 
-        With nothing queued or being written, the calling thread writes it at
-        once: an idle worker's result then reaches its caller without waking
-        another thread first. Otherwise, or if that one attempt fails, the
-        batch goes to the writer's thread, which writes batches in order and
-        retries with backoff. Call from one thread only (the worker's loop).
+        With `inline` (the caller has nothing else to do meanwhile) and nothing
+        queued or being written, the calling thread writes it at once: an idle
+        worker's result then reaches its caller without waking another thread
+        first. Otherwise, or if that one attempt fails, the batch goes to the
+        writer's thread, which writes batches in order and retries with
+        backoff. Call from one thread only (the worker's loop).
         """
-        if not self._unfinished:
+        if inline and not self._unfinished:
             updates, acks = self._write(list(updates), list(acks), closing=False, inline=True)
             if events:
                 self._record(list(events))

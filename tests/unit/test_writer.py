@@ -60,7 +60,7 @@ def write_once(failures: int, caplog: pytest.LogCaptureFixture) -> tuple[list[st
     w = Writer(backend, broker)
     w.start()
     with caplog.at_level(logging.WARNING, "conveyor.worker"):
-        w.submit([backend.make_update("t1", states.SUCCESS, 3)], [delivery])
+        w.submit([backend.make_update("t1", states.SUCCESS, 3)], [delivery], inline=True)
         w.close(timeout=10)
     return events, backend, broker
 
@@ -89,19 +89,29 @@ def test_shutdown_gives_up_on_an_unreachable_store_and_leaves_the_message_leased
 
 def test_an_idle_writer_lets_the_caller_write_and_a_busy_one_keeps_the_order() -> None:
     """An idle worker's batch is written on the loop's own thread (no wake-up of another);
-    while a batch waits for a retry, later ones queue behind it, in order."""
+    while a batch waits for a retry, later ones queue behind it, in order, even those the
+    caller would write itself; a busy caller hands its batch over."""
     events: list[str] = []
     backend, broker = FlakyBackend(0, events), RecordingBroker(events)
     broker.publish([Outgoing("q", b"m")] * 3)
     first, second, third = broker.fetch(["q"], 3, 0)
     w = Writer(backend, broker)
     w.start()
-    w.submit([backend.make_update("t1", states.SUCCESS, 1)], [first])
+    w.submit([backend.make_update("t1", states.SUCCESS, 1)], [first], inline=True)
     assert broker.threads == [threading.current_thread().name]
     backend.failures = 1  # the next inline attempt fails: the writer's thread takes over
-    w.submit([backend.make_update("t2", states.SUCCESS, 2)], [second])
-    w.submit([backend.make_update("t3", states.SUCCESS, 3)], [third])
+    w.submit([backend.make_update("t2", states.SUCCESS, 2)], [second], inline=True)
+    w.submit([backend.make_update("t3", states.SUCCESS, 3)], [third], inline=True)
     w.close(timeout=10)
     assert broker.threads[1] == "conveyor-writer"  # t2 (and t3 with it, unless t2 was done by then)
     assert [backend.get_meta(t)["result"] for t in ("t1", "t2", "t3")] == [1, 2, 3]
     assert broker.queue_sizes(["q"]) == {"q": 0}
+
+    broker.publish([Outgoing("q", b"m")])
+    [fourth] = broker.fetch(["q"], 1, 0)
+    w = Writer(backend, broker)
+    w.start()
+    w.submit([backend.make_update("t4", states.SUCCESS, 4)], [fourth])  # busy: not inline
+    w.close(timeout=10)
+    assert broker.threads[-1] == "conveyor-writer"
+    assert backend.get_meta("t4")["result"] == 4
