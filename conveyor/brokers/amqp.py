@@ -3,8 +3,13 @@
 Each Conveyor queue is a durable RabbitMQ queue of the same name (after the
 transport option `global_keyprefix`), declared with `x-max-priority` so that
 RabbitMQ itself hands out the highest priority first. Messages are persistent
-and every publish waits for the publisher confirm: `delay()` returns once
-RabbitMQ has the message.
+and published with publisher confirms. A single `delay()` sends its message
+and returns; its confirm is awaited before anything acts on it
+(`Broker.confirm()`: `AsyncResult.get()`, a task's end in the worker, any
+other call of this broker on the same thread, the thread's end), as on Redis.
+A connection lost first makes the unconfirmed ones go again; a negative
+confirm is raised there. `confirm_publish: True` waits for each confirm in
+`delay()` itself; `False` publishes without confirms, as Celery does.
 
 - **Leases.** A delivery belongs to the consumer's channel until acked.
   RabbitMQ gives it back when that connection closes (a worker killed, its
@@ -46,12 +51,15 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Outgoing
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
+from conveyor.threadend import when_thread_ends
 
 logger = logging.getLogger("conveyor.broker")
 if logging.getLogger("aiormq").level == logging.NOTSET:
@@ -73,6 +81,11 @@ DEAD_LETTERS_KEPT = 20_000
 DEFAULT_STATE_URL = "sqlite:///conveyor-state.db"
 #: A fetch asked for what is there now (timeout 0) waits this long at most for it to arrive.
 SETTLE_SECONDS = 1.0
+#: Publishes a thread may have unconfirmed before the next one waits for the older half: also
+#: the most a lost connection can make it publish twice.
+SEND_WINDOW = 64
+
+_Send = tuple[str, bytes, int, int, int]
 
 
 #: Stores that can keep the shared state: every broker but this one.
@@ -172,7 +185,9 @@ class AMQPBroker(Broker):
         self.max_priority = int(self.options.get("max_priority", MAX_PRIORITY))
         if not 0 <= self.max_priority <= MAX_PRIORITY:
             raise ImproperlyConfigured(f"transport option max_priority must be 0-255, not {self.max_priority}")
-        self.confirm_publish = bool(self.options.get("confirm_publish", True))
+        # None (the default): confirms awaited later (see confirm()); True: by each publish; False: none.
+        confirm_publish = self.options.get("confirm_publish")
+        self.confirm_publish = None if confirm_publish is None else bool(confirm_publish)
         expires = self.options.get("queue_expires")
         # 0: queues without priorities, as Celery declares them (its `celery` queue can be shared).
         self.queue_arguments: dict[str, Any] = {"x-max-priority": self.max_priority} if self.max_priority else {}
@@ -182,7 +197,8 @@ class AMQPBroker(Broker):
         self.operation_timeout = float(self.options.get("operation_timeout", 30.0))
         self.state_url = str(self.options.get("state_url") or DEFAULT_STATE_URL)
         self.state = broker_from_url(self.state_url, self.options.get("state_transport_options") or {})
-        self._link = _Link(connection_url(url), self.connect_timeout, self.operation_timeout, self.confirm_publish)
+        confirms = self.confirm_publish is not False
+        self._link = _Link(connection_url(url), self.connect_timeout, self.operation_timeout, confirms)
         self._pid = os.getpid()
         # The consumer: deliveries RabbitMQ pushed, best priority first, until fetch hands them out.
         self._buffer: list[tuple[int, int, Delivery]] = []
@@ -194,6 +210,7 @@ class AMQPBroker(Broker):
         self._widest = 0  # the most one fetch has asked for
         self._subscription: tuple[tuple[str, ...], int, int] | None = None  # what consume() last set up
         self._interrupted = False
+        self._local = threading.local()  # a thread's publishes whose confirm is not yet awaited
 
     # -- names and plumbing ------------------------------------------------------------------
     def _name(self, queue: str) -> str:
@@ -209,10 +226,17 @@ class AMQPBroker(Broker):
         return self.max_priority - min(priority, self.max_priority)
 
     def _call(self, where: str, work: Callable[[_Session], Awaitable[T]]) -> T:
+        """Run `work` on the loop and wait for it, after this thread's unconfirmed publishes
+        (a call sees what the same thread published before it)."""
+        self.confirm()
+        return self._current_link().call(where, work)
+
+    def _current_link(self) -> _Link:
         if os.getpid() != self._pid:  # a forked child: the parent's connection and loop are not ours
-            self._link = _Link(self._link.url, self.connect_timeout, self.operation_timeout, self.confirm_publish)
+            confirms = self.confirm_publish is not False
+            self._link = _Link(self._link.url, self.connect_timeout, self.operation_timeout, confirms)
             self._pid = os.getpid()
-        return self._link.call(where, work)
+        return self._link
 
     # -- publishing --------------------------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing]) -> None:
@@ -223,7 +247,68 @@ class AMQPBroker(Broker):
                  int((m.not_before - now) * 1000) if m.not_before else 0)
                 for m in messages
             ]  # fmt: skip
-            self._call("publish", lambda session: session.publish(sends, self))
+            # Not waited for: a single message, due now, to a queue this connection has declared
+            # (a first declare registers the queue in the state store, which must not be left to
+            # an exit handler).
+            if (
+                len(sends) == 1
+                and self.confirm_publish is None
+                and not sends[0][4]
+                and self._link.declared(sends[0][0])
+            ):
+                self._send(sends)
+            else:
+                self._call("publish", lambda session: session.publish(sends, self))
+
+    def _send(self, sends: list[_Send]) -> None:
+        """Publish without waiting for the confirm: it is awaited by `confirm()`, by this
+        thread's next broker call, or once SEND_WINDOW are owed (the older half, then)."""
+        unconfirmed = self._unconfirmed()
+        if len(unconfirmed) >= SEND_WINDOW:
+            self._await_confirms(unconfirmed, SEND_WINDOW // 2)
+        elif unconfirmed and unconfirmed[0][1].done():
+            self._await_confirms(unconfirmed, None)  # what has come back, without waiting
+        link = self._current_link()
+        unconfirmed.append((sends, link.submit(lambda session: session.publish(sends, self))))
+
+    def confirm(self) -> None:
+        """Wait for the confirms of this thread's publishes: a negative one raises BrokerError;
+        those a lost connection left unanswered are published again (and waited for)."""
+        unconfirmed: deque[tuple[list[_Send], Future[None]]] | None = getattr(self._local, "unconfirmed", None)
+        if unconfirmed and self._local.pid == os.getpid():
+            self._await_confirms(unconfirmed, 0)
+
+    def _unconfirmed(self) -> deque[tuple[list[_Send], Future[None]]]:
+        unconfirmed = getattr(self._local, "unconfirmed", None)
+        if unconfirmed is None or self._local.pid != os.getpid():  # a forked child starts afresh
+            unconfirmed = self._local.unconfirmed = deque()
+            self._local.pid = os.getpid()
+            when_thread_ends(self._confirm_at_thread_end, unconfirmed)
+        return unconfirmed
+
+    def _await_confirms(self, unconfirmed: deque[tuple[list[_Send], Future[None]]], leave: int | None) -> None:
+        """Await confirms until `leave` remain (None: those already in), in the order sent."""
+        again: list[_Send] = []
+        refused: list[BrokerError] = []
+        while unconfirmed and (len(unconfirmed) > leave if leave is not None else unconfirmed[0][1].done()):
+            sends, future = unconfirmed.popleft()
+            try:
+                self._link.result("publish", future)
+            except BrokerConnectionError:
+                again += sends  # RabbitMQ may or may not have it: at least once
+            except BrokerError as exc:
+                refused.append(exc)
+        if again:
+            logger.warning("Publishing %d messages again: the connection was lost before their confirms", len(again))
+            self._current_link().call("publish", lambda session: session.publish(again, self))
+        if refused:
+            raise BrokerError(f"RabbitMQ refused {len(refused)} message(s) published without waiting: {refused[0]}")
+
+    def _confirm_at_thread_end(self, unconfirmed: deque[tuple[list[_Send], Future[None]]]) -> None:
+        try:
+            self._await_confirms(unconfirmed, 0)
+        except BrokerError as exc:
+            logger.error("Messages published by a thread that ended were not taken by RabbitMQ: %s", exc)
 
     # -- consuming ---------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
@@ -485,6 +570,10 @@ class AMQPBroker(Broker):
             self._settled(tags)
 
     def close(self) -> None:
+        try:
+            self.confirm()
+        except BrokerError as exc:
+            logger.error("Messages published before the broker was closed were not taken by RabbitMQ: %s", exc)
         self.interrupt()
         if os.getpid() == self._pid:
             self._link.close()
@@ -511,9 +600,16 @@ class _Link:
     def connected(self) -> bool:
         return self.session is not None and not self.session.connection.is_closed
 
-    def call(self, where: str, work: Callable[[_Session], Awaitable[T]]) -> T:
-        import concurrent.futures
+    def declared(self, name: str) -> bool:
+        """Whether the current connection has declared queue `name` (read from any thread)."""
+        session = self.session
+        return session is not None and name in session.declared_queues
 
+    def call(self, where: str, work: Callable[[_Session], Awaitable[T]]) -> T:
+        return self.result(where, self.submit(work))
+
+    def submit(self, work: Callable[[_Session], Awaitable[T]]) -> Future[T]:
+        """Start `work` on the loop (in the order submitted); its future."""
         import aiormq
 
         async def run() -> T:
@@ -524,7 +620,15 @@ class _Link:
                     session = self.session = _Session(connection, self.confirm_publish)
             return await work(session)
 
-        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        return asyncio.run_coroutine_threadsafe(run(), self.loop)
+
+    def result(self, where: str, future: Future[T]) -> T:
+        """What submitted work returned; its failure as a BrokerError (BrokerConnectionError when
+        the connection is the cause)."""
+        import concurrent.futures
+
+        import aiormq
+
         try:
             return future.result(self.operation_timeout)
         except TimeoutError as exc:
@@ -569,7 +673,7 @@ class _Session:
         self.connection = connection
         self.confirms = confirms  # publishes wait for RabbitMQ's confirm
         self._channels: dict[str, Any] = {}
-        self._declared: set[str] = set()
+        self.declared_queues: set[str] = set()
         self._ladder_bound: set[str] = set()
         self._ladder_ready = False
         self._consumer_tags: dict[str, str] = {}  # queue name -> consumer tag
@@ -577,6 +681,7 @@ class _Session:
         self._consume_generation = -1
         self._replies: set[str] = set()  # reply queues consumed on the "replies" channel
         self._laddering = asyncio.Lock()
+        self._publishing = asyncio.Lock()
         self._prefetch = 0
 
     async def channel(self, purpose: str) -> Any:
@@ -592,7 +697,7 @@ class _Session:
 
     # -- declaring ---------------------------------------------------------------------------
     async def declare(self, name: str, broker: AMQPBroker) -> None:
-        if name in self._declared:
+        if name in self.declared_queues:
             return
         channel = await self.channel("admin")
         try:
@@ -607,7 +712,7 @@ class _Session:
                     "max_priority to the x-max-priority it has"
                 ) from exc
             raise
-        self._declared.add(name)
+        self.declared_queues.add(name)
         await asyncio.get_running_loop().run_in_executor(None, broker.known_queue, name)
 
     async def _ladder(self, name: str) -> None:
@@ -634,8 +739,19 @@ class _Session:
             self._ladder_bound.add(name)
 
     # -- publishing --------------------------------------------------------------------------
-    async def publish(self, sends: Sequence[tuple[str, bytes, int, int, int]], broker: AMQPBroker) -> None:
+    async def publish(self, sends: Sequence[_Send], broker: AMQPBroker) -> None:
         """Publish (queue name, body, AMQP priority, attempts so far, delay ms) tuples; wait for the confirms."""
+        from pamqp.commands import Basic
+
+        async with self._publishing:
+            # One publish at a time until its frames are queued: the messages of publishes that
+            # did not wait for each other's confirms then reach RabbitMQ in the order sent.
+            pending = await self._send(sends, broker)
+        confirms = await asyncio.gather(*pending)
+        if self.confirms and not all(isinstance(c, Basic.Ack) for c in confirms):
+            raise BrokerError("RabbitMQ did not accept every message published (a negative confirm)")
+
+    async def _send(self, sends: Sequence[_Send], broker: AMQPBroker) -> list[asyncio.Future[Any]]:
         from pamqp.commands import Basic
 
         for name in dict.fromkeys(send[0] for send in sends):
@@ -657,10 +773,10 @@ class _Session:
                 exchange, key = _rung(DELAY_LEVELS - 1), delay_ladder_key(min(delay_ms, 2**DELAY_LEVELS - 1), name)
             else:
                 exchange, key = "", name
-            pending.append(channel.basic_publish(body, exchange=exchange, routing_key=key, properties=properties))
-        confirms = await asyncio.gather(*pending)
-        if self.confirms and not all(isinstance(c, Basic.Ack) for c in confirms):
-            raise BrokerError("RabbitMQ did not accept every message published (a negative confirm)")
+            # Tasks start in the order made, each queueing its frames before it awaits anything.
+            publish = channel.basic_publish(body, exchange=exchange, routing_key=key, properties=properties)
+            pending.append(asyncio.ensure_future(publish))
+        return pending
 
     async def publish_then_ack(
         self, sends: Sequence[tuple[str, bytes, int, int, int]], tags: Sequence[int], broker: AMQPBroker
@@ -782,12 +898,12 @@ class _Session:
     # -- dead letters ------------------------------------------------------------------------
     async def _declare_dead_letters(self, broker: AMQPBroker) -> str:
         name = broker._dead_letter_queue
-        if name not in self._declared:
+        if name not in self.declared_queues:
             arguments: dict[str, Any] = {"x-max-length": DEAD_LETTERS_KEPT}
             if "x-expires" in broker.queue_arguments:
                 arguments["x-expires"] = broker.queue_arguments["x-expires"]
             await (await self.channel("admin")).queue_declare(name, durable=True, arguments=arguments)
-            self._declared.add(name)
+            self.declared_queues.add(name)
         return name
 
     async def dead_letter(self, body: bytes, headers: dict[str, Any], tags: Sequence[int], broker: AMQPBroker) -> None:

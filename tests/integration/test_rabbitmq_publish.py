@@ -1,0 +1,130 @@
+"""Single publishes on RabbitMQ not waited for, and confirmed before anything acts on them.
+
+A `delay()` to a queue the connection has declared sends its message and
+returns; its publisher confirm is awaited by `Broker.confirm()` (which
+`AsyncResult.get()` and a worker's task end call), by the thread's next call
+of the broker, once SEND_WINDOW are owed, or when the thread ends. These
+tests show that nothing is lost on the way (a connection lost with confirms
+outstanding publishes them again) and that a negative confirm is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from conveyor import Celery
+from conveyor.brokers.amqp import SEND_WINDOW, AMQPBroker
+from conveyor.exceptions import BrokerError
+from tests.conftest import store_url
+
+
+@pytest.fixture
+def app(tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
+    url, options = store_url("amqp", tmp_path)
+    app = Celery("amqp-publish", broker=url, result_backend=f"sqlite:///{tmp_path / 'results.db'}")
+    app.conf.broker_transport_options = options
+
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    yield app
+    app.broker.purge(["celery", "capped"])
+    app.close()
+
+
+def unconfirmed(broker: AMQPBroker) -> int:
+    return len(getattr(broker._local, "unconfirmed", ()))
+
+
+def test_single_publishes_return_before_their_confirm_and_are_all_taken(app: Celery) -> None:
+    broker = app.broker
+    assert isinstance(broker, AMQPBroker)
+    add = app.tasks["t.add"]
+    add.delay(0, 0)  # the first to a queue waits: it declares the queue
+    most = 0
+    for i in range(1, 2000):
+        add.delay(i, i)
+        most = max(most, unconfirmed(broker))
+    assert 0 < most <= SEND_WINDOW  # sent ahead of their confirms, never more than the window
+    # The same thread's next call sees every message it published.
+    assert broker.queue_sizes(["celery"]) == {"celery": 2000}
+    assert unconfirmed(broker) == 0
+
+
+def test_a_thread_that_ends_has_its_publishes_confirmed(app: Celery) -> None:
+    add = app.tasks["t.add"]
+    add.delay(0, 0)
+
+    def produce() -> None:
+        for i in range(300):
+            add.delay(i, i)
+
+    threads = [threading.Thread(target=produce) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert app.broker.queue_sizes(["celery"]) == {"celery": 901}
+
+
+def _abort_connection(broker: AMQPBroker) -> None:
+    """Drop the broker's TCP connection as a network failure would (no AMQP close)."""
+
+    async def abort() -> None:
+        for obj in gc.get_objects():
+            if isinstance(obj, asyncio.Transport) and not obj.is_closing():
+                peer = obj.get_extra_info("peername")
+                if peer and peer[1] == 5672 and obj.get_extra_info("socket") is not None:
+                    loop = getattr(obj, "_loop", None)
+                    if loop is asyncio.get_running_loop():
+                        obj.abort()
+
+    asyncio.run_coroutine_threadsafe(abort(), broker._link.loop).result(5)
+
+
+def test_a_connection_lost_with_confirms_outstanding_publishes_them_again(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = app.broker
+    assert isinstance(broker, AMQPBroker)
+    add = app.tasks["t.add"]
+    add.delay(0, 0)
+    sent = [add.delay(i, i).id for i in range(1, SEND_WINDOW // 2)]
+    _abort_connection(broker)  # queued on the loop behind the publishes: their confirms are not back
+    broker.confirm()  # what the abort left unconfirmed goes again, on a new connection
+    assert any("again: the connection was lost" in r.getMessage() for r in caplog.records)
+    count = broker.queue_sizes(["celery"])["celery"]
+    assert len(sent) + 1 <= count <= len(sent) + 1 + SEND_WINDOW  # at least once, duplicates bounded
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not installed")
+def test_a_negative_confirm_is_raised_by_confirm(app: Celery) -> None:
+    broker = app.broker
+    assert isinstance(broker, AMQPBroker)
+    name = broker._name("capped")
+    policy = f"conveyor-test-{uuid.uuid4().hex[:8]}"
+    # RabbitMQ refuses (basic.nack) what a full queue with overflow=reject-publish cannot hold.
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_policy", "--apply-to", "queues", policy, f"^{name}$",
+         '{"max-length": 1, "overflow": "reject-publish"}'],
+        check=True, timeout=60,
+    )  # fmt: skip
+    try:
+        add = app.tasks["t.add"]
+        add.apply_async((1, 1), queue="capped")  # declares the queue (and waits): it holds one now
+        with pytest.raises(BrokerError) as refused:
+            for _ in range(5):
+                add.apply_async((2, 2), queue="capped")  # returns at once
+                broker.confirm()
+        assert "refused" in str(refused.value) or "did not accept" in str(refused.value)
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], check=False, timeout=60)
