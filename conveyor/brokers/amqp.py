@@ -355,10 +355,10 @@ class AMQPBroker(Broker):
         """Consume from the queues with room for `limit` more; with `count`, how many messages
         they hold ready (not yet pushed to anyone)."""
         with self._arrived:
-            # The window is the most a fetch has asked for at once (a worker's first fetch asks for
-            # its whole prefetch window): what RabbitMQ leaves unacknowledged with us, acks still
-            # on their way included, so a lost connection gives out again no more than that. Only
-            # deliveries buffered for queues not asked for now widen it: they must not fill it.
+            # The window is the consumer's (qos) or the most a fetch has asked for at once: what
+            # RabbitMQ leaves unacknowledged with us, acks still on their way included, so a lost
+            # connection gives out again no more than that. Only deliveries buffered for queues
+            # not asked for now widen it: they must not fill it.
             self._widest = max(self._widest, limit)
             window = self._widest + sum(1 for e in self._buffer if e[2].queue not in wanted)
         subscription = (tuple(names), window, self._generation)
@@ -367,6 +367,10 @@ class AMQPBroker(Broker):
         ready = self._call("fetch", lambda session: session.consume(self, names, window, count))
         self._subscription = subscription
         return ready
+
+    def qos(self, prefetch_count: int) -> None:
+        with self._arrived:
+            self._widest = max(self._widest, prefetch_count)
 
     def _has(self, wanted: set[str]) -> bool:
         return any(entry[2].queue in wanted for entry in self._buffer)

@@ -212,6 +212,11 @@ class Broker(ABC):
         result) confirm first.
         """
 
+    def qos(self, prefetch_count: int) -> None:  # noqa: B027 - only for brokers that push deliveries
+        """The consumer of this process holds up to `prefetch_count` deliveries at once (a worker's
+        prefetch window), though each `fetch` may ask for fewer. A broker that pushes deliveries
+        (RabbitMQ) lets that many be unacknowledged; one that is asked (the others) needs nothing."""
+
     def interrupt(self) -> None:  # noqa: B027 - optional for brokers that never block long
         """Wake any `fetch` blocked in this process (used at shutdown)."""
 

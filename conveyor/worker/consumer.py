@@ -43,6 +43,7 @@ class Fetcher:
         self._thread = threading.Thread(target=self._run, name="conveyor-fetcher", daemon=True)
 
     def start(self) -> None:
+        self.broker.qos(self.window)  # a fetch asks for half of it at most
         self._thread.start()
 
     def release(self, slots: int = 1) -> None:

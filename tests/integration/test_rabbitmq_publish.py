@@ -5,7 +5,9 @@ returns; its publisher confirm is awaited by `Broker.confirm()` (which
 `AsyncResult.get()` and a worker's task end call), by the thread's next call
 of the broker, once SEND_WINDOW are owed, or when the thread ends. These
 tests show that nothing is lost on the way (a connection lost with confirms
-outstanding publishes them again) and that a negative confirm is raised.
+outstanding publishes them again) and that a negative confirm is raised. The
+last one shows the consumer's side: RabbitMQ may push a worker's whole
+prefetch window though each fetch asks for half.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import gc
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -128,3 +131,23 @@ def test_a_negative_confirm_is_raised_by_confirm(app: Celery) -> None:
         assert "refused" in str(refused.value) or "did not accept" in str(refused.value)
     finally:
         subprocess.run(["rabbitmqctl", "-q", "clear_policy", policy], check=False, timeout=60)
+
+
+def test_rabbitmq_pushes_the_whole_prefetch_window_while_a_fetch_asks_for_half(app: Celery) -> None:
+    """A worker's fetcher asks for half its window at a time (the other half runs meanwhile):
+    RabbitMQ must still be let push the whole window (qos), and no more."""
+    broker = app.broker
+    assert isinstance(broker, AMQPBroker)
+    add = app.tasks["t.add"]
+    add.delay(0, 0)
+    for i in range(1, 20):
+        add.delay(i, i)
+    broker.qos(8)
+    taken = broker.fetch(["celery"], 4, 5)
+    assert len(taken) == 4
+    deadline = time.monotonic() + 5
+    while len(broker._buffer) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # RabbitMQ would push more now if the window let it
+    assert len(broker._buffer) == 4  # pushed, waiting for the next fetch: 8 held in all
+    broker.requeue(taken + broker.fetch(["celery"], 4, 0))
