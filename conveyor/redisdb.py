@@ -36,6 +36,7 @@ except ImportError:  # redis-py works without it, only slower
     hiredis = None  # type: ignore[assignment]
 from redis.exceptions import NoScriptError
 
+from conveyor.brokers.base import SEND_WINDOW
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
 from conveyor.threadend import when_thread_ends
 
@@ -329,9 +330,6 @@ class Scripts:
         self._local = threading.local()
 
 
-#: Unread replies a thread may owe before `Scripts.send` waits for half of them: also the most
-#: commands a lost connection can make it send twice.
-SEND_WINDOW = 64
 #: A thread sending back to back reads the replies that have arrived after every this many sends.
 READ_EVERY = 16
 #: After this long without sending, a thread's next send first reads every reply it owes.

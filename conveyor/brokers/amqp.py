@@ -57,7 +57,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Outgoing
+from conveyor.brokers.base import MAX_PRIORITY, SEND_WINDOW, Broker, DeadLetter, Delivery, Outgoing
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 from conveyor.threadend import when_thread_ends
 
@@ -81,10 +81,6 @@ DEAD_LETTERS_KEPT = 20_000
 DEFAULT_STATE_URL = "sqlite:///conveyor-state.db"
 #: A fetch asked for what is there now (timeout 0) waits this long at most for it to arrive.
 SETTLE_SECONDS = 1.0
-#: Publishes a thread may have unconfirmed before the next one waits for the older half: also
-#: the most a lost connection can make it publish twice.
-SEND_WINDOW = 64
-
 _Send = tuple[str, bytes, int, int, int]
 
 
@@ -207,7 +203,7 @@ class AMQPBroker(Broker):
         self._outstanding: dict[int, str] = {}  # delivery tag -> queue, handed out and not yet settled
         self._settling: set[int] = set()  # settled here, their ack (or reject) not yet sent
         self._generation = 0  # of the consuming channel: a delivery from an earlier one is void
-        self._widest = 0  # the most one fetch has asked for
+        self._widest = 0  # the consumer's window (qos), or the most one fetch has asked for
         self._subscription: tuple[tuple[str, ...], int, int] | None = None  # what consume() last set up
         self._interrupted = False
         self._local = threading.local()  # a thread's publishes whose confirm is not yet awaited
@@ -233,8 +229,8 @@ class AMQPBroker(Broker):
 
     def _current_link(self) -> _Link:
         if os.getpid() != self._pid:  # a forked child: the parent's connection and loop are not ours
-            confirms = self.confirm_publish is not False
-            self._link = _Link(self._link.url, self.connect_timeout, self.operation_timeout, confirms)
+            link = self._link
+            self._link = _Link(link.url, link.connect_timeout, link.operation_timeout, link.confirm_publish)
             self._pid = os.getpid()
         return self._link
 

@@ -74,6 +74,12 @@ def check_priority(priority: int) -> int:
     return priority
 
 
+#: Single publishes a thread may have sent without their reply (Redis) or confirm (RabbitMQ)
+#: before the next one waits for the older half: also the most a lost connection can make it
+#: send twice (see `Broker.confirm`).
+SEND_WINDOW = 64
+
+
 class Broker(ABC):
     """Holds messages; leases them to consumers. Thread-safe."""
 

@@ -19,9 +19,10 @@ import pytest
 import redis
 
 from conveyor import Celery, states
+from conveyor.brokers.base import SEND_WINDOW
 from conveyor.exceptions import BrokerError
 from conveyor.messages import Envelope
-from conveyor.redisdb import PAUSE_SECONDS, SEND_WINDOW
+from conveyor.redisdb import PAUSE_SECONDS
 from tests.contract.test_worker_contract import running
 from tests.processes import RedisServer
 
