@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -180,11 +181,13 @@ def execute(
     eager: bool = False,
     backend: ResultBackend | None = None,
     on_update: Callable[[StateUpdate], None] | None = None,
+    interruptible: AbstractContextManager[None] | None = None,
 ) -> Outcome:
     """Run a job's task and encode how it ended. Never raises for task errors.
 
     `on_started(pid)` is called as it starts; `on_update(update)` receives the
-    task's own `update_state` calls.
+    task's own `update_state` calls; `interruptible` is entered around the task's
+    own code alone (where a thread pool may raise its soft limit or revocation).
     """
     backend = backend or app.backend
     task = app.tasks[job.message.task]
@@ -192,7 +195,8 @@ def execute(
         on_started(_pid)
         started = time.monotonic()
         try:
-            value = _call(task, job.message)
+            with interruptible or nullcontext():
+                value = _call(task, job.message)
         except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is (Retry too)
             outcome = _ended(app, backend, task, job, exc, started)
         else:

@@ -21,10 +21,12 @@ same I/O concurrency without patching.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Union
 
@@ -111,58 +113,84 @@ class ThreadPool:
         self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._emit: Emit | None = None
-        self._running: dict[int, int] = {}  # job id -> thread ident
+        self._running: dict[int, int] = {}  # job id -> ident of the thread running it
+        self._running_lock = threading.Lock()
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
         for index in range(self.concurrency):
-            thread = threading.Thread(target=self._run, name=f"conveyor-pool-{index}", daemon=True)
+            thread = threading.Thread(target=self._serve, name=f"conveyor-pool-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _run(self) -> None:
-        emit = self._emit
-        assert emit is not None
-        ident, on_update = threading.get_ident(), updater(emit)
+    def _serve(self) -> None:
         while True:
             job = self._jobs.get()
             if job is _STOP:
                 return
             assert isinstance(job, Job)
-            self._running[job.id] = ident
-            timer = self._soft_limit_timer(job, ident)
-            try:
-                outcome = execute(self.app, job, reporter(emit, job.id), on_update=on_update)
-            except BaseException as exc:  # a bug of ours, not the task's: never lose the job silently
-                logger.exception("Internal error running %s[%s]", job.message.task, job.message.id)
-                emit(Lost(job.id, exc))
-            else:
-                emit(Finished(outcome))
-            finally:
-                self._running.pop(job.id, None)
-                if timer is not None:
-                    timer.cancel()
+            self._run(job)
 
-    def _soft_limit_timer(self, job: Job, ident: int) -> threading.Timer | None:
-        """Raises SoftTimeLimitExceeded in the task's thread when its soft limit passes.
+    def _run(self, job: Job) -> None:
+        """Run one job on this thread and report it."""
+        emit = self._emit
+        assert emit is not None
+        try:
+            outcome = execute(
+                self.app, job, reporter(emit, job.id), on_update=updater(emit), interruptible=self._interruptible(job)
+            )
+        except BaseException as exc:  # a bug of ours, not the task's: never lose the job silently
+            logger.exception("Internal error running %s[%s]", job.message.task, job.message.id)
+            emit(Lost(job.id, exc))
+        else:
+            emit(Finished(outcome))
+
+    @contextlib.contextmanager
+    def _interruptible(self, job: Job) -> Iterator[None]:
+        """Around the task's own code: the only place its soft limit or revocation is raised.
 
         An asynchronous exception is seen between Python bytecodes: a task
         blocked in a C call (a long sleep, a socket read) gets it when that
-        call returns. Hard limits cannot stop a thread; use prefork for them.
+        call returns. Hard limits cannot stop a thread: use prefork for them.
         """
-        soft = time_limits(self.app, job)[1]
-        if not soft:
-            return None
-        timer = threading.Timer(soft, _raise_in_thread, (ident, SoftTimeLimitExceeded))
-        timer.daemon = True
-        timer.start()
-        return timer
+        ident = threading.get_ident()
+        timer = None
+        try:
+            with self._running_lock:
+                self._running[job.id] = ident
+            soft = time_limits(self.app, job)[1]
+            if soft:
+                timer = threading.Timer(soft, self._interrupt, (job.id, SoftTimeLimitExceeded))
+                timer.daemon = True
+                timer.start()
+            yield
+        finally:
+            # One that comes as the task ends has nothing left to stop: raised in what runs
+            # next on this thread, it would end the pool's thread (and its slot with it).
+            while True:
+                try:
+                    self._stop_interrupting(job.id, ident)
+                    break
+                except (SoftTimeLimitExceeded, TaskRevokedError):
+                    continue
+            if timer is not None:
+                timer.cancel()
+
+    def _interrupt(self, job_id: int, exception: type[BaseException]) -> None:
+        """Raise `exception` in the thread running the job's task, if it still does."""
+        with self._running_lock:
+            ident = self._running.get(job_id)
+            if ident is not None:
+                _raise_in_thread(ident, exception)
+
+    def _stop_interrupting(self, job_id: int, ident: int) -> None:
+        with self._running_lock:
+            self._running.pop(job_id, None)
+            _raise_in_thread(ident, None)  # clears one still pending
 
     def kill(self, job_id: int, signum: int) -> None:
         # A thread cannot be killed: the task gets TaskRevokedError at its next bytecode.
-        ident = self._running.get(job_id)
-        if ident is not None:
-            _raise_in_thread(ident, TaskRevokedError)
+        self._interrupt(job_id, TaskRevokedError)
 
     def submit(self, job: Job) -> None:
         self._jobs.put(job)
@@ -206,10 +234,11 @@ def updater(emit: Emit) -> Callable[[StateUpdate], None]:
     return updated
 
 
-def _raise_in_thread(ident: int, exception: type[BaseException]) -> None:
-    import ctypes
-
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exception))
+def _raise_in_thread(ident: int, exception: type[BaseException] | None) -> None:
+    """Make a thread raise `exception` at its next bytecode (None: clear one still pending)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exception) if exception is not None else None
+    )
 
 
 def create_pool(name: str, app: Conveyor, concurrency: int) -> Pool:

@@ -164,7 +164,7 @@ def test_request_context(app: Celery) -> None:
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", ["threads", "solo", "prefork"])
 def test_soft_time_limit_is_catchable(app: Celery, pool: str) -> None:
     with running(app, pool):
         assert app.tasks["s.soft"].apply_async(soft_time_limit=0.3).get(timeout=20) == "caught"
@@ -290,7 +290,7 @@ def test_revoked_before_any_worker_never_runs(app: Celery) -> None:
     assert app.broker.queue_sizes(["celery"]) == {"celery": 0}
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", ["threads", "solo", "prefork"])
 def test_revoke_terminate_stops_a_running_task(app: Celery, pool: str) -> None:
     with running(app, pool, concurrency=1):
         result = app.tasks["s.slow_loop"].delay()

@@ -253,6 +253,18 @@ def test_warm_shutdown_finishes_running_and_returns_prefetched(app: Celery, pool
     assert app.broker.queue_sizes(["celery"]) == {"celery": 3}
 
 
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_limits_due_as_tasks_end_never_reach_the_worker(app: Celery, pool: str) -> None:
+    """A soft limit due just as its task returns is dropped: raised after it, in the pool's own
+    code, it would end the pool's thread and the worker would run nothing more."""
+    with running(app, pool, concurrency=1):
+        results = [app.tasks["t.sleep"].apply_async((0.002,), soft_time_limit=0.002) for _ in range(200)]
+        for result in results:
+            result.get(timeout=30, propagate=False)
+        assert {result.state for result in results} <= {states.SUCCESS, states.FAILURE}
+        assert app.tasks["t.add"].delay(1, 2).get(timeout=10) == 3
+
+
 def test_prefork_hard_time_limit_kills_and_replaces_the_process(app: Celery) -> None:
     with running(app, "prefork", concurrency=1):
         slow = app.tasks["t.sleep"].apply_async((30,), time_limit=0.5)

@@ -71,10 +71,11 @@ def test_warm_shutdown_finishes_the_running_task_and_requeues_prefetched(e2e: E2
     assert [r.get(timeout=20) for r in queued] == [0, 2, 4]
 
 
-def test_second_signal_is_a_cold_shutdown(e2e: E2E, broker: str) -> None:
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_second_signal_is_a_cold_shutdown(e2e: E2E, broker: str, pool: str) -> None:
     """SIGTERM then SIGINT: stop now; an acks_late task in flight goes back to the queue."""
     write_app(e2e, broker, task_acks_late=True)
-    worker = e2e.start_worker("-P", "prefork", "-c", "1", name="cold")
+    worker = e2e.start_worker("-P", pool, "-c", "1", name=f"cold-{pool}")
     result = e2e.app.tasks["e2e.sleep"].delay(30)
     wait_for_state(result, states.STARTED)
     worker.signal(signal.SIGTERM)
