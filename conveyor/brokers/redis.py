@@ -11,6 +11,8 @@ all with the hash tag `{q}` so one queue lives in one cluster slot:
 | `P:{q}:state` | HASH | id -> "score:attempts:lease" for messages not in `ready` |
 | `P:{q}:seq` | STRING | id counter |
 | `P:{q}:dead` | LIST | dead letters |
+| `P:{q}:waiters` | ZSET | "consumer:token:lease_ms" -> ms (Redis clock) its registration lapses: idle consumers |
+| `P:{q}:inbox:<consumer>` | LIST, channel | a message leased to that idle consumer (sent, and kept) |
 | `P:{q}:notify` | channel | "a message is ready", for idle consumers |
 
 A message is either ready (in `ready`) or waiting (in `waiting`, with its state
@@ -18,9 +20,24 @@ entry). Fetch first promotes waiting entries that are due (delays that came
 due, leases that lapsed: a dead worker's deliveries come back to whoever
 fetches next), then pops up to `limit` ready ids and leases them with a fresh
 token. Ack, renew, requeue and dead-letter act only when the token still
-matches (fencing). Idle consumers wait on the `notify` channel, which every
-publish and requeue signals, and wake on their own when the earliest waiting
-entry falls due.
+matches (fencing).
+
+An idle consumer of one queue registers as a waiter in the same script call
+that found nothing ready, then waits on its thread's subscription to the
+queue's `notify` channel and to its own inbox channel. A publish hands each
+registered waiter one new message directly: leased to it with the token it
+registered, sent on its inbox channel (and kept in its inbox list), so the
+consumer wakes with the message and claims nothing: one round trip less
+between a `delay()` and its task. What a publish does not hand over goes to
+`ready` and signals `notify`, as requeues and dead letters sent back do. A
+consumer that stops waiting ends its registration and reads its inbox list in
+one script call: a message handed to it as it stopped is found there (and its
+copy on the channel ignored). A dead consumer's registration lapses within its
+wait plus a second; a message handed to it in that second comes back when its
+lease lapses, as any delivery of a dead worker. Consumers of several queues
+wait on `notify` alone. All wake on their own when the earliest waiting entry
+falls due (the wait is timed by the client: Redis times blocking commands in
+steps of 1/hz, 100 ms by default).
 """
 
 from __future__ import annotations
@@ -37,6 +54,8 @@ from conveyor.brokers.base import EVENTS_KEPT, Broker, DeadLetter, Delivery, Out
 from conveyor.exceptions import BrokerConnectionError, BrokerError
 
 PRIORITY_SHIFT = 2**40
+#: A waiter's registration outlives the wait it was made for by this much (then it lapses).
+WAITER_SLACK_MS = 1000
 
 # Scripts make one variadic call per structure for a whole batch, not one call per message:
 # a call costs the server more than an item. unpack() is bounded by Lua's C stack (8000),
@@ -54,15 +73,43 @@ local function variadic(command, key, items)
 end
 """
 
-# KEYS: ready, waiting, msgs, state, seq; ARGV: now_ms, channel, then (priority, not_before_ms, body) per message
-# The batch's ids are reserved with one INCRBY.
+# Idle consumers of a queue (its `waiters` and their inboxes share KEYS[1]'s hash tag: one slot).
+WAITERS = """
+local base = string.sub(KEYS[1], 1, -6)  -- 'P:{q}:' of KEYS[1], 'P:{q}:ready'
+local function redis_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function live_waiters()
+  local key = base .. 'waiters'
+  if redis.call('EXISTS', key) == 0 then return {} end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', redis_ms())
+  return redis.call('ZRANGE', key, 0, -1)
+end
+local function hand(member, item)
+  -- sent on the consumer's channel; kept in its list for a registration ended meanwhile
+  local inbox = base .. 'inbox:' .. string.match(member, '^([^:]*)')
+  redis.call('RPUSH', inbox, item)
+  redis.call('PEXPIRE', inbox, 60000)
+  redis.call('PUBLISH', inbox, item)
+end
+"""
+
+# KEYS: ready, waiting, msgs, state, seq[, revocations marker: not on a cluster];
+# ARGV: now_ms, channel, then (priority, not_before_ms, body) per message.
+# The batch's ids are reserved with one INCRBY. Registered waiters are handed the first ready
+# messages, one each: "d" .. not_revoked (0/1) .. "id:attempts:token:" .. body in their inbox.
 PUBLISH = (
     VARIADIC
+    + WAITERS
     + """
 local now = tonumber(ARGV[1])
 local count = (#ARGV - 2) / 3
 local id = redis.call('INCRBY', KEYS[5], count) - count
-local bodies, ready, delayed, states = {}, {}, {}, {}
+local bodies, ready, delayed, states, leases = {}, {}, {}, {}, {}
+local waiters = live_waiters()
+local handed, not_revoked = 0, '0'
+if #waiters > 0 and KEYS[6] and redis.call('EXISTS', KEYS[6]) == 0 then not_revoked = '1' end
 for i = 3, #ARGV, 3 do
   id = id + 1
   -- formatted by hand: Lua's own number-to-string keeps only 14 digits
@@ -75,6 +122,16 @@ for i = 3, #ARGV, 3 do
     delayed[#delayed + 1] = id
     states[#states + 1] = id
     states[#states + 1] = score .. ':0:'
+  elseif handed < #waiters then
+    handed = handed + 1
+    local member = waiters[handed]
+    local token, lease_ms = string.match(member, '^[^:]*:([^:]*):([^:]*)$')
+    states[#states + 1] = id
+    states[#states + 1] = score .. ':1:' .. token
+    leases[#leases + 1] = now + tonumber(lease_ms)
+    leases[#leases + 1] = id
+    redis.call('ZREM', base .. 'waiters', member)
+    hand(member, 'd' .. not_revoked .. id .. ':1:' .. token .. ':' .. ARGV[i + 2])
   else
     ready[#ready + 1] = score
     ready[#ready + 1] = id
@@ -83,9 +140,11 @@ end
 variadic('HSET', KEYS[3], bodies)
 variadic('ZADD', KEYS[1], ready)
 variadic('ZADD', KEYS[2], delayed)
+variadic('ZADD', KEYS[2], leases)
 variadic('HSET', KEYS[4], states)
-redis.call('PUBLISH', ARGV[2], '1')
-return #ready / 2
+-- What was not handed over wakes the queue's idle consumers (a delayed message: to wait for it).
+if #ready > 0 or #delayed > 0 then redis.call('PUBLISH', ARGV[2], '1') end
+return #ready / 2 + handed
 """
 )
 
@@ -105,16 +164,19 @@ local function promote(now)
 end
 """
 
-# KEYS: ready, waiting, msgs, state; ARGV: now_ms, lease_ms, limit, token
-# Returns {id, body, attempts, ...} or {next_due_ms} when nothing is ready.
+# KEYS: ready, waiting, msgs, state; ARGV: now_ms, lease_ms, limit, token[, waiter, waiter_ms]
+# Returns {id, body, attempts, ...} or {next_due_ms} when nothing is ready; then, given a waiter
+# ("consumer:token:lease_ms"), registers it for waiter_ms (in the same call: no publish between).
 FETCH = (
     VARIADIC
     + PROMOTE
+    + WAITERS
     + """
 local now = tonumber(ARGV[1])
 promote(now)
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[3]))
 if #popped == 0 then
+  if ARGV[5] then redis.call('ZADD', base .. 'waiters', redis_ms() + tonumber(ARGV[6]), ARGV[5]) end
   local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   return {first[2] or false}
 end
@@ -138,6 +200,22 @@ end
 variadic('HSET', KEYS[4], states)
 variadic('ZADD', KEYS[2], leases)
 return out
+"""
+)
+
+# KEYS: ready; ARGV: "consumer:token". Ends that registration; returns the consumer's inbox list
+# (the message handed to it, if one was; older entries, already taken by pub/sub, are stale).
+UNWAIT = (
+    WAITERS
+    + """
+local key = base .. 'waiters'
+for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+  if string.sub(member, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then redis.call('ZREM', key, member) end
+end
+local inbox = base .. 'inbox:' .. string.match(ARGV[1], '^([^:]*)')
+local items = redis.call('LRANGE', inbox, 0, -1)
+redis.call('DEL', inbox)
+return items
 """
 )
 
@@ -316,6 +394,71 @@ class _PubSubSignal:
         self.pubsub.get_message(timeout=timeout)
 
 
+class _Inbox:
+    """The wake-up signal of an idle consumer of one queue: its registration as a waiter
+    (made by the claim that found nothing ready) and the thread's subscription to the queue's
+    notify channel and to its own inbox channel, on which a publish sends it a message leased
+    to it. The message is also kept in the inbox list, for the end of a registration that
+    raced a hand-off: the consumer then finds it there instead."""
+
+    def __init__(self, broker: RedisBroker, queue: str) -> None:
+        self.broker = broker
+        self.queue = queue
+        consumer = f"{broker._consumer}-{threading.get_ident()}"
+        self.inbox = f"{broker.prefix}:{{{queue}}}:inbox:{consumer}"  # a list, and a channel
+        self.consumer = consumer
+        self.pubsub = broker._pubsub([queue], self.inbox)
+        self.token: str | None = None  # of the registration the last claim made, until it ends
+        self.handed: list[Delivery] = []
+
+    def register(self, token: str, lease_ms: int, wait: float) -> list[Any]:
+        """The claim's extra arguments that register this consumer as a waiter."""
+        self.token = token
+        return [f"{self.consumer}:{token}:{lease_ms}", int(wait * 1000) + WAITER_SLACK_MS]
+
+    def drain(self) -> None:
+        # A consumer that looks again ends its registration first, and keeps what it was handed.
+        while self._receive(self.pubsub.get_message(timeout=0)):
+            pass
+        self.handed += self.end()
+
+    def wait(self, timeout: float) -> None:
+        # get_message() also returns None, early, for a subscription's confirmation it skips.
+        deadline = time.monotonic() + timeout
+        message = None
+        while message is None and (remaining := deadline - time.monotonic()) > 0:
+            message = self.pubsub.get_message(timeout=remaining)
+        self._receive(message)
+
+    def _receive(self, message: dict[str, Any] | None) -> bool:
+        if message is None:
+            return False
+        if message["channel"] == self.inbox.encode() and message["data"][:1] == b"d":  # not interrupt()'s
+            delivery = self._delivery(message["data"])
+            if delivery.tag[2] == self.token:  # else it was found in the list already, or is stale
+                self.token = None  # the publish that handed it ended the registration
+                self.handed.append(delivery)
+        return True
+
+    def end(self) -> list[Delivery]:
+        """End the registration, if any; what was handed to it meanwhile."""
+        if self.token is None:
+            return []
+        token, self.token = self.token, None
+        member = f"{self.consumer}:{token}"
+        items = self.broker._scripts.run("unwait", self.broker._keys(self.queue)[:1], [member])
+        return [d for d in map(self._delivery, items) if d.tag[2] == token]
+
+    def _delivery(self, item: bytes) -> Delivery:
+        message_id, attempts, token, body = item[2:].split(b":", 3)
+        tag = (self.queue, message_id.decode(), token.decode())
+        return Delivery(self.queue, body, tag, int(attempts), not_revoked=item[1:2] == b"1")
+
+    def take(self) -> list[Delivery]:
+        handed, self.handed = self.handed, []
+        return handed
+
+
 class RedisBroker(Broker):
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
@@ -330,7 +473,7 @@ class RedisBroker(Broker):
             {
                 "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
                 "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE, "take_token": TAKE_TOKEN,
-                "requeue_dead": REQUEUE_DEAD,
+                "requeue_dead": REQUEUE_DEAD, "unwait": UNWAIT,
                 "kv_swap": KV_SWAP, "mark_revoked": MARK_REVOKED,
             },
         )  # fmt: skip
@@ -338,6 +481,7 @@ class RedisBroker(Broker):
         self._queue_keys: dict[str, list[str]] = {}
         self._local = threading.local()
         self._pubsubs: list[Any] = []
+        self._consumer = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
 
     # -- keys ----------------------------------------------------------------------------
@@ -348,6 +492,11 @@ class RedisBroker(Broker):
             keys = [f"{base}:ready", f"{base}:waiting", f"{base}:msgs", f"{base}:state", f"{base}:seq"]
             self._queue_keys[queue] = keys
         return keys
+
+    def _publish_keys(self, queue: str) -> list[str]:
+        # A message handed to a waiter says whether a revocation was live (spares it a revoked()
+        # call); on a cluster that key is in another slot, so the waiter asks.
+        return self._keys(queue) if self.cluster else [*self._keys(queue), self._revocations_key]
 
     def _channel(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}:notify"
@@ -383,7 +532,7 @@ class RedisBroker(Broker):
             if args is None:
                 args = by_queue[m.queue] = [now_ms, self._channel(m.queue)]
             args += (m.priority, int(m.not_before * 1000) if m.not_before else 0, m.body)
-        calls = [("publish", self._keys(queue), args) for queue, args in by_queue.items()]
+        calls = [("publish", self._publish_keys(queue), args) for queue, args in by_queue.items()]
         new_queues = sorted(by_queue.keys() - self._known_queues)
         with self._translate("publish"):
             if len(calls) == 1 and not new_queues:
@@ -407,10 +556,10 @@ class RedisBroker(Broker):
         with self._translate("publish"):
             self._scripts.confirm()
 
-    def _pubsub(self, queues: Sequence[str]) -> Any:
-        """This thread's subscription to the queues' notify channels."""
+    def _pubsub(self, queues: Sequence[str], *others: str) -> Any:
+        """This thread's subscription to the queues' notify channels (and `others`)."""
         current = getattr(self._local, "pubsub", None)
-        channels = tuple(sorted(self._channel(q) for q in queues))
+        channels = tuple(sorted([*(self._channel(q) for q in queues), *others]))
         if current is not None and self._local.channels == channels:
             return current
         if current is not None:
@@ -432,6 +581,8 @@ class RedisBroker(Broker):
             self._local.pubsub = None
 
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        if timeout > 0 and len(queues) == 1:
+            return self._fetch_or_wait(queues[0], limit, timeout)
         with self._translate("fetch"):
             try:
                 signal = _PubSubSignal(self._pubsub(queues)) if timeout > 0 else None
@@ -440,7 +591,27 @@ class RedisBroker(Broker):
                 self._drop_pubsub()
                 raise
 
-    def _claim(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], float | None]:
+    def _fetch_or_wait(self, queue: str, limit: int, timeout: float) -> list[Delivery]:
+        """One queue: wait as a registered waiter, to be handed the next message published."""
+        with self._translate("fetch"):
+            try:
+                inbox = _Inbox(self, queue)
+
+                def claim() -> tuple[list[Delivery], float | None]:
+                    handed = inbox.take()
+                    return (handed, None) if handed else self._claim([queue], limit, inbox, timeout)
+
+                taken = claim_or_wait(claim, inbox, timeout, self.polling_interval)
+                return taken + inbox.end()  # a message handed over as the wait ended is this fetch's
+            except Exception:
+                # The connection broke: the registration lapses on its own; a message handed to
+                # it comes back when its lease lapses.
+                self._drop_pubsub()
+                raise
+
+    def _claim(
+        self, queues: Sequence[str], limit: int, inbox: _Inbox | None = None, wait: float = 0.0
+    ) -> tuple[list[Delivery], float | None]:
         now_ms = int(time.time() * 1000)
         token = uuid.uuid4().hex
         lease_ms = int(self.lease_seconds * 1000)
@@ -448,10 +619,16 @@ class RedisBroker(Broker):
             return self._claim_many(queues, limit, now_ms, token, lease_ms)
         [queue] = queues
         batch = self._scripts.batch()
-        batch.script("fetch", self._keys(queue)[:4], [now_ms, lease_ms, limit, token])
+        args = [now_ms, lease_ms, limit, token]
+        if inbox is not None:
+            args += inbox.register(token, lease_ms, min(wait, self.polling_interval))
+        batch.script("fetch", self._keys(queue)[:4], args)
         batch.command("EXISTS", self._revocations_key)  # same round trip: spares the worker a revoked() call
         reply, revocations = batch.execute()
-        return self._deliveries(queue, reply, token, not revocations)
+        taken, next_due = self._deliveries(queue, reply, token, not revocations)
+        if taken and inbox is not None:
+            inbox.token = None  # something was ready: the script registered nobody
+        return taken, next_due
 
     def _claim_many(
         self, queues: Sequence[str], limit: int, now_ms: int, token: str, lease_ms: int

@@ -1,0 +1,193 @@
+"""A message published to an idle consumer is handed to it directly (issue 3: the round trip).
+
+An idle consumer of one queue registers as a waiter in the same script call
+that found nothing ready and blocks on its own inbox; a publish leases the
+message to it there, so it runs without a claim round trip. These tests show
+that the hand-off claims nothing, keeps fencing, never strands a message with a
+consumer that stopped waiting or died, and that what cannot be handed over
+(delayed messages, requeues) still wakes the waiter.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from conveyor.brokers.base import Delivery, Outgoing
+from conveyor.brokers.redis import RedisBroker
+from tests.processes import RedisServer
+
+WAITERS = "conveyor:{q}:waiters"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own: its command counts are this test's alone."""
+    own = RedisServer(tmp_path / "redis")
+    own.start()
+    yield own
+    own.stop()
+
+
+@pytest.fixture
+def broker(server: RedisServer) -> Iterator[RedisBroker]:
+    broker = RedisBroker(server.url, {"polling_interval": 30, "lease_timeout": 1.5})
+    yield broker
+    broker.close()
+
+
+def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+class Consumer(threading.Thread):
+    """One blocked fetch on a thread of its own."""
+
+    def __init__(self, broker: RedisBroker, timeout: float = 20.0) -> None:
+        super().__init__(daemon=True)
+        self.broker, self.timeout = broker, timeout
+        self.got: list[Delivery] = []
+        self.returned_at = 0.0
+
+    def run(self) -> None:
+        self.got = self.broker.fetch(["q"], 4, self.timeout)
+        self.returned_at = time.monotonic()
+
+
+def zpopmin_calls(client: redis.Redis) -> int:
+    """How often any script claimed from a ready set (FETCH pops with ZPOPMIN)."""
+    return int(client.info("commandstats").get("cmdstat_zpopmin", {}).get("calls", 0))
+
+
+def test_an_idle_consumer_is_handed_the_message_without_claiming(broker: RedisBroker, server: RedisServer) -> None:
+    client = redis.Redis.from_url(server.url)
+    consumer = Consumer(broker)
+    consumer.start()
+    wait_for(lambda: client.zcard(WAITERS) == 1)
+    claims = zpopmin_calls(client)
+    broker.publish_one("q", b"handed")
+    consumer.join(10)
+    assert [d.body for d in consumer.got] == [b"handed"]
+    assert zpopmin_calls(client) == claims, "the consumer claimed instead of taking what it was handed"
+    [delivery] = consumer.got
+    assert delivery.attempts == 1 and delivery.not_revoked
+    assert client.zcard(WAITERS) == 0 and client.zcard("conveyor:{q}:ready") == 0
+    # Leased to it like a claimed delivery: renewable, then acknowledged for good.
+    assert broker.renew([delivery]) == []
+    broker.ack([delivery])
+    broker.confirm()
+    assert broker.queue_sizes(["q"]) == {"q": 0}
+    client.close()
+
+
+def test_a_handed_delivery_is_fenced_like_a_claimed_one(broker: RedisBroker, server: RedisServer) -> None:
+    """A stale holder (its lease lapsed and the message went to another) cannot ack it."""
+    consumer = Consumer(broker)
+    consumer.start()
+    wait_for(lambda: redis.Redis.from_url(server.url).zcard(WAITERS) == 1)
+    broker.publish_one("q", b"m")
+    consumer.join(10)
+    [stale] = consumer.got
+    time.sleep(1.7)  # the lease (1.5 s) lapses unrenewed
+    [again] = broker.fetch(["q"], 1, 0)
+    assert again.attempts == 2
+    broker.ack([stale])
+    broker.confirm()
+    assert broker.queue_sizes(["q"]) == {"q": 1}, "a stale holder's ack removed a reclaimed message"
+    broker.ack([again])
+    broker.confirm()
+    assert broker.queue_sizes(["q"]) == {"q": 0}
+
+
+def test_a_dead_waiters_registration_lapses(broker: RedisBroker, server: RedisServer) -> None:
+    """A consumer killed while registered is handed nothing once its wait plus a second passed;
+    one message handed to it before that comes back when its lease lapses."""
+    token = uuid.uuid4().hex
+    keys = broker._keys("q")[:4]
+    broker._scripts.run("fetch", keys, [int(time.time() * 1000), 1500, 4, token, f"dead:{token}:1500", 1200])
+    broker.publish_one("q", b"to the dead one")
+    assert broker.fetch(["q"], 1, 0) == []
+    time.sleep(1.7)  # its registration (1.2 s) has lapsed, and the lease (1.5 s) too
+    broker.publish_one("q", b"after")
+    got = broker.fetch(["q"], 4, 0)
+    assert sorted(d.body for d in got) == [b"after", b"to the dead one"]
+    assert redis.Redis.from_url(server.url).zcard(WAITERS) == 0
+
+
+def test_no_message_is_stranded_or_doubled_as_waits_begin_and_end(broker: RedisBroker) -> None:
+    """Consumers whose short waits keep timing out while messages arrive at random moments:
+    each message is delivered exactly once, at its first attempt (a hand-off racing the end of a
+    wait is found by it, not left to come back when its lease lapses)."""
+    total, received, attempts, lock = 600, [], [], threading.Lock()
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            deliveries = broker.fetch(["q"], 2, random.choice([0.001, 0.005, 0.02]))
+            with lock:
+                received.extend(d.body for d in deliveries)
+                attempts.extend(d.attempts for d in deliveries)
+            if deliveries:
+                broker.ack(deliveries)
+        broker.confirm()
+
+    consumers = [threading.Thread(target=consume) for _ in range(3)]
+    for thread in consumers:
+        thread.start()
+    for i in range(total):
+        broker.publish_one("q", str(i).encode())
+        if i % 7 == 0:
+            time.sleep(random.random() * 0.004)
+    broker.confirm()
+    wait_for(lambda: len(received) >= total, timeout=30)
+    stop.set()
+    for thread in consumers:
+        thread.join(10)
+    assert sorted(received, key=int) == [str(i).encode() for i in range(total)]
+    assert set(attempts) == {1}
+    assert broker.queue_sizes(["q"]) == {"q": 0}
+
+
+def test_a_delayed_publish_wakes_a_waiter_to_wait_for_its_due_time(broker: RedisBroker) -> None:
+    consumer = Consumer(broker, timeout=15)
+    consumer.start()
+    time.sleep(0.3)
+    published = time.monotonic()
+    broker.publish([Outgoing("q", b"soon", not_before=time.time() + 0.3)])
+    consumer.join(10)
+    assert [d.body for d in consumer.got] == [b"soon"]
+    assert consumer.returned_at - published < 2, "the waiter slept past the due time (until its polling interval)"
+
+
+def test_a_requeue_wakes_a_waiter(broker: RedisBroker) -> None:
+    broker.publish_one("q", b"m")
+    [held] = broker.fetch(["q"], 1, 0)
+    consumer = Consumer(broker, timeout=15)
+    consumer.start()
+    time.sleep(0.3)
+    requeued = time.monotonic()
+    broker.requeue([held])
+    consumer.join(10)
+    assert [d.body for d in consumer.got] == [b"m"]
+    assert consumer.returned_at - requeued < 0.8, "the waiter slept until the lease's end, not woken"
+
+
+def test_a_fetch_that_ends_leaves_no_registration(broker: RedisBroker) -> None:
+    """Woken by interrupt() (a stopping worker's) or timed out, a fetch ends its registration."""
+    consumer = Consumer(broker, timeout=0.8)
+    consumer.start()
+    time.sleep(0.3)
+    broker.interrupt()
+    consumer.join(10)
+    assert consumer.got == []
+    assert redis.Redis.from_url(broker.url).zcard(WAITERS) == 0
