@@ -97,7 +97,7 @@ end
 
 # KEYS: ready, waiting, msgs, state, seq[, revocations marker: not on a cluster];
 # ARGV: now_ms, channel, then (priority, not_before_ms, body) per message.
-# The batch's ids are reserved with one INCRBY. Registered waiters are handed the first ready
+# The batch's ids are reserved with one INCRBY. Registered waiters are handed the batch's best due
 # messages, one each: "d" .. not_revoked (0/1) .. "id:attempts:token:" .. body in their inbox.
 PUBLISH = (
     VARIADIC
@@ -106,14 +106,12 @@ PUBLISH = (
 local now = tonumber(ARGV[1])
 local count = (#ARGV - 2) / 3
 local id = redis.call('INCRBY', KEYS[5], count) - count
-local bodies, ready, delayed, states, leases = {}, {}, {}, {}, {}
-local waiters = live_waiters()
-local handed, not_revoked = 0, '0'
-if #waiters > 0 and KEYS[6] and redis.call('EXISTS', KEYS[6]) == 0 then not_revoked = '1' end
+local bodies, due_now, delayed, states = {}, {}, {}, {}
 for i = 3, #ARGV, 3 do
   id = id + 1
+  local number = tonumber(ARGV[i]) * 1099511627776 + id
   -- formatted by hand: Lua's own number-to-string keeps only 14 digits
-  local score = string.format('%.0f', tonumber(ARGV[i]) * 1099511627776 + id)
+  local score = string.format('%.0f', number)
   bodies[#bodies + 1] = id
   bodies[#bodies + 1] = ARGV[i + 2]
   local due = tonumber(ARGV[i + 1])
@@ -122,20 +120,31 @@ for i = 3, #ARGV, 3 do
     delayed[#delayed + 1] = id
     states[#states + 1] = id
     states[#states + 1] = score .. ':0:'
-  elseif handed < #waiters then
-    handed = handed + 1
-    local member = waiters[handed]
-    local token, lease_ms = string.match(member, '^[^:]*:([^:]*):([^:]*)$')
-    states[#states + 1] = id
-    states[#states + 1] = score .. ':1:' .. token
-    leases[#leases + 1] = now + tonumber(lease_ms)
-    leases[#leases + 1] = id
-    redis.call('ZREM', base .. 'waiters', member)
-    hand(member, 'd' .. not_revoked .. id .. ':1:' .. token .. ':' .. ARGV[i + 2])
   else
-    ready[#ready + 1] = score
-    ready[#ready + 1] = id
+    due_now[#due_now + 1] = {number, score, id, ARGV[i + 2]}
   end
+end
+local waiters = #due_now > 0 and live_waiters() or {}
+local handed, ready, leases = math.min(#waiters, #due_now), {}, {}
+if handed > 0 then
+  -- the batch's best go to the waiters: priority holds as if they had claimed them
+  if handed < #due_now then table.sort(due_now, function(a, b) return a[1] < b[1] end) end
+  local not_revoked = '0'
+  if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 0 then not_revoked = '1' end
+  for j = 1, handed do
+    local member, entry = waiters[j], due_now[j]
+    local token, lease_ms = string.match(member, '^[^:]*:([^:]*):([^:]*)$')
+    states[#states + 1] = entry[3]
+    states[#states + 1] = entry[2] .. ':1:' .. token
+    leases[#leases + 1] = now + tonumber(lease_ms)
+    leases[#leases + 1] = entry[3]
+    redis.call('ZREM', base .. 'waiters', member)
+    hand(member, 'd' .. not_revoked .. entry[3] .. ':1:' .. token .. ':' .. entry[4])
+  end
+end
+for j = handed + 1, #due_now do
+  ready[#ready + 1] = due_now[j][2]
+  ready[#ready + 1] = due_now[j][3]
 end
 variadic('HSET', KEYS[3], bodies)
 variadic('ZADD', KEYS[1], ready)

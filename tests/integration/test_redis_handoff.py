@@ -90,6 +90,17 @@ def test_an_idle_consumer_is_handed_the_message_without_claiming(broker: RedisBr
     client.close()
 
 
+def test_a_waiter_is_handed_the_batchs_best_priority(broker: RedisBroker, server: RedisServer) -> None:
+    """A batch meeting one waiter: the waiter gets its priority-0 message, the rest stay in order."""
+    consumer = Consumer(broker)
+    consumer.start()
+    wait_for(lambda: redis.Redis.from_url(server.url).zcard(WAITERS) == 1)
+    broker.publish([Outgoing("q", b"nine", priority=9), Outgoing("q", b"zero", priority=0), Outgoing("q", b"five", 5)])
+    consumer.join(10)
+    assert [d.body for d in consumer.got] == [b"zero"]
+    assert [d.body for d in broker.fetch(["q"], 4, 0)] == [b"five", b"nine"]
+
+
 def test_a_handed_delivery_is_fenced_like_a_claimed_one(broker: RedisBroker, server: RedisServer) -> None:
     """A stale holder (its lease lapsed and the message went to another) cannot ack it."""
     consumer = Consumer(broker)
