@@ -212,15 +212,12 @@ return out
 """
 )
 
-# KEYS: ready; ARGV: "consumer:token". Ends that registration; returns the consumer's inbox list
+# KEYS: ready; ARGV: waiter. Ends that registration; returns the consumer's inbox list
 # (the message handed to it, if one was; older entries, already taken by pub/sub, are stale).
 UNWAIT = (
     WAITERS
     + """
-local key = base .. 'waiters'
-for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-  if string.sub(member, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then redis.call('ZREM', key, member) end
-end
+redis.call('ZREM', base .. 'waiters', ARGV[1])
 local inbox = base .. 'inbox:' .. string.match(ARGV[1], '^([^:]*)')
 local items = redis.call('LRANGE', inbox, 0, -1)
 redis.call('DEL', inbox)
@@ -417,13 +414,17 @@ class _Inbox:
         self.inbox = f"{broker.prefix}:{{{queue}}}:inbox:{consumer}"  # a list, and a channel
         self.consumer = consumer
         self.pubsub = broker._pubsub([queue], self.inbox)
-        self.token: str | None = None  # of the registration the last claim made, until it ends
+        self.member: str | None = None  # "consumer:token:lease_ms": the last claim's registration, until it ends
         self.handed: list[Delivery] = []
 
     def register(self, token: str, lease_ms: int, wait: float) -> list[Any]:
         """The claim's extra arguments that register this consumer as a waiter."""
-        self.token = token
-        return [f"{self.consumer}:{token}:{lease_ms}", int(wait * 1000) + WAITER_SLACK_MS]
+        self.member = f"{self.consumer}:{token}:{lease_ms}"
+        return [self.member, int(wait * 1000) + WAITER_SLACK_MS]
+
+    def _registered(self, delivery: Delivery) -> bool:
+        """Whether the delivery was handed to the current registration (its token is the lease's)."""
+        return self.member is not None and self.member.split(":")[1] == delivery.tag[2]
 
     def drain(self) -> None:
         # A consumer that looks again ends its registration first, and keeps what it was handed.
@@ -444,19 +445,19 @@ class _Inbox:
             return False
         if message["channel"] == self.inbox.encode() and message["data"][:1] == b"d":  # not interrupt()'s
             delivery = self._delivery(message["data"])
-            if delivery.tag[2] == self.token:  # else it was found in the list already, or is stale
-                self.token = None  # the publish that handed it ended the registration
+            if self._registered(delivery):  # else it was found in the list already, or is stale
+                self.member = None  # the publish that handed it ended the registration
                 self.handed.append(delivery)
         return True
 
     def end(self) -> list[Delivery]:
         """End the registration, if any; what was handed to it meanwhile."""
-        if self.token is None:
+        if self.member is None:
             return []
-        token, self.token = self.token, None
-        member = f"{self.consumer}:{token}"
-        items = self.broker._scripts.run("unwait", self.broker._keys(self.queue)[:1], [member])
-        return [d for d in map(self._delivery, items) if d.tag[2] == token]
+        items = self.broker._scripts.run("unwait", self.broker._keys(self.queue)[:1], [self.member])
+        handed = [d for d in map(self._delivery, items) if self._registered(d)]
+        self.member = None
+        return handed
 
     def _delivery(self, item: bytes) -> Delivery:
         message_id, attempts, token, body = item[2:].split(b":", 3)
@@ -590,33 +591,28 @@ class RedisBroker(Broker):
             self._local.pubsub = None
 
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
-        if timeout > 0 and len(queues) == 1:
-            return self._fetch_or_wait(queues[0], limit, timeout)
         with self._translate("fetch"):
             try:
+                if timeout > 0 and len(queues) == 1:
+                    return self._wait_as_waiter(queues[0], limit, timeout)
                 signal = _PubSubSignal(self._pubsub(queues)) if timeout > 0 else None
                 return claim_or_wait(lambda: self._claim(queues, limit), signal, timeout, self.polling_interval)
             except Exception:
+                # A broken connection: a registration made on it lapses on its own, and a message
+                # handed to it comes back when its lease lapses.
                 self._drop_pubsub()
                 raise
 
-    def _fetch_or_wait(self, queue: str, limit: int, timeout: float) -> list[Delivery]:
-        """One queue: wait as a registered waiter, to be handed the next message published."""
-        with self._translate("fetch"):
-            try:
-                inbox = _Inbox(self, queue)
+    def _wait_as_waiter(self, queue: str, limit: int, timeout: float) -> list[Delivery]:
+        """One queue: wait registered as a waiter, to be handed the next message published."""
+        inbox = _Inbox(self, queue)
 
-                def claim() -> tuple[list[Delivery], float | None]:
-                    handed = inbox.take()
-                    return (handed, None) if handed else self._claim([queue], limit, inbox, timeout)
+        def claim() -> tuple[list[Delivery], float | None]:
+            handed = inbox.take()
+            return (handed, None) if handed else self._claim([queue], limit, inbox, timeout)
 
-                taken = claim_or_wait(claim, inbox, timeout, self.polling_interval)
-                return taken + inbox.end()  # a message handed over as the wait ended is this fetch's
-            except Exception:
-                # The connection broke: the registration lapses on its own; a message handed to
-                # it comes back when its lease lapses.
-                self._drop_pubsub()
-                raise
+        taken = claim_or_wait(claim, inbox, timeout, self.polling_interval)
+        return taken + inbox.end()  # a message handed over as the wait ended is this fetch's
 
     def _claim(
         self, queues: Sequence[str], limit: int, inbox: _Inbox | None = None, wait: float = 0.0
@@ -636,7 +632,7 @@ class RedisBroker(Broker):
         reply, revocations = batch.execute()
         taken, next_due = self._deliveries(queue, reply, token, not revocations)
         if taken and inbox is not None:
-            inbox.token = None  # something was ready: the script registered nobody
+            inbox.member = None  # something was ready: the script registered nobody
         return taken, next_due
 
     def _claim_many(

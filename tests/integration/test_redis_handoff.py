@@ -15,25 +15,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
 from conveyor.brokers.base import Delivery, Outgoing
 from conveyor.brokers.redis import RedisBroker
+from tests.contract.test_semantics import wait_for
 from tests.processes import RedisServer
 
 WAITERS = "conveyor:{q}:waiters"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own: its command counts are this test's alone."""
-    own = RedisServer(tmp_path / "redis")
-    own.start()
-    yield own
-    own.stop()
 
 
 @pytest.fixture
@@ -41,13 +32,6 @@ def broker(server: RedisServer) -> Iterator[RedisBroker]:
     broker = RedisBroker(server.url, {"polling_interval": 30, "lease_timeout": 1.5})
     yield broker
     broker.close()
-
-
-def wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 class Consumer(threading.Thread):

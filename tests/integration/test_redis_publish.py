@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -25,15 +23,6 @@ from conveyor.messages import Envelope
 from conveyor.redisdb import PAUSE_SECONDS
 from tests.contract.test_worker_contract import running
 from tests.processes import RedisServer
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own: tests here kill its connections, restart it or starve it."""
-    own = RedisServer(tmp_path / "redis")
-    own.start()
-    yield own
-    own.stop()
 
 
 def make_app(url: str, **settings: object) -> Celery:
