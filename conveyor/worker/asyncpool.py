@@ -37,6 +37,8 @@ MAX_SYNC_THREADS = 8
 class AsyncioPool:
     """Async tasks on one event loop, sync tasks on a few threads beside it."""
 
+    inline_reports = False  # a report handled on the loop would hold up every task on it
+
     def __init__(self, app: Conveyor, concurrency: int) -> None:
         self.app = app
         self.concurrency = concurrency

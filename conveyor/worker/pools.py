@@ -71,6 +71,9 @@ class Pool(Protocol):
     """What the worker needs of a pool."""
 
     concurrency: int
+    #: Whether the threads that report may handle a report themselves when the worker is
+    #: idle (see `worker/inbox.py`): not an event loop, which other tasks share.
+    inline_reports: bool
 
     def start(self, emit: Emit) -> None:
         """Start the pool's threads or processes; events go to `emit`."""
@@ -106,6 +109,8 @@ def reporter(emit: Emit, job_id: int) -> Callable[[int], None]:
 
 class ThreadPool:
     """Tasks run on `concurrency` threads of the worker process."""
+
+    inline_reports = True
 
     def __init__(self, app: Conveyor, concurrency: int) -> None:
         self.app = app

@@ -125,6 +125,8 @@ class _Child:
 
 
 class PreforkPool:
+    inline_reports = True  # its reader thread has nothing else to do while the worker is idle
+
     def __init__(self, app: Conveyor, concurrency: int) -> None:
         self.app = app
         self.concurrency = concurrency

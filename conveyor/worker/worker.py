@@ -1,11 +1,12 @@
 """The worker: fetch, decide, run, record, acknowledge.
 
 One thread (`Worker.run`) owns every decision. The fetcher thread and the
-pool report to it through one queue; it drains everything that is waiting and
-handles it as a batch, whose results and acks the writer thread
-(`worker/writer.py`) sends in one backend round trip and one broker round trip:
-under load batches grow, when idle a batch is a single event and is written
-at once.
+pool report to it through its inbox (`worker/inbox.py`); it takes everything
+that is waiting and handles it as a batch, whose results and acks the writer
+thread (`worker/writer.py`) sends in one backend round trip and one broker
+round trip: under load batches grow. On an idle worker the reporting thread
+handles its own event under the inbox's lock and the loop is not woken: the
+fetcher's thread submits the delivery, the pool's thread writes the result.
 
 For each delivery: decode (undecodable -> dead letter), refuse content not in
 accept_content (FAILURE), unknown task name (FAILURE), expired (REVOKED), else
@@ -23,7 +24,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
@@ -51,6 +51,7 @@ from conveyor.messages import Envelope, Message, utcnow
 from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
 from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option, short_repr
+from conveyor.worker.inbox import Inbox
 from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, Updated, create_pool
 from conveyor.worker.writer import Writer
 
@@ -68,8 +69,9 @@ CLEANUP_SECONDS = 3600.0
 ASYNCIO_CONCURRENCY = 100
 #: Most events handled (and written) as one batch.
 MAX_BATCH = 2000
-#: A task still running this long after it started gets its STARTED written on its own;
-#: one that ends sooner has it folded into its final write (one write, not two).
+#: A task still running this long after it started gets its STARTED written (and, without
+#: acks_late, its message acknowledged) on its own; one that ends sooner has them folded
+#: into its final write (one write, not two or three).
 STARTED_GRACE_SECONDS = 0.05
 #: A message delivered this much before its eta is sent back to wait for the rest.
 EARLY_TOLERANCE_SECONDS = 1.0
@@ -156,7 +158,10 @@ class Worker:
         # 0 means no limit, as in Celery; a bound still keeps one fetch reasonable.
         self.prefetch = self.concurrency * multiplier if multiplier else 10_000
         self.accept = accepted_content_types(conf.accept_content)
-        self.events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self.inbox: Inbox[_Event] = Inbox(self._handle_batch, MAX_BATCH)
+        # The loop went to sleep with nothing held, for longer than a task's grace: a delivery
+        # handled by the fetcher's thread meanwhile has to wake it for the task's deadlines.
+        self._loop_sleeps_long = False
         self.held: dict[int, _Held] = {}
         self.processed = 0
         self._job_ids = itertools.count(1)
@@ -164,6 +169,9 @@ class Worker:
         # STARTED records not yet encoded: a task that finishes before the next write
         # needs only its history entry, folded into its final update.
         self._starting: dict[str, tuple[Job, int, float]] = {}
+        # Early acks not yet sent, by job id, with the time each task started: one that
+        # finishes within the grace has its ack sent after its result, in the same write.
+        self._early_acks: dict[int, float] = {}
         self._policies: dict[str, _Policy] = {}
         self._chord_parts: dict[str, tuple[str, int]] = {}  # task id -> its chord (group id, size) until counted
         self._rate_limits: dict[str, str] = {}  # set at run time, by task name
@@ -185,10 +193,10 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------------------
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (thread- and signal-safe)."""
-        self.events.put(_Stop(cold))
+        self.inbox.post(_Stop(cold))
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.events.put(_Stop(cold=self._stopping))
+        self.inbox.post(_Stop(cold=self._stopping))
 
     def run(self) -> None:
         """Run until stopped. Installs SIGTERM/SIGINT handlers when on the main thread."""
@@ -203,9 +211,9 @@ class Worker:
         self.writer = Writer(backend, broker, written=self._written)
         self.writer.start()
         self.pool = create_pool(self.pool_name, app, self.concurrency)
-        self.pool.start(self.events.put)
+        self.pool.start(self._from_pool if self.pool.inline_reports else self.inbox.post)
         self._check_rate_limits()  # before the first delivery
-        self.fetcher = Fetcher(broker, self.queues, self.prefetch, lambda d: self.events.put(_Delivered(d)))
+        self.fetcher = Fetcher(broker, self.queues, self.prefetch, lambda d: self._post_or_handle(_Delivered(d)))
         self.fetcher.start()
         self._heartbeat()
         self._cleanup_results()
@@ -232,25 +240,16 @@ class Worker:
         assert self.pool is not None
         task_seconds = 0.0  # recent wall time per finished task, while busy
         last, last_processed = time.monotonic(), 0
-        while not (self._stopping and not self.held) and not self._cold:
-            timeout = 1.0
-            if self._starting:
-                # Wake when the oldest pending STARTED is due (dicts keep insertion order).
-                first_start = next(iter(self._starting.values()))[2]
-                timeout = max(0.0, min(timeout, first_start + STARTED_GRACE_SECONDS - time.time()))
-            try:
-                batch = [self.events.get(timeout=timeout)]
-            except queue.Empty:
-                batch = []
-                self._confirm_when_idle()
-            while batch and len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self.events.get_nowait())
-                except queue.Empty:
-                    break
-            for event in batch:
-                self._handle(event)
-            self._flush()
+        rang = True
+        while True:
+            with self.inbox.taking() as batch:
+                if not batch and not rang:
+                    self._confirm_when_idle()
+                self._handle_batch(batch)
+                if (self._stopping and not self.held) or self._cold:
+                    return
+                timeout = self._time_to_next_deadline()
+                self._loop_sleeps_long = not self.held
             # Under load, let a few tasks' reports gather before the next batch: one wake-up
             # and one write for several tasks, not one each. Only while the pool has queued
             # work to go on with, and for a fraction of the time it takes to run it.
@@ -261,6 +260,42 @@ class Worker:
             last, last_processed = now, self.processed
             if backlog > 0 and task_seconds:
                 time.sleep(min(MAX_LINGER_SECONDS, backlog * task_seconds * LINGER_SHARE))
+            rang = self.inbox.wait(timeout)
+
+    def _time_to_next_deadline(self) -> float:
+        """How long the loop may sleep: until a pending STARTED or early ack is due."""
+        timeout = 1.0
+        if self.held:
+            # A task may start (and add a deadline) without waking the loop.
+            timeout = STARTED_GRACE_SECONDS
+        # The oldest pending STARTED or early ack is due first (dicts keep insertion order).
+        if self._starting:
+            first_start = next(iter(self._starting.values()))[2]
+            timeout = min(timeout, first_start + STARTED_GRACE_SECONDS - time.time())
+        if self._early_acks:
+            timeout = min(timeout, next(iter(self._early_acks.values())) + STARTED_GRACE_SECONDS - time.time())
+        return max(0.0, timeout)
+
+    def _handle_batch(self, events: list[_Event]) -> None:
+        """Handle events in order and hand their writes over (the inbox's lock is held)."""
+        for event in events:
+            self._handle(event)
+        self._flush()
+
+    def _post_or_handle(self, event: _Event) -> None:
+        """From the fetcher's or the pool's thread: handled on that thread when the loop is idle."""
+        if self.inbox.post_or_handle(event) and (self._stopping or (self._loop_sleeps_long and self.held)):
+            self._loop_sleeps_long = False
+            self.inbox.ring()  # the loop's sleep ends sooner, or the worker is done
+
+    def _from_pool(self, event: PoolEvent) -> None:
+        assert self.pool is not None
+        if isinstance(event, Updated):
+            self.inbox.post(event)  # from the task's own code, where a soft limit may be raised
+        elif self.pool.queued():
+            self.inbox.post(event)  # busy: the loop gathers reports into fewer writes
+        else:
+            self._post_or_handle(event)
 
     def _confirm_when_idle(self) -> None:
         """Idle for a while: check that what this loop sent without waiting (acks it wrote itself,
@@ -296,6 +331,7 @@ class Worker:
 
     def _finish(self) -> None:
         assert self.pool is not None and self.fetcher is not None
+        self.inbox.close()  # what the pool and fetcher report from now on waits here
         self.fetcher.stop()
         if self._cold:
             logger.warning("Cold shutdown: returning %d unacknowledged tasks to the queue", self._unacked_count())
@@ -305,11 +341,7 @@ class Worker:
             self.pool.join(10)
         self.fetcher.join(FETCH_TIMEOUT + 5)
         # Whatever was fetched after the loop ended goes back to the queue.
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                break
+        for event in self.inbox.leftovers():
             if isinstance(event, _Delivered):
                 self._requeue(event.deliveries)
         self._flush()
@@ -458,16 +490,24 @@ class Worker:
         if policy.track_started and not job.message.ignore_result:
             self._starting[job.message.id] = (job, event.pid, time.time())
         if not policy.acks_late:
-            # Acknowledged, but its window slot stays taken until it finishes: a busy
-            # worker reserves no more than its window, so a later high-priority task
+            # Acknowledged as it starts (sent with its result if it ends within the grace:
+            # one write, not two), but its window slot stays taken until it finishes: a
+            # busy worker reserves no more than its window, so a later high-priority task
             # is not stuck behind a low one it took while busy.
+            self._early_acks[job.id] = time.time()
+
+    def _send_early_ack(self, job_id: int) -> None:
+        """Acknowledge a started task now if its early ack is still waiting."""
+        if self._early_acks.pop(job_id, None) is not None:
+            held = self.held[job_id]
             self._acks.append(held.delivery)
             held.acked = True
 
     def _finished(self, outcome: Outcome) -> None:
-        held = self.held.pop(outcome.job_id, None)
-        if held is None:
+        if outcome.job_id not in self.held:
             return
+        self._send_early_ack(outcome.job_id)
+        held = self.held.pop(outcome.job_id)
         self.processed += 1
         if held.terminated:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(held.job))
@@ -482,9 +522,10 @@ class Worker:
             self._ack(held.delivery)
 
     def _lost(self, event: Lost) -> None:
-        held = self.held.pop(event.job_id, None)
-        if held is None:
+        if event.job_id not in self.held:
             return
+        self._send_early_ack(event.job_id)
+        held = self.held.pop(event.job_id)
         job = held.job
         policy = self._policy(job.message.task)
         if not held.acked and policy.acks_late and policy.reject_on_worker_lost:
@@ -649,12 +690,16 @@ class Worker:
             due = time.time() - STARTED_GRACE_SECONDS
             for task_id in [t for t, (_, _, at) in self._starting.items() if at <= due]:
                 self._materialize_start(task_id)
+        if self._early_acks:
+            due = time.time() - STARTED_GRACE_SECONDS
+            for job_id in [j for j, at in self._early_acks.items() if at <= due]:
+                self._send_early_ack(job_id)
         if self._updates or self._acks or self._events:
             assert self.writer is not None
             # With deliveries or reports waiting, or jobs queued in the pool, the loop has
             # better things to do than wait for the store: the writer's thread writes.
             assert self.pool is not None
-            idle = self.events.empty() and not self.pool.queued()
+            idle = self.inbox.empty() and not self.pool.queued()
             self.writer.submit(self._updates, self._acks, self._events, inline=idle)
             self._updates, self._acks, self._events = [], [], []
 
@@ -701,7 +746,7 @@ class Worker:
         for task_id, raw in revoked.items():
             info = json.loads(raw)
             if info.get("terminate"):
-                self.events.put(_Terminate(running[task_id], int(info.get("signal", signal.SIGTERM))))
+                self.inbox.post(_Terminate(running[task_id], int(info.get("signal", signal.SIGTERM))))
 
     def _check_rate_limits(self) -> None:
         try:
@@ -716,7 +761,7 @@ class Worker:
                 except ValueError as exc:  # written by something other than control.rate_limit
                     logger.error("Ignoring the rate limit set for %s: %s", name, exc)
                     del limits[name]
-            self.events.put(_RateLimits(limits))
+            self.inbox.post(_RateLimits(limits))
 
     def _heartbeat(self) -> None:
         info = {

@@ -67,10 +67,19 @@ class Writer:
         worker's result then reaches its caller without waking another thread
         first. Otherwise, or if that one attempt fails, the batch goes to the
         writer's thread, which writes batches in order and retries with
-        backoff. Call from one thread only (the worker's loop).
+        backoff. Call from one thread at a time (the worker's, under its inbox's lock).
         """
         if inline and not self._unfinished:
-            updates, acks = self._write(list(updates), list(acks), closing=False, inline=True)
+            sent = list(acks)
+            updates, acks = self._write(list(updates), sent, closing=False, inline=True)
+            if sent and not acks:
+                # Read their replies now that the results are stored: the thread writing
+                # inline may be the fetcher's or a pool's, which might send nothing more for
+                # a long while (Broker.confirm). An ack lost with its connection goes again.
+                try:
+                    self.broker.confirm()
+                except BrokerError:
+                    acks = sent
             if events:
                 self._record(list(events))
                 events = ()

@@ -290,6 +290,33 @@ def test_threads_pool_runs_tasks_concurrently(app: Celery) -> None:
         assert time.monotonic() - started < 1.9
 
 
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_an_idle_worker_runs_a_task_without_waking_its_loop(
+    app: Celery, pool: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Latency (issue 3): on an idle worker the fetcher's thread takes the delivery to the
+    pool and the pool's thread writes the result: the loop's thread is not woken between."""
+    threads: dict[str, list[str]] = {"receive": [], "write": []}
+    receive, write = Worker._receive_batch, app.backend.write
+
+    def received(worker: Worker, deliveries):  # type: ignore[no-untyped-def]
+        threads["receive"].append(threading.current_thread().name)
+        receive(worker, deliveries)
+
+    def written(updates):  # type: ignore[no-untyped-def]
+        threads["write"].append(threading.current_thread().name)
+        write(updates)
+
+    monkeypatch.setattr(Worker, "_receive_batch", received)
+    app.backend.write = written  # type: ignore[method-assign]
+    with running(app, pool, concurrency=1):
+        for n in range(5):
+            assert app.tasks["t.add"].delay(n, 1).get(timeout=10) == n + 1
+    # Nearly always all five; a loop waking for its own timer at that moment may take one.
+    assert sum(name == "conveyor-fetcher" for name in threads["receive"]) >= 3, threads
+    assert sum(name.startswith("conveyor-pool-") for name in threads["write"]) >= 3, threads
+
+
 def test_reports_gather_under_load_into_fewer_writes(app: Celery) -> None:
     """Batching under load (issue 3): a busy pool's results go out several per write, not one each."""
     writes = 0
