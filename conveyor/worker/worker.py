@@ -159,9 +159,10 @@ class Worker:
         self.prefetch = self.concurrency * multiplier if multiplier else 10_000
         self.accept = accepted_content_types(conf.accept_content)
         self.inbox: Inbox[_Event] = Inbox(self._handle_batch, MAX_BATCH)
-        # The loop went to sleep with nothing held, for longer than a task's grace: a delivery
-        # handled by the fetcher's thread meanwhile has to wake it for the task's deadlines.
+        # The loop went to sleep for longer than a task's grace: a delivery handled by the
+        # fetcher's thread meanwhile has to wake it for the task's deadlines.
         self._loop_sleeps_long = False
+        self._last_finished = 0.0
         self.held: dict[int, _Held] = {}
         self.processed = 0
         self._job_ids = itertools.count(1)
@@ -213,7 +214,7 @@ class Worker:
         self.pool = create_pool(self.pool_name, app, self.concurrency)
         self.pool.start(self._from_pool if self.pool.inline_reports else self.inbox.post)
         self._check_rate_limits()  # before the first delivery
-        self.fetcher = Fetcher(broker, self.queues, self.prefetch, lambda d: self._post_or_handle(_Delivered(d)))
+        self.fetcher = Fetcher(broker, self.queues, self.prefetch, self._from_fetcher)
         self.fetcher.start()
         self._heartbeat()
         self._cleanup_results()
@@ -249,7 +250,9 @@ class Worker:
                 if (self._stopping and not self.held) or self._cold:
                     return
                 timeout = self._time_to_next_deadline()
-                self._loop_sleeps_long = not self.held
+                self._loop_sleeps_long = timeout > STARTED_GRACE_SECONDS
+            assert self.writer is not None
+            self.writer.send_inline_acks()
             # Under load, let a few tasks' reports gather before the next batch: one wake-up
             # and one write for several tasks, not one each. Only while the pool has queued
             # work to go on with, and for a fraction of the time it takes to run it.
@@ -265,8 +268,9 @@ class Worker:
     def _time_to_next_deadline(self) -> float:
         """How long the loop may sleep: until a pending STARTED or early ack is due."""
         timeout = 1.0
-        if self.held:
-            # A task may start (and add a deadline) without waking the loop.
+        if self.held or time.monotonic() - self._last_finished < 1.0:
+            # A task may start (and add a deadline) without waking the loop. A worker that
+            # has been idle for a while sleeps longer, and its next delivery rings.
             timeout = STARTED_GRACE_SECONDS
         # The oldest pending STARTED or early ack is due first (dicts keep insertion order).
         if self._starting:
@@ -284,16 +288,26 @@ class Worker:
 
     def _post_or_handle(self, event: _Event) -> None:
         """From the fetcher's or the pool's thread: handled on that thread when the loop is idle."""
-        if self.inbox.post_or_handle(event) and (self._stopping or (self._loop_sleeps_long and self.held)):
+        if not self.inbox.post_or_handle(event):
+            return
+        if self._stopping or (self._loop_sleeps_long and self.held):
             self._loop_sleeps_long = False
             self.inbox.ring()  # the loop's sleep ends sooner, or the worker is done
+        assert self.writer is not None
+        self.writer.send_inline_acks()  # once the lock is free for the next event
+
+    # Only an idle worker's events are handled where they arise (nothing else held, or only
+    # the task reported on): a busy worker's go to the loop, which gathers them into batches.
+    def _from_fetcher(self, deliveries: list[Delivery]) -> None:
+        if self.held:
+            self.inbox.post(_Delivered(deliveries))
+        else:
+            self._post_or_handle(_Delivered(deliveries))
 
     def _from_pool(self, event: PoolEvent) -> None:
-        assert self.pool is not None
-        if isinstance(event, Updated):
-            self.inbox.post(event)  # from the task's own code, where a soft limit may be raised
-        elif self.pool.queued():
-            self.inbox.post(event)  # busy: the loop gathers reports into fewer writes
+        if isinstance(event, Updated) or len(self.held) > 1:
+            # (Updated comes from the task's own code, where a soft limit may be raised.)
+            self.inbox.post(event)
         else:
             self._post_or_handle(event)
 
@@ -346,6 +360,7 @@ class Worker:
                 self._requeue(event.deliveries)
         self._flush()
         assert self.writer is not None
+        self.writer.send_inline_acks()
         self.writer.close(timeout=60)
         try:
             self.app.broker.unregister_worker(self.hostname)
@@ -509,6 +524,7 @@ class Worker:
         self._send_early_ack(outcome.job_id)
         held = self.held.pop(outcome.job_id)
         self.processed += 1
+        self._last_finished = time.monotonic()
         if held.terminated:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(held.job))
         self._report_outcome(held.job.message, outcome)

@@ -48,6 +48,7 @@ class Writer:
         # Batches handed to the thread and not yet written: only submit() adds, only the thread takes away.
         self._unfinished = 0
         self._count_lock = threading.Lock()
+        self._local = threading.local()  # acks of the results this thread stored inline
 
     def start(self) -> None:
         self._thread.start()
@@ -63,23 +64,18 @@ class Writer:
         (those are best effort: dropped, not retried, on failure).
 
         With `inline` (the caller has nothing else to do meanwhile) and nothing
-        queued or being written, the calling thread writes it at once: an idle
-        worker's result then reaches its caller without waking another thread
-        first. Otherwise, or if that one attempt fails, the batch goes to the
+        queued or being written, the calling thread writes the results at once:
+        an idle worker's result then reaches its caller without waking another
+        thread first. It sends their acks with `send_inline_acks()` once done
+        with what else it holds. Otherwise, or if that one attempt fails, the batch goes to the
         writer's thread, which writes batches in order and retries with
         backoff. Call from one thread at a time (the worker's, under its inbox's lock).
         """
         if inline and not self._unfinished:
-            sent = list(acks)
-            updates, acks = self._write(list(updates), sent, closing=False, inline=True)
-            if sent and not acks:
-                # Read their replies now that the results are stored: the thread writing
-                # inline may be the fetcher's or a pool's, which might send nothing more for
-                # a long while (Broker.confirm). An ack lost with its connection goes again.
-                try:
-                    self.broker.confirm()
-                except BrokerError:
-                    acks = sent
+            updates = self._write(list(updates), [], closing=False, inline=True)[0]
+            if not updates:  # stored: their acks go once the caller is done (send_inline_acks)
+                self._local.acks = [*getattr(self._local, "acks", ()), *acks]
+                acks = ()
             if events:
                 self._record(list(events))
                 events = ()
@@ -88,6 +84,26 @@ class Writer:
         with self._count_lock:
             self._unfinished += 1
         self._batches.put((updates, acks, events))
+
+    def send_inline_acks(self) -> None:
+        """Acknowledge the deliveries whose results this thread stored inline, and read the
+        replies (`Broker.confirm`); if that fails, the writer's thread sends them again.
+
+        Call after `submit(inline=True)` once nothing waits on this thread: the
+        store's round trip for the acks then holds up no other event, and the
+        thread (the fetcher's or a pool's) leaves nothing unconfirmed behind it.
+        """
+        acks: list[Delivery] = getattr(self._local, "acks", [])
+        if not acks:
+            return
+        self._local.acks = []
+        try:
+            self.broker.ack(acks)
+            self.broker.confirm()
+        except BrokerError:
+            with self._count_lock:
+                self._unfinished += 1
+            self._batches.put(((), acks, ()))
 
     def close(self, timeout: float | None = None) -> None:
         """Write what is queued, then stop."""

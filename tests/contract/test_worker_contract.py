@@ -310,11 +310,15 @@ def test_an_idle_worker_runs_a_task_without_waking_its_loop(
     monkeypatch.setattr(Worker, "_receive_batch", received)
     app.backend.write = written  # type: ignore[method-assign]
     with running(app, pool, concurrency=1):
-        for n in range(5):
+        for n in range(8):
+            if n == 3:  # warmed up: the threads have their connections
+                threads["receive"].clear()
+                threads["write"].clear()
             assert app.tasks["t.add"].delay(n, 1).get(timeout=10) == n + 1
-    # Nearly always all five; a loop waking for its own timer at that moment may take one.
+    # Nearly always all five: the caller, woken by the write, runs in this process, and its
+    # next task may reach the fetcher before the pool thread has let go.
     assert sum(name == "conveyor-fetcher" for name in threads["receive"]) >= 3, threads
-    assert sum(name.startswith("conveyor-pool-") for name in threads["write"]) >= 3, threads
+    assert sum(name.startswith("conveyor-pool-") for name in threads["write"]) >= 4, threads
 
 
 def test_reports_gather_under_load_into_fewer_writes(app: Celery) -> None:

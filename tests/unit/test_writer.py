@@ -13,7 +13,7 @@ from conveyor.backends.base import StateUpdate
 from conveyor.backends.memory import MemoryBackend
 from conveyor.brokers.base import Outgoing
 from conveyor.brokers.memory import MemoryBroker
-from conveyor.exceptions import BackendConnectionError
+from conveyor.exceptions import BackendConnectionError, BrokerConnectionError
 from conveyor.worker import writer
 from conveyor.worker.writer import Writer
 
@@ -88,7 +88,7 @@ def test_shutdown_gives_up_on_an_unreachable_store_and_leaves_the_message_leased
 
 
 def test_an_idle_writer_lets_the_caller_write_and_a_busy_one_keeps_the_order() -> None:
-    """An idle worker's batch is written on the loop's own thread (no wake-up of another);
+    """An idle worker's batch is written on the thread handling it (no wake-up of another);
     while a batch waits for a retry, later ones queue behind it, in order, even those the
     caller would write itself; a busy caller hands its batch over."""
     events: list[str] = []
@@ -98,7 +98,9 @@ def test_an_idle_writer_lets_the_caller_write_and_a_busy_one_keeps_the_order() -
     w = Writer(backend, broker)
     w.start()
     w.submit([backend.make_update("t1", states.SUCCESS, 1)], [first], inline=True)
-    assert broker.threads == [threading.current_thread().name]
+    assert events == ["write"]  # its ack waits until the caller has let go of what it holds
+    w.send_inline_acks()
+    assert events == ["write", "ack"] and broker.threads == [threading.current_thread().name]
     backend.failures = 1  # the next inline attempt fails: the writer's thread takes over
     w.submit([backend.make_update("t2", states.SUCCESS, 2)], [second], inline=True)
     w.submit([backend.make_update("t3", states.SUCCESS, 3)], [third], inline=True)
@@ -115,3 +117,31 @@ def test_an_idle_writer_lets_the_caller_write_and_a_busy_one_keeps_the_order() -
     w.close(timeout=10)
     assert broker.threads[-1] == "conveyor-writer"
     assert backend.get_meta("t4")["result"] == 4
+
+
+class FailingAckBroker(RecordingBroker):
+    """Its first ack is lost with its connection."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__(events)
+        self.lose = 1
+
+    def ack(self, deliveries):  # type: ignore[no-untyped-def]
+        if self.lose:
+            self.lose -= 1
+            raise BrokerConnectionError("connection lost")
+        super().ack(deliveries)
+
+
+def test_an_inline_ack_that_fails_is_sent_again_by_the_writers_thread() -> None:
+    events: list[str] = []
+    backend, broker = FlakyBackend(0, events), FailingAckBroker(events)
+    broker.publish([Outgoing("q", b"m")])
+    [delivery] = broker.fetch(["q"], 1, 0)
+    w = Writer(backend, broker)
+    w.start()
+    w.submit([backend.make_update("t1", states.SUCCESS, 1)], [delivery], inline=True)
+    w.send_inline_acks()
+    w.close(timeout=10)
+    assert events == ["write", "ack"] and broker.threads == ["conveyor-writer"]
+    assert broker.queue_sizes(["q"]) == {"q": 0}
