@@ -54,6 +54,9 @@ class Fetcher:
             if self._free >= self._low_water:
                 self._changed.notify()
 
+    def is_current_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
     def stop(self) -> None:
         with self._changed:
             self._stopped = True

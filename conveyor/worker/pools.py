@@ -231,6 +231,10 @@ class SoloPool(ThreadPool):
     def __init__(self, app: Conveyor, concurrency: int = 1) -> None:
         super().__init__(app, 1)
 
+    def run(self, job: Job) -> None:
+        """Run a job on the calling thread, now: the worker's only one (it holds no other)."""
+        self._run(job)
+
 
 def updater(emit: Emit) -> Callable[[StateUpdate], None]:
     def updated(update: StateUpdate) -> None:

@@ -52,7 +52,7 @@ from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
 from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option, short_repr
 from conveyor.worker.inbox import Inbox
-from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, Updated, create_pool
+from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, SoloPool, Started, Updated, create_pool
 from conveyor.worker.writer import Writer
 
 if TYPE_CHECKING:
@@ -163,6 +163,9 @@ class Worker:
         # fetcher's thread meanwhile has to wake it for the task's deadlines.
         self._loop_sleeps_long = False
         self._last_finished = 0.0
+        # An idle solo worker's one delivery, run by the fetcher's thread (their only user).
+        self._may_run_here = False
+        self._run_here: Job | None = None
         self.held: dict[int, _Held] = {}
         self.processed = 0
         self._job_ids = itertools.count(1)
@@ -293,16 +296,27 @@ class Worker:
         if self._stopping or (self._loop_sleeps_long and self.held):
             self._loop_sleeps_long = False
             self.inbox.ring()  # the loop's sleep ends sooner, or the worker is done
-        assert self.writer is not None
-        self.writer.send_inline_acks()  # once the lock is free for the next event
+        assert self.writer is not None and self.fetcher is not None
+        # Once the lock is free for the next event. The fetcher's thread (an idle solo
+        # worker's task ran on it) leaves the replies to its next fetch, which reads them
+        # first: it goes back to waiting for the next message one round trip sooner.
+        self.writer.send_inline_acks(confirm=not self.fetcher.is_current_thread())
 
     # Only an idle worker's events are handled where they arise (nothing else held, or only
     # the task reported on): a busy worker's go to the loop, which gathers them into batches.
     def _from_fetcher(self, deliveries: list[Delivery]) -> None:
         if self.held:
             self.inbox.post(_Delivered(deliveries))
-        else:
-            self._post_or_handle(_Delivered(deliveries))
+            return
+        self._may_run_here = len(deliveries) == 1
+        self._post_or_handle(_Delivered(deliveries))
+        job, self._run_here, self._may_run_here = self._run_here, None, False
+        if job is not None:
+            assert isinstance(self.pool, SoloPool)
+            # One task at a time, on the thread that received it (as Celery's solo pool runs
+            # tasks on its consumer's): no wake-up of the pool's thread. The fetcher takes
+            # nothing more meanwhile, which solo could not run before this one ends anyway.
+            self.pool.run(job)
 
     def _from_pool(self, event: PoolEvent) -> None:
         if isinstance(event, Updated) or len(self.held) > 1:
@@ -492,7 +506,16 @@ class Worker:
                 retries=message.retries, queue=delivery.queue, root_id=message.root_id, parent_id=message.parent_id,
             )  # fmt: skip
         assert self.pool is not None
-        self.pool.submit(job)
+        if (
+            isinstance(self.pool, SoloPool)
+            and self._may_run_here
+            and len(self.held) == 1
+            and self.fetcher is not None
+            and self.fetcher.is_current_thread()
+        ):
+            self._run_here = job  # an idle solo worker's only task: see _from_fetcher
+        else:
+            self.pool.submit(job)
 
     def _started(self, event: Started) -> None:
         held = self.held.get(event.job_id)

@@ -85,9 +85,10 @@ class Writer:
             self._unfinished += 1
         self._batches.put((updates, acks, events))
 
-    def send_inline_acks(self) -> None:
+    def send_inline_acks(self, confirm: bool = True) -> None:
         """Acknowledge the deliveries whose results this thread stored inline, and read the
         replies (`Broker.confirm`); if that fails, the writer's thread sends them again.
+        Without `confirm` the replies are left for this thread's next broker call.
 
         Call after `submit(inline=True)` once nothing waits on this thread: the
         store's round trip for the acks then holds up no other event, and the
@@ -99,7 +100,8 @@ class Writer:
         self._local.acks = []
         try:
             self.broker.ack(acks)
-            self.broker.confirm()
+            if confirm:
+                self.broker.confirm()
         except BrokerError:
             with self._count_lock:
                 self._unfinished += 1

@@ -295,7 +295,8 @@ def test_an_idle_worker_runs_a_task_without_waking_its_loop(
     app: Celery, pool: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Latency (issue 3): on an idle worker the fetcher's thread takes the delivery to the
-    pool and the pool's thread writes the result: the loop's thread is not woken between."""
+    pool and the pool's thread writes the result: the loop's thread is not woken between.
+    Solo runs the task on the fetcher's thread itself, as Celery's solo pool does."""
     threads: dict[str, list[str]] = {"receive": [], "write": []}
     receive, write = Worker._receive_batch, app.backend.write
 
@@ -318,7 +319,35 @@ def test_an_idle_worker_runs_a_task_without_waking_its_loop(
     # Nearly always all five: the caller, woken by the write, runs in this process, and its
     # next task may reach the fetcher before the pool thread has let go.
     assert sum(name == "conveyor-fetcher" for name in threads["receive"]) >= 3, threads
-    assert sum(name.startswith("conveyor-pool-") for name in threads["write"]) >= 4, threads
+    runner = "conveyor-fetcher" if pool == "solo" else "conveyor-pool-0"
+    assert sum(name == runner for name in threads["write"]) >= 4, threads
+
+
+def test_solo_runs_one_task_at_a_time_however_they_arrive(app: Celery) -> None:
+    """S7 solo: single tasks to an idle worker (run on the fetcher's thread) and bursts
+    (queued for the pool's) never overlap."""
+    running_now, overlaps = 0, 0
+    guard = threading.Lock()
+
+    @app.task(name="t.exclusive")
+    def exclusive(seconds: float) -> None:
+        nonlocal running_now, overlaps
+        with guard:
+            running_now += 1
+            overlaps += running_now > 1
+        time.sleep(seconds)
+        with guard:
+            running_now -= 1
+
+    with running(app, "solo"):
+        results = []
+        for round_ in range(12):
+            burst = 1 if round_ % 3 else 4
+            results += [exclusive.delay(0.002) for _ in range(burst)]
+            time.sleep(0.01 * (round_ % 4))
+        for result in results:
+            result.get(timeout=20)
+    assert overlaps == 0
 
 
 def test_reports_gather_under_load_into_fewer_writes(app: Celery) -> None:
