@@ -104,7 +104,14 @@ class _RateLimits:
     limits: dict[str, str]
 
 
-_Event = Union[_Delivered, _Stop, _Terminate, _RateLimits, PoolEvent]
+@dataclass(frozen=True)
+class _Failed:
+    """Handling an event on the fetcher's or a pool's thread raised: the loop raises it."""
+
+    error: Exception
+
+
+_Event = Union[_Delivered, _Stop, _Terminate, _RateLimits, _Failed, PoolEvent]
 
 
 _EVENT_OF_STATE = {
@@ -291,7 +298,13 @@ class Worker:
 
     def _post_or_handle(self, event: _Event) -> None:
         """From the fetcher's or the pool's thread: handled on that thread when the loop is idle."""
-        if not self.inbox.post_or_handle(event):
+        try:
+            if not self.inbox.post_or_handle(event):
+                return
+        except Exception as exc:
+            # Not on this thread (the fetcher's or a pool's would just end, silently): the loop
+            # raises it, and the worker stops with it as before.
+            self.inbox.post(_Failed(exc))
             return
         if self._stopping or (self._loop_sleeps_long and self.held):
             self._loop_sleeps_long = False
@@ -361,8 +374,12 @@ class Worker:
         assert self.pool is not None and self.fetcher is not None
         self.inbox.close()  # what the pool and fetcher report from now on waits here
         self.fetcher.stop()
-        if self._cold:
-            logger.warning("Cold shutdown: returning %d unacknowledged tasks to the queue", self._unacked_count())
+        if self._cold or not self._stopping:  # a cold shutdown, or the loop failed
+            logger.warning(
+                "%s: returning %d unacknowledged tasks to the queue",
+                "Cold shutdown" if self._cold else "Stopping after an error",
+                self._unacked_count(),
+            )
             self.pool.terminate()
             self._requeue([h.delivery for h in self.held.values() if not h.acked])
         else:
@@ -419,6 +436,8 @@ class Worker:
                     logger.warning("Rate limit of %s set to %s", name, event.limits.get(name, "its configured value"))
             self._rate_limits = event.limits
             self._policies.clear()
+        elif isinstance(event, _Failed):
+            raise event.error  # a bug of ours: the worker stops, as when its loop's own handling fails
         elif isinstance(event, _Stop):
             if event.cold or self._stopping:
                 self._cold = True

@@ -323,6 +323,33 @@ def test_an_idle_worker_runs_a_task_without_waking_its_loop(
     assert sum(name == runner for name in threads["write"]) >= 4, threads
 
 
+def test_a_failure_handling_an_event_off_the_loop_stops_the_worker(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug met while the fetcher's thread handles an idle worker's delivery does not just end
+    that thread (a worker alive that fetches nothing): the loop raises it and the worker stops."""
+
+    def broken(worker: Worker, delivery, message, revoked):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Worker, "_receive", broken)
+    worker = Worker(app, pool="threads", concurrency=1, hostname="w1@test")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert worker.ready.wait(10)
+    app.tasks["t.add"].delay(1, 2)
+    thread.join(20)
+    assert not thread.is_alive() and [str(e) for e in errors] == ["a bug"]
+
+
 def test_solo_runs_one_task_at_a_time_however_they_arrive(app: Celery) -> None:
     """S7 solo: single tasks to an idle worker (run on the fetcher's thread) and bursts
     (queued for the pool's) never overlap."""
