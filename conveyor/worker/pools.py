@@ -21,6 +21,7 @@ same I/O concurrency without patching.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import logging
@@ -97,9 +98,6 @@ class Pool(Protocol):
         """Stop one running job (revoke with terminate=True); it then reports Finished or Lost."""
 
 
-_STOP = object()
-
-
 def reporter(emit: Emit, job_id: int) -> Callable[[int], None]:
     def started(pid: int) -> None:
         emit(Started(job_id, pid))
@@ -115,7 +113,13 @@ class ThreadPool:
     def __init__(self, app: Conveyor, concurrency: int) -> None:
         self.app = app
         self.concurrency = concurrency
-        self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # Jobs waiting for a thread, and the threads waiting for a job (each on its own queue):
+        # the one that went idle last gets the next job, so an idle worker keeps using one
+        # thread whose connections and caches are warm, instead of taking turns.
+        self._backlog: collections.deque[Job] = collections.deque()
+        self._idle: list[queue.SimpleQueue[Job | None]] = []
+        self._closed = False
+        self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._emit: Emit | None = None
         self._running: dict[int, int] = {}  # job id -> ident of the thread running it
@@ -129,11 +133,18 @@ class ThreadPool:
             self._threads.append(thread)
 
     def _serve(self) -> None:
+        mine: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         while True:
-            job = self._jobs.get()
-            if job is _STOP:
-                return
-            assert isinstance(job, Job)
+            with self._lock:
+                if self._closed:
+                    return
+                job = self._backlog.popleft() if self._backlog else None
+                if job is None:
+                    self._idle.append(mine)
+            if job is None:
+                job = mine.get()
+                if job is None:  # shut down
+                    return
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -198,22 +209,24 @@ class ThreadPool:
         self._interrupt(job_id, TaskRevokedError)
 
     def submit(self, job: Job) -> None:
-        self._jobs.put(job)
+        with self._lock:
+            if not self._idle:
+                self._backlog.append(job)
+                return
+            thread = self._idle.pop()
+        thread.put(job)
 
     def queued(self) -> int:
-        return self._jobs.qsize()
+        return len(self._backlog)
 
     def shutdown(self) -> list[Job]:
-        pending: list[Job] = []
-        while True:
-            try:
-                item = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, Job):
-                pending.append(item)
-        for _ in self._threads:
-            self._jobs.put(_STOP)
+        with self._lock:
+            self._closed = True
+            pending, idle = list(self._backlog), self._idle
+            self._backlog.clear()
+            self._idle = []
+        for thread in idle:
+            thread.put(None)
         return pending
 
     def join(self, timeout: float | None = None) -> None:

@@ -65,6 +65,10 @@ def make_app(store: tuple[str, dict[str, str]]) -> Celery:
     def pid() -> int:
         return os.getpid()
 
+    @app.task(name="t.thread")
+    def thread() -> str:
+        return threading.current_thread().name
+
     return app
 
 
@@ -375,6 +379,14 @@ def test_solo_runs_one_task_at_a_time_however_they_arrive(app: Celery) -> None:
         for result in results:
             result.get(timeout=20)
     assert overlaps == 0
+
+
+def test_an_idle_thread_pool_keeps_using_its_warmest_thread(app: Celery) -> None:
+    """Latency (issue 3): one task after another on an idle worker runs on the thread that
+    went idle last, not on each of the pool's threads in turn (cold connections and caches)."""
+    with running(app, "threads", concurrency=4):
+        names = [app.tasks["t.thread"].delay().get(timeout=10) for _ in range(8)]
+    assert len(set(names)) <= 2, names  # one, or two when the next task came before it was idle again
 
 
 def test_reports_gather_under_load_into_fewer_writes(app: Celery) -> None:
