@@ -25,6 +25,7 @@ from conveyor.exceptions import (
     TimeoutError,
 )
 from conveyor.worker import Worker
+from conveyor.worker.pools import ThreadPool
 from tests.conftest import BROKERS, contract_app, store_url
 from tests.processes import wait_for_state
 
@@ -385,11 +386,16 @@ def test_an_idle_thread_pool_keeps_using_its_warmest_thread(app: Celery) -> None
     """Latency (issue 3): one task after another on an idle worker runs on the thread that
     went idle last, not on each of the pool's threads in turn (cold connections and caches)."""
     names = []
-    with running(app, "threads", concurrency=4):
+    with running(app, "threads", concurrency=4) as worker:
+        pool = worker.pool
+        assert isinstance(pool, ThreadPool)
         for _ in range(8):
+            # Each task comes once every thread is idle again (the last one's ack sent).
+            deadline = time.monotonic() + 10
+            while len(pool._idle) < 4 and time.monotonic() < deadline:
+                time.sleep(0.005)
             names.append(app.tasks["t.thread"].delay().get(timeout=10))
-            time.sleep(0.02)  # the thread is idle again (its ack sent) before the next one comes
-    assert len(set(names)) <= 2, names  # in turn, it would be all four
+    assert len(set(names)) == 1, names  # in turn, it would be all four
 
 
 def test_reports_gather_under_load_into_fewer_writes(app: Celery) -> None:
