@@ -321,7 +321,7 @@ class Worker:
         if self.held:
             self.inbox.post(_Delivered(deliveries))
             return
-        self._may_run_here = len(deliveries) == 1
+        self._may_run_here = isinstance(self.pool, SoloPool) and len(deliveries) == 1
         self._post_or_handle(_Delivered(deliveries))
         job, self._run_here, self._may_run_here = self._run_here, None, False
         if job is not None:
@@ -525,14 +525,10 @@ class Worker:
                 retries=message.retries, queue=delivery.queue, root_id=message.root_id, parent_id=message.parent_id,
             )  # fmt: skip
         assert self.pool is not None
-        if (
-            isinstance(self.pool, SoloPool)
-            and self._may_run_here
-            and len(self.held) == 1
-            and self.fetcher is not None
-            and self.fetcher.is_current_thread()
-        ):
-            self._run_here = job  # an idle solo worker's only task: see _from_fetcher
+        # An idle solo worker's only task (see _from_fetcher). Held alone: a delivery the loop
+        # took just before may have gone to the pool's thread, and solo runs one at a time.
+        if self._may_run_here and len(self.held) == 1 and self.fetcher and self.fetcher.is_current_thread():
+            self._run_here = job
         else:
             self.pool.submit(job)
 
@@ -744,12 +740,10 @@ class Worker:
         if self._freed_slots and self.fetcher is not None:
             self.fetcher.release(self._freed_slots)
             self._freed_slots = 0
-        if self._starting:
+        if self._starting or self._early_acks:
             due = time.time() - STARTED_GRACE_SECONDS
             for task_id in [t for t, (_, _, at) in self._starting.items() if at <= due]:
                 self._materialize_start(task_id)
-        if self._early_acks:
-            due = time.time() - STARTED_GRACE_SECONDS
             for job_id in [j for j, at in self._early_acks.items() if at <= due]:
                 self._send_early_ack(job_id)
         if self._updates or self._acks or self._events:
