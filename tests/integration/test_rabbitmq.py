@@ -14,6 +14,9 @@ import pytest
 from conveyor import states
 from tests.processes import E2E, RabbitMQServer, flow_through_restart
 
+# Booting a node takes both cores for seconds: kept off the second-timed beat tests' worker.
+pytestmark = pytest.mark.xdist_group("clock")
+
 
 @pytest.fixture
 def rabbitmq(tmp_path: Path):  # type: ignore[no-untyped-def]
