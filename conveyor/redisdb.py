@@ -178,6 +178,8 @@ class Scripts:
             link = self._link()
             if link.unconfirmed:
                 self._settle(link, 0)  # their replies come first on the connection
+            else:
+                self._drop_if_closed(link)
 
             def send(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
                 return self._pipeline(link, commands)
@@ -214,13 +216,10 @@ class Scripts:
             elif len(link.unconfirmed) % READ_EVERY == 0 or link.lost_connection:
                 # What has arrived, without waiting: a lost connection then sends few again.
                 self._settle(link, None)
+        if not link.unconfirmed:
+            self._drop_if_closed(link)
         connection = link.connect()
         try:
-            if not link.unconfirmed and not _usable(connection):
-                # Closed by the server (a restart) while nothing was owed on it: a new
-                # connection loses nothing. Never send into a dead one.
-                link.drop()
-                connection = link.connect()
             connection.send_packed_command(_pack(connection, [command]), check_health=False)
         except BaseException:
             link.drop()
@@ -228,6 +227,14 @@ class Scripts:
         link.unconfirmed.append(command)
         link.sent_on = connection
         link.last_sent = time.monotonic()
+
+    @staticmethod
+    def _drop_if_closed(link: _Link) -> None:
+        """Closed by the server (a restart, a Sentinel fail-over) while nothing was owed on it:
+        a new connection loses nothing. Never send into a dead one (redis-py's pool makes the
+        same check at every checkout)."""
+        if link.connection is not None and not _usable(link.connection):
+            link.drop()
 
     def confirm(self) -> None:
         """Wait for the replies to this thread's `send`s; raise the first error among them.

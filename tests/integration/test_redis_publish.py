@@ -110,6 +110,22 @@ def test_a_restart_while_idle_costs_the_next_publish_nothing(server: RedisServer
     app.close()
 
 
+def test_a_restart_while_idle_costs_the_next_get_and_write_nothing(server: RedisServer) -> None:
+    """The backend's calls on its thread's own connection (get()'s BLMOVE, result writes) find a
+    connection Redis closed while idle and take a new one, as redis-py's pool would."""
+    app = make_app(server.url)
+    app.backend.store("t1", states.SUCCESS, 1)
+    assert app.AsyncResult("t1").get(timeout=5) == 1
+    server.stop()
+    server.start()  # appendonly: the result is still there
+    assert app.AsyncResult("t1").get(timeout=5) == 1
+    server.stop()
+    server.start()
+    app.backend.store("t2", states.SUCCESS, 2)
+    assert app.AsyncResult("t2").get(timeout=5) == 2
+    app.close()
+
+
 def test_a_flushed_script_cache_reloads_and_sends_again(server: RedisServer) -> None:
     """NOSCRIPT on a pipelined publish (SCRIPT FLUSH, a restarted replica): reloaded, sent again."""
     app = make_app(server.url)
