@@ -6,7 +6,9 @@ The workload follows ../shared/reference/peer-benchmarks.md: N no-op tasks
 whose body INCRs a Redis counter; enqueued one call at a time with no worker
 running; then ONE worker process is spawned and timed until the counter
 reaches N ("drain", from spawn, the peers' method; "steady" from the first
-completion). Latency: sequential submit-and-wait calls against the idle
+completion). CPU per task, over that steady part: the worker's processes (its
+session) and the Redis server (what limits a drain on a 2-core machine: a
+worker's Python runs on one core at a time). Latency: sequential submit-and-wait calls against the idle
 worker. Redis memory per queued task is the growth of `used_memory` over the
 enqueue. Each peer gets its own Redis database, flushed before use.
 """
@@ -218,6 +220,28 @@ def rss_mib(pid: int) -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def cpu_seconds(session: int) -> float:
+    """CPU time (user + system) of every live process in a session: a peer's worker and any
+    processes it forked (Dramatiq's worker is a child of its launcher)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[3]) == session:  # fields[3] is the session id (field 6 of stat)
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def run_peer(key: str, tasks: int, trips: int, results: bool) -> tuple[str, dict[str, float]]:
     db, factory = PEERS[key]
     url = f"{BASE_URL}/{db}"
@@ -244,14 +268,17 @@ def run_peer(key: str, tasks: int, trips: int, results: bool) -> tuple[str, dict
             done = int(client.get("bench:done") or 0)
             if done and first is None:
                 first = (time.perf_counter(), done)
+                cpu_first, redis_first = cpu_seconds(worker.pid), redis_cpu_seconds(client)
             if done >= tasks:
                 break
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{peer.name} worker stopped or stalled at {done}/{tasks}")
             time.sleep(0.002)
         finished = time.perf_counter()
-        drain = tasks / (finished - spawned)
         assert first is not None
+        cpu_per_task = (cpu_seconds(worker.pid) - cpu_first) / max(tasks - first[1], 1) * 1e6
+        redis_per_task = (redis_cpu_seconds(client) - redis_first) / max(tasks - first[1], 1) * 1e6
+        drain = tasks / (finished - spawned)
         steady = (tasks - first[1]) / max(finished - first[0], 1e-9)
         latency = sorted(peer.round_trips(trips)) if results else []
         rss = rss_mib(worker.pid)
@@ -262,7 +289,8 @@ def run_peer(key: str, tasks: int, trips: int, results: bool) -> tuple[str, dict
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(worker.pid, signal.SIGKILL)
     client.flushdb()
-    row = {"enqueue": enqueue_rate, "drain": drain, "steady": steady, "bytes": per_task, "rss": rss}
+    row = {"enqueue": enqueue_rate, "drain": drain, "steady": steady, "bytes": per_task, "rss": rss,
+           "cpu": cpu_per_task, "redis_cpu": redis_per_task}  # fmt: skip
     if latency:
         row["p50"] = statistics.median(latency)
         row["p99"] = latency[max(0, int(len(latency) * 0.99) - 1)]
@@ -277,7 +305,8 @@ def main(tasks: int, trips: int, runs: int, only: list[str] | None) -> None:
     keys = only or list(PEERS)
     table = Table(title=f"{tasks:,} no-op tasks on Redis, one worker process, median of {runs}")
     for column in ("queue", "enqueue/s", "drain/s stored", "steady/s stored", "drain/s ignored",
-                   "p50 ms", "p99 ms", "bytes/queued task", "worker RSS MiB"):  # fmt: skip
+                   "worker CPU µs/task", "Redis CPU µs/task", "p50 ms", "p99 ms", "bytes/queued task",
+                   "worker RSS MiB"):  # fmt: skip
         table.add_column(column, justify="right" if column != "queue" else "left")
     for key in keys:
         try:
@@ -293,7 +322,8 @@ def main(tasks: int, trips: int, runs: int, only: list[str] | None) -> None:
 
         table.add_row(
             name, f"{med(stored, 'enqueue'):,.0f}", f"{med(stored, 'drain'):,.0f}", f"{med(stored, 'steady'):,.0f}",
-            f"{med(ignored, 'drain'):,.0f}", f"{med(stored, 'p50'):.2f}", f"{med(stored, 'p99'):.2f}",
+            f"{med(ignored, 'drain'):,.0f}", f"{med(stored, 'cpu'):,.0f}", f"{med(stored, 'redis_cpu'):,.0f}",
+            f"{med(stored, 'p50'):.2f}", f"{med(stored, 'p99'):.2f}",
             f"{med(stored, 'bytes'):,.0f}", f"{med(stored, 'rss'):.0f}",
         )  # fmt: skip
         console.print(f"done: {name}")
