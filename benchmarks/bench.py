@@ -39,9 +39,9 @@ def rss_mib(pid: int) -> float:
 
 
 @contextmanager
-def worker(env: dict[str, str], pool: str, concurrency: int) -> Iterator[subprocess.Popen[bytes]]:
+def worker(env: dict[str, str], pool: str, concurrency: int, prefetch: int) -> Iterator[subprocess.Popen[bytes]]:
     command = [sys.executable, "-m", "conveyor.cli", "-A", "benchmarks.bench_app", "worker", "-l", "warning",
-               "-P", pool, "-c", str(concurrency), "--prefetch-multiplier", "64"]  # fmt: skip
+               "-P", pool, "-c", str(concurrency), "--prefetch-multiplier", str(prefetch)]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
     time.sleep(1.5)
     try:
@@ -64,7 +64,9 @@ def fresh_app(url: str, backend: str | None = None):  # type: ignore[no-untyped-
     return bench_app.app, bench_app.noop
 
 
-def measure(url: str, tasks: int, pool: str, concurrency: int, backend: str | None = None) -> list[tuple[str, str]]:
+def measure(
+    url: str, tasks: int, pool: str, concurrency: int, prefetch: int = 64, backend: str | None = None
+) -> list[tuple[str, str]]:
     env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "CONVEYOR_BENCH_BACKEND": backend or "",
            "CONVEYOR_BENCH_PREFIX": PREFIX, "PYTHONPATH": str(ROOT)}  # fmt: skip
     app, noop = fresh_app(url, backend)
@@ -99,7 +101,7 @@ def measure(url: str, tasks: int, pool: str, concurrency: int, backend: str | No
     rows.append(("group() of 1,000, built and sent", f"{tasks / (time.perf_counter() - started):,.0f} tasks/s"))
     app.broker.purge(["celery"])
 
-    with worker(env, pool, concurrency) as process:
+    with worker(env, pool, concurrency, prefetch) as process:
         idle_rss = rss_mib(process.pid)
         latencies = []
         for i in range(300):
@@ -145,6 +147,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per measurement")
     parser.add_argument("--pool", default="solo", help="worker pool (solo, threads, prefork, asyncio: an async no-op)")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--prefetch-multiplier", type=int, default=64, help="the worker's prefetch multiplier")
     parser.add_argument("--peers", nargs="*", help="compare with peers on Redis (all, or the ones named)")
     parser.add_argument("--floor", action="store_true", help="measure this machine's Redis round trips")
     parser.add_argument("--runs", type=int, default=1, help="with --peers: runs per figure (median)")
@@ -168,9 +171,9 @@ def main() -> None:
     if args.broker in ("redis", "amqp"):
         try:
             if args.broker == "redis":
-                rows = measure(REDIS_URL, args.tasks, args.pool, args.concurrency)
+                rows = measure(REDIS_URL, args.tasks, args.pool, args.concurrency, args.prefetch_multiplier)
             else:
-                rows = measure(AMQP_URL, args.tasks, args.pool, args.concurrency, backend=REDIS_URL)
+                rows = measure(AMQP_URL, args.tasks, args.pool, args.concurrency, args.prefetch_multiplier, REDIS_URL)
         finally:
             import redis
 
@@ -179,8 +182,13 @@ def main() -> None:
                 client.delete(key)
     else:
         with tempfile.TemporaryDirectory() as directory:
-            rows = measure(f"sqlite:///{directory}/bench.db", args.tasks, args.pool, args.concurrency)
-    table = Table(title=f"Conveyor on {args.broker}: {args.tasks:,} no-op tasks, -P {args.pool} -c {args.concurrency}")
+            rows = measure(
+                f"sqlite:///{directory}/bench.db", args.tasks, args.pool, args.concurrency, args.prefetch_multiplier
+            )
+    table = Table(
+        title=f"Conveyor on {args.broker}: {args.tasks:,} no-op tasks, -P {args.pool} -c {args.concurrency}"
+        f" --prefetch-multiplier {args.prefetch_multiplier}"
+    )
     table.add_column("measure")
     table.add_column("result", justify="right")
     for row in rows:
