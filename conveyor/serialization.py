@@ -9,7 +9,10 @@ types, so messages stay readable by Celery deployments.
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
+import importlib
+import importlib.util
 import json
 import lzma
 import pickle
@@ -78,36 +81,40 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _msgpack() -> Serializer:
-    import msgpack
+def _optional(module: str) -> Callable[[], Any] | None:
+    """An optional dependency, imported at its first use (every process imports this module,
+    and yaml and zstandard alone take 40 ms to import); None when it is not installed."""
+    if importlib.util.find_spec(module) is None:
+        return None
+    return functools.cache(lambda: importlib.import_module(module))
 
+
+def _msgpack(msgpack: Callable[[], Any]) -> Serializer:
     return Serializer(
         "msgpack",
         "application/x-msgpack",
-        lambda value: msgpack.packb(value, use_bin_type=True),
-        lambda data: msgpack.unpackb(data, raw=False),
+        lambda value: msgpack().packb(value, use_bin_type=True),
+        lambda data: msgpack().unpackb(data, raw=False),
     )
 
 
-def _yaml() -> Serializer:
-    import yaml
-
+def _yaml(yaml: Callable[[], Any]) -> Serializer:
     return Serializer(
         "yaml",
         "application/x-yaml",
-        lambda value: yaml.safe_dump(value).encode(),
-        lambda data: yaml.safe_load(data),
+        lambda value: yaml().safe_dump(value).encode(),
+        lambda data: yaml().safe_load(data),
     )
 
 
-def _zstd() -> Codec:
-    import zstandard
-
+def _zstd(zstandard: Callable[[], Any]) -> Codec:
+    compressor = functools.cache(lambda: zstandard().ZstdCompressor())
+    decompressor = functools.cache(lambda: zstandard().ZstdDecompressor())
     return Codec(
         "zstd",
         "application/zstd",
-        zstandard.ZstdCompressor().compress,
-        zstandard.ZstdDecompressor().decompress,
+        lambda data: compressor().compress(data),
+        lambda data: decompressor().decompress(data),
     )
 
 
@@ -136,21 +143,18 @@ register_serializer(
         pickle.loads,
     )
 )
-for _factory in (_msgpack, _yaml):
-    try:
-        register_serializer(_factory())
-    except ImportError:  # optional dependency not installed
-        pass
+if (_module := _optional("msgpack")) is not None:
+    register_serializer(_msgpack(_module))
+if (_module := _optional("yaml")) is not None:
+    register_serializer(_yaml(_module))
 
 # kombu calls zlib output "application/x-gzip"; true gzip gets its own type.
 register_codec(Codec("zlib", "application/x-gzip", zlib.compress, zlib.decompress))
 register_codec(Codec("gzip", "application/gzip", gzip.compress, gzip.decompress))
 register_codec(Codec("bzip2", "application/x-bz2", bz2.compress, bz2.decompress))
 register_codec(Codec("lzma", "application/x-lzma", lzma.compress, lzma.decompress))
-try:
-    register_codec(_zstd())
-except ImportError:
-    pass
+if (_module := _optional("zstandard")) is not None:
+    register_codec(_zstd(_module))
 
 
 def _lookup(table: dict[str, T], name: str, kind: str) -> T:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -133,3 +135,16 @@ def test_new_ids_are_random_version_4_uuids() -> None:
     for task_id in ids:
         parsed = uuid.UUID(task_id)
         assert str(parsed) == task_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_optional_serializers_are_imported_at_first_use() -> None:
+    """Every producer and worker imports conveyor: yaml and zstandard (40 ms) wait until used."""
+    code = (
+        "import sys, conveyor, conveyor.cli\n"
+        "from conveyor import serialization\n"
+        "assert not {'yaml', 'zstandard', 'msgpack'} & set(sys.modules), sys.modules.keys()\n"
+        "data, kind = serialization.dumps({'a': 1}, 'yaml', 'zstd')\n"
+        "assert serialization.loads(data, kind, compression='application/zstd') == {'a': 1}\n"
+        "assert {'yaml', 'zstandard'} <= set(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
