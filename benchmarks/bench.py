@@ -65,7 +65,7 @@ def fresh_app(url: str, backend: str | None = None):  # type: ignore[no-untyped-
 
 
 def measure(
-    url: str, tasks: int, pool: str, concurrency: int, prefetch: int = 64, backend: str | None = None
+    url: str, tasks: int, pool: str, concurrency: int, prefetch: int, backend: str | None = None
 ) -> list[tuple[str, str]]:
     env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "CONVEYOR_BENCH_BACKEND": backend or "",
            "CONVEYOR_BENCH_PREFIX": PREFIX, "PYTHONPATH": str(ROOT)}  # fmt: skip
