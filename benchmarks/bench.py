@@ -24,8 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from benchmarks import report
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = f"bench{os.getpid()}:"
@@ -152,21 +151,24 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="measure this machine's Redis round trips")
     parser.add_argument("--runs", type=int, default=1, help="with --peers: runs per figure (median)")
     parser.add_argument("--trips", type=int, default=300, help="with --peers: round trips for latency")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="PAGE",
+        help="also write the table into PAGE (docs/benchmarks.md), replacing the one this command wrote before",
+    )
     args = parser.parse_args()
     if args.floor:
         from benchmarks import floor
 
-        table = Table(title="Redis round trips on this machine (median)")
-        table.add_column("measure")
-        table.add_column("result", justify="right")
-        for row in floor.rows():
-            table.add_row(*row)
-        Console().print(table)
+        title = "Redis round trips on this machine (median)"
+        report.show("floor", title, ("measure", "result"), floor.rows(), args.markdown)
         return
     if args.peers is not None:
         from benchmarks import compare
 
-        compare.main(args.tasks, args.trips, args.runs, args.peers or None)
+        title, columns, peer_rows = compare.main(args.tasks, args.trips, args.runs, args.peers or None)
+        report.show("peers", title, columns, peer_rows, args.markdown)
         return
     if args.broker in ("redis", "amqp"):
         try:
@@ -185,15 +187,11 @@ def main() -> None:
             rows = measure(
                 f"sqlite:///{directory}/bench.db", args.tasks, args.pool, args.concurrency, args.prefetch_multiplier
             )
-    table = Table(
-        title=f"Conveyor on {args.broker}: {args.tasks:,} no-op tasks, -P {args.pool} -c {args.concurrency}"
+    title = (
+        f"Conveyor on {args.broker}: {args.tasks:,} no-op tasks, -P {args.pool} -c {args.concurrency}"
         f" --prefetch-multiplier {args.prefetch_multiplier}"
     )
-    table.add_column("measure")
-    table.add_column("result", justify="right")
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    report.show(f"conveyor-{args.broker}", title, ("measure", "result"), rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     ./scripts/bench --broker redis --peers            # installs the `bench` extra (the peers)
 
-The workload follows ../shared/reference/peer-benchmarks.md: N no-op tasks
+The workload is the peers' common one: N no-op tasks
 whose body INCRs a Redis counter; enqueued one call at a time with no worker
 running; then ONE worker process is spawned and timed until the counter
 reaches N ("drain", from spawn, the peers' method; "steady" from the first
@@ -297,34 +297,34 @@ def run_peer(key: str, tasks: int, trips: int, results: bool) -> tuple[str, dict
     return peer.name, row
 
 
-def main(tasks: int, trips: int, runs: int, only: list[str] | None) -> None:
+def main(tasks: int, trips: int, runs: int, only: list[str] | None) -> tuple[str, list[str], list[list[str]]]:
+    """Run each peer `runs` times; return the table's title, columns and one row per peer (medians)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     keys = only or list(PEERS)
-    table = Table(title=f"{tasks:,} no-op tasks on Redis, one worker process, median of {runs}")
-    for column in ("queue", "enqueue/s", "drain/s stored", "steady/s stored", "drain/s ignored",
-                   "worker CPU µs/task", "Redis CPU µs/task", "p50 ms", "p99 ms", "bytes/queued task",
-                   "worker RSS MiB"):  # fmt: skip
-        table.add_column(column, justify="right" if column != "queue" else "left")
+    title = f"{tasks:,} no-op tasks on Redis, one worker process, median of {runs}"
+    columns = ["queue", "enqueue/s", "drain/s stored", "steady/s stored", "drain/s ignored",
+               "worker CPU µs/task", "Redis CPU µs/task", "p50 ms", "p99 ms", "bytes/queued task",
+               "worker RSS MiB"]  # fmt: skip
+    rows: list[list[str]] = []
     for key in keys:
         try:
             named = [run_peer(key, tasks, trips, True) for _ in range(runs)]
             ignored = [run_peer(key, tasks, trips, False)[1] for _ in range(runs)]
         except Exception as exc:  # one peer failing must not lose the others' figures
-            console.print(f"[red]{key} failed: {exc!r}[/red]")
+            console.print(f"{key} failed: {exc!r}", style="red", markup=False)
             continue
         name, stored = named[0][0], [row for _, row in named]
 
         def med(rows: list[dict[str, float]], field: str) -> float:
             return statistics.median(r[field] for r in rows)
 
-        table.add_row(
+        rows.append([
             name, f"{med(stored, 'enqueue'):,.0f}", f"{med(stored, 'drain'):,.0f}", f"{med(stored, 'steady'):,.0f}",
             f"{med(ignored, 'drain'):,.0f}", f"{med(stored, 'cpu'):,.0f}", f"{med(stored, 'redis_cpu'):,.0f}",
             f"{med(stored, 'p50'):.2f}", f"{med(stored, 'p99'):.2f}",
             f"{med(stored, 'bytes'):,.0f}", f"{med(stored, 'rss'):.0f}",
-        )  # fmt: skip
-        console.print(f"done: {name}")
-    console.print(table)
+        ])  # fmt: skip
+        console.print(f"done: {name}", markup=False)
+    return title, columns, rows

@@ -14,8 +14,9 @@ add.delay(1, 2).get()  # 3
 __version__ = "0.1.0"
 
 from conveyor import exceptions, states
-from conveyor.app import Celery, Conveyor, current_app
+from conveyor.app import Celery, Conveyor
 from conveyor.canvas import Signature, chain, chord, group, signature
+from conveyor.current import current_app
 from conveyor.exceptions import (
     BrokerConnectionError,
     ConveyorError,

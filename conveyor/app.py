@@ -20,9 +20,11 @@ from conveyor import dedup, messages, signals
 from conveyor.backends import ResultBackend, backend_from_url
 from conveyor.brokers import AMQP_SCHEMES, Broker, broker_from_url
 from conveyor.brokers.base import Outgoing, check_priority
-from conveyor.canvas import Signature
+from conveyor.canvas import Signature, register_builtins
 from conveyor.config import Settings, settings_from_object
 from conveyor.control import Control
+from conveyor.current import set_current_app, set_default_app_factory
+from conveyor.eager import run_eagerly
 from conveyor.exceptions import BrokerConnectionError, ConveyorError, EncodeError, ImproperlyConfigured
 from conveyor.result import AsyncResult
 from conveyor.routing import Router
@@ -53,17 +55,6 @@ class _BoundTaskDecorator(Protocol):
     def __call__(self, fun: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
 
 
-_current_app: Conveyor | None = None
-
-
-def current_app() -> Conveyor:
-    """The most recently created app (a default one if none exists)."""
-    global _current_app
-    if _current_app is None:
-        _current_app = Conveyor()
-    return _current_app
-
-
 class Conveyor:
     """A Conveyor application: `app = Conveyor('task')` or, as in Celery, `Celery('task')`."""
 
@@ -77,7 +68,6 @@ class Conveyor:
         config_source: Any = None,
         **settings: Any,
     ) -> None:
-        global _current_app
         self.main = main
         self.conf = Settings()
         self.tasks: dict[str, Task[Any, Any]] = {}
@@ -95,10 +85,8 @@ class Conveyor:
         if include is not None:
             initial["include"] = include
         self.conf.update(initial)
-        from conveyor.canvas import register_builtins
-
         register_builtins(self)
-        _current_app = self
+        set_current_app(self)
 
     # -- configuration -------------------------------------------------------------------
     def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
@@ -417,6 +405,13 @@ class Conveyor:
     ) -> Signature:
         return Signature(name, args, kwargs, options, app=self)
 
+    def run_eagerly(
+        self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None,
+        options: dict[str, Any],
+    ) -> AsyncResult[R]:  # fmt: skip
+        """Run `task` in this process now, as a worker would (`Task.apply`, `task_always_eager`)."""
+        return run_eagerly(task, args, kwargs, task_id, options)
+
     @property
     def control(self) -> Control:
         """Remote control of workers: `app.control.revoke(task_id, terminate=True)`."""
@@ -440,4 +435,5 @@ def _aware(value: Any) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+set_default_app_factory(Conveyor)
 Celery = Conveyor

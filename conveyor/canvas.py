@@ -39,12 +39,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-from conveyor import messages
-from conveyor.exceptions import ImproperlyConfigured
+from conveyor import messages, states
+from conveyor.current import current_app
+from conveyor.exceptions import ChordError, DecodeError, ImproperlyConfigured
+from conveyor.result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
-    from conveyor.result import AsyncResult, GroupResult
 
 #: Seconds between a chord's checks of its header by `conveyor.chord_unlock`: the fallback, when
 #: no header task's end can say so (a header task that is itself a group or a chord).
@@ -150,8 +151,6 @@ class Signature(dict[str, Any]):
         return app.AsyncResult(self.freeze())
 
     def _app(self) -> Conveyor:
-        from conveyor.app import current_app
-
         return self.app or current_app()
 
     def apply_async(
@@ -281,7 +280,6 @@ class group(_Composite):  # noqa: N801 - Celery's name
         return str(self["options"].setdefault("group_id", messages.new_id()))
 
     def frozen_result(self, app: Conveyor) -> GroupResult:
-        from conveyor.result import GroupResult
 
         group_id = self.freeze()
         return GroupResult(group_id, [task.frozen_result(app) for task in self.tasks], app)
@@ -290,7 +288,6 @@ class group(_Composite):  # noqa: N801 - Celery's name
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> GroupResult:
         """Send every task (plain calls in one broker call; `args` prepended to each); a GroupResult."""
-        from conveyor.result import GroupResult
 
         app = self._app()
         following = list(options.pop("chain", None) or ())
@@ -432,6 +429,23 @@ def _mark(task: Signature, chord_id: list[Any]) -> bool:
     return True
 
 
+def chord_part(headers: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The chord a header task belongs to, as its message says: (chord id, header size)."""
+    value = headers.get(CHORD_HEADER)
+    if value is None:
+        return None
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+        and value[1] > 0
+    ):
+        return value[0], value[1]
+    raise DecodeError(f"header {CHORD_HEADER!r} must be [chord id, header size], not {value!r:.80}")
+
+
 def chord_part_done(app: Conveyor, group_id: str, size: int) -> None:
     """A header task of chord `group_id` (of `size` parts) has ended and its result is stored:
     count it; the count reaching `size` completes the chord (a task counted twice, run again
@@ -451,9 +465,6 @@ def complete_chord(app: Conveyor, group_id: str, hostname: str | None) -> bool:
     """Once every header result is ready, send the body with them (or store it as FAILURE with
     ChordError); False while one is not. Of the workers that may try at once (the last header
     tasks, the unlock task), exactly one sends it: the one whose compare-and-set removes the record."""
-    from conveyor import states
-    from conveyor.exceptions import ChordError
-    from conveyor.result import GroupResult
 
     raw = app.broker.kv_get(CHORDS, group_id)
     if raw is None:  # another worker completed it (a count made since, by a task run again, goes too)

@@ -13,8 +13,10 @@ import click
 
 from conveyor import __version__, states
 from conveyor.app import Conveyor
-from conveyor.config import POOL_NAMES, redacted
+from conveyor.config import POOL_NAMES
 from conveyor.exceptions import ConveyorError
+from conveyor.extras import requires
+from conveyor.urls import redacted
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 LEVEL_COLOURS = {"DEBUG": "blue", "INFO": None, "WARNING": "yellow", "ERROR": "red", "CRITICAL": "magenta"}
@@ -94,7 +96,17 @@ loglevel_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command's Conveyor error (a broker that is down, a bad setting) is one `Error:` line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-A", "--app", "app_spec", metavar="MODULE[:APP]", help="Module holding the app, e.g. -A task.")
 @click.option("-b", "--broker", help="Broker URL (overrides broker_url).")
 @click.option("--result-backend", help="Result backend URL (overrides result_backend).")
@@ -168,9 +180,10 @@ def worker(
 @pass_context
 def flower(obj: _Context, port: int, address: str, basic_auth: str | None, loglevel: str) -> None:
     """Serve the web dashboard: workers, queues, tasks, dead letters, actions; /metrics for Prometheus."""
-    import uvicorn
+    with requires("dashboard", "conveyor flower"):
+        import uvicorn
 
-    from conveyor.dashboard import create_app
+        from conveyor.dashboard import create_app
 
     if basic_auth is not None and ":" not in basic_auth:
         raise click.BadParameter("must be user:password", param_hint="--basic-auth")

@@ -23,11 +23,6 @@ Check = Callable[[Any], Any]
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
 
 
-def redacted(url: str) -> str:
-    """A URL fit for logs and screens: its password replaced by `***`."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
 def parse_rate(value: Any) -> float | None:
     """`10`, `"10/s"`, `"10/m"`, `"10/h"` -> tasks per second (None: no limit)."""
     if value is None:

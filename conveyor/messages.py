@@ -268,6 +268,8 @@ class Envelope:
             raw = json.loads(data)
         except (UnicodeDecodeError, ValueError) as exc:
             raise DecodeError(f"message is not a JSON envelope: {exc}") from None
+        except RecursionError:
+            raise DecodeError("message envelope is nested too deeply") from None
         if not isinstance(raw, dict):
             raise DecodeError("message envelope is not a JSON object")
         headers, properties = raw.get("headers"), raw.get("properties") or {}
@@ -277,14 +279,17 @@ class Envelope:
             if not isinstance(headers.get(required), str):
                 raise DecodeError(f"message header {required!r} is missing or not a string")
         body = raw.get("body", "")
+        if not isinstance(body, str):
+            raise DecodeError(f"message body is not a string but {type(body).__name__}")
         try:
-            if properties.get("body_encoding") == "base64":
-                body = base64.b64decode(body, validate=True)
-            elif isinstance(body, str):
-                body = body.encode()
+            body = (
+                base64.b64decode(body, validate=True) if properties.get("body_encoding") == "base64" else body.encode()
+            )
         except ValueError as exc:
             raise DecodeError(f"message body is not valid base64: {exc}") from None
         content_type = raw.get("content-type") or "application/json"
+        if not isinstance(content_type, str):
+            raise DecodeError("message content-type is not a string")
         return cls(headers, properties, body, content_type)
 
     @classmethod
@@ -299,6 +304,8 @@ class Envelope:
             raise DecodeError(f"compact message envelope version {version} is not supported")
         if not isinstance(headers, dict) or not isinstance(properties, dict) or not isinstance(body, bytes):
             raise DecodeError("compact message envelope has the wrong shape")
+        if content_type is not None and not isinstance(content_type, str):
+            raise DecodeError("compact message envelope's content type is not a string")
         for key in ("id", "root_id", "parent_id"):
             if key in headers:
                 headers[key] = _unpack_id(headers[key])
@@ -309,7 +316,7 @@ class Envelope:
 
     def message(self, accept: frozenset[str] | None = None) -> Message:
         """Decode the body into a Message (ContentDisallowed or DecodeError on failure)."""
-        compression = self.headers.get("compression")
+        compression = _text(self.headers, "compression")
         payload = serialization.loads(self.body, self.content_type, accept=accept, compression=compression)
         # Protocol 2 bodies are [args, kwargs, embed]; the compact envelope drops an empty embed.
         if not (isinstance(payload, (list, tuple)) and len(payload) in (2, 3)):
@@ -323,38 +330,105 @@ class Envelope:
             return Message._of_fields(
                 {"task": h["task"], "id": h["id"], "args": tuple(args), "kwargs": kwargs, "headers": {}, "origin": ""}
             )
-        embed = embed if isinstance(embed, dict) else {}
-        hard, soft = [*(h.get("timelimit") or ()), None, None][:2]
+        if embed is None:
+            embed = {}
+        if not isinstance(embed, dict):
+            raise DecodeError("message body's embed (callbacks, chain, chord) is not a dict")
+        hard, soft = _time_limits(h.get("timelimit"))
         custom = {k: v for k, v in h.items() if k not in _KNOWN_HEADERS} if len(h) > 2 else {}
+        p = self.properties
         return Message._of_fields(
             {
                 "task": h["task"],
                 "id": h["id"],
                 "args": tuple(args),
                 "kwargs": kwargs,
-                "root_id": h.get("root_id") or h["id"],
-                "parent_id": h.get("parent_id"),
-                "group": h.get("group"),
-                "group_index": h.get("group_index"),
-                "shadow": h.get("shadow"),
+                "root_id": _text(h, "root_id") or h["id"],
+                "parent_id": _text(h, "parent_id"),
+                "group": _text(h, "group"),
+                "group_index": _number(h, "group_index", 0, MAX_INT, None),
+                "shadow": _text(h, "shadow"),
                 "eta": _parse_iso(h.get("eta"), "eta"),
                 "expires": _parse_iso(h.get("expires"), "expires"),
-                "retries": int(h.get("retries") or 0),
+                "retries": _number(h, "retries", 0, MAX_INT, 0),
                 "time_limit": hard,
                 "soft_time_limit": soft,
-                "ignore_result": bool(h.get("ignore_result")),
-                "origin": h.get("origin") or "",
-                "callbacks": embed.get("callbacks"),
-                "errbacks": embed.get("errbacks"),
-                "chain": embed.get("chain"),
-                "chord": embed.get("chord"),
+                "ignore_result": _flag(h, "ignore_result"),
+                "origin": _text(h, "origin") or "",
+                "callbacks": _signatures(embed, "callbacks"),
+                "errbacks": _signatures(embed, "errbacks"),
+                "chain": _signatures(embed, "chain"),
+                "chord": _signature(embed, "chord"),
                 "headers": custom,
-                "priority": int(self.properties.get("priority") or 0),
-                "reply_to": self.properties.get("reply_to"),
+                "priority": _number(p, "priority", 0, 255, 0),
+                "reply_to": _text(p, "reply_to"),
                 "content_type": self.content_type,
                 "compression": compression,
             }
         )
+
+
+# Checks of received fields: each returns the field's value or raises DecodeError naming it.
+MAX_INT = 2**31 - 1
+
+
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {_REPR.repr(value)[:80]}"
+
+
+def _text(fields: dict[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise DecodeError(f"{name!r} must be a string, not {_shown(value)}")
+
+
+def _number(fields: dict[str, Any], name: str, low: int, high: int, default: int | None) -> int | None:
+    value = fields.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise DecodeError(f"{name!r} must be a whole number from {low} to {high}, not {_shown(value)}")
+    return value
+
+
+def _flag(fields: dict[str, Any], name: str) -> bool:
+    value = fields.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise DecodeError(f"{name!r} must be true or false, not {_shown(value)}")
+
+
+def _time_limits(value: Any) -> tuple[float | None, float | None]:
+    """Protocol 2's `timelimit`: [hard, soft], each seconds or null."""
+    if value is None:
+        return None, None
+    if not isinstance(value, (list, tuple)) or len(value) > 2:
+        raise DecodeError(f"'timelimit' must be [hard, soft], not {_shown(value)}")
+    limits = [*value, None, None][:2]
+    for limit in limits:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0):
+            raise DecodeError(f"'timelimit' must hold seconds (or null), not {_shown(limit)}")
+    return limits[0], limits[1]
+
+
+def _signature(embed: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = embed.get(name)
+    if value is None or (isinstance(value, dict) and isinstance(value.get("task"), str)):
+        return value
+    raise DecodeError(f"{name!r} must be a signature (a dict naming its task), not {_shown(value)}")
+
+
+def _signatures(embed: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
+    value = embed.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise DecodeError(f"{name!r} must be a list of signatures, not {_shown(value)}")
+    for item in value:
+        if not (isinstance(item, dict) and isinstance(item.get("task"), str)):
+            raise DecodeError(f"{name!r} must hold signatures (dicts naming their task), not {_shown(item)}")
+    return value
 
 
 def decode(data: bytes, accept: frozenset[str] | None = None) -> Message:

@@ -36,8 +36,8 @@ except ImportError:  # redis-py works without it, only slower
     hiredis = None  # type: ignore[assignment]
 from redis.exceptions import NoScriptError
 
-from conveyor.brokers.base import SEND_WINDOW
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
+from conveyor.pipelining import SEND_WINDOW
 from conveyor.threadend import when_thread_ends
 
 logger = logging.getLogger("conveyor.redis")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor import states
 from conveyor.backends.base import result_value
+from conveyor.current import current_app
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -32,8 +33,6 @@ class AsyncResult(Generic[R]):
         ignored: bool = False,
     ) -> None:
         if app is None:
-            from conveyor.app import current_app
-
             app = current_app()
         self.id = id
         self.app = app

@@ -157,10 +157,16 @@ if (_module := _optional("zstandard")) is not None:
     register_codec(_zstd(_module))
 
 
+#: Serializers and codecs that come with an extra of the same name.
+_EXTRAS = ("yaml", "zstd")
+
+
 def _lookup(table: dict[str, T], name: str, kind: str) -> T:
     try:
         return table[name]
     except KeyError:
+        if name in _EXTRAS:
+            raise ImproperlyConfigured(f"the {kind} {name!r} needs pip install 'conveyor[{name}]'") from None
         known = ", ".join(sorted(key for key in table if "/" not in key))
         raise ImproperlyConfigured(f"unknown {kind} {name!r} (known: {known})") from None
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from conveyor.canvas import Signature
 from conveyor.exceptions import MaxRetriesExceededError, Retry
 from conveyor.result import AsyncResult
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.backends.base import StateUpdate
-    from conveyor.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -213,27 +213,19 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """Run the task in this process now, as a worker would; an EagerResult."""
-        from conveyor.worker.execution import run_eagerly
-
-        return run_eagerly(self, tuple(args or ()), dict(kwargs or {}), task_id, options)
+        return self.app.run_eagerly(self, tuple(args or ()), dict(kwargs or {}), task_id, options)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with these arguments (a callback receives the parent's result first)."""
-        from conveyor.canvas import Signature
-
         return Signature(self.name, args, kwargs, app=self.app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: a callback gets exactly these arguments."""
-        from conveyor.canvas import Signature
-
         return Signature(self.name, args, kwargs, immutable=True, app=self.app)
 
     def signature(
         self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> Signature:
-        from conveyor.canvas import Signature
-
         return Signature(self.name, tuple(args or ()), dict(kwargs or {}), options=options, app=self.app)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from conveyor.backends.base import ResultBackend, StateUpdate, Waiter
 from conveyor.exceptions import ImproperlyConfigured
+from conveyor.extras import requires
 
 
 class DisabledBackend(ResultBackend):
@@ -40,29 +41,28 @@ def _sqlite(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBacken
 
 
 def _sql(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
-    try:
+    with requires("sql", "the SQL result backend"):
         from conveyor.backends.sql import SQLBackend
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"result_backend {url!r} needs SQLAlchemy and a driver: pip install 'conveyor[sql]' ({exc})"
-        ) from exc
     return SQLBackend(url, options, **kwargs)
 
 
 def _django(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
-    from conveyor.backends.djangodb import DjangoBackend
+    with requires("django", "the Django result backend"):
+        from conveyor.backends.djangodb import DjangoBackend
 
     return DjangoBackend(url, options, **kwargs)
 
 
 def _redis(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
-    from conveyor.backends.redis import RedisBackend
+    with requires("redis", "the Redis result backend"):
+        from conveyor.backends.redis import RedisBackend
 
     return RedisBackend(url, options, **kwargs)
 
 
 def _rpc(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
-    from conveyor.backends.rpc import RPCBackend
+    with requires("amqp", "the rpc:// result backend"):
+        from conveyor.backends.rpc import RPCBackend
 
     return RPCBackend(url, options, **kwargs)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from conveyor import exceptions, serialization, states
 from conveyor.exceptions import DecodeError
+from conveyor.urls import redacted
 
 #: Seconds between polls for backends that cannot push (and the fallback for those that can).
 DEFAULT_POLLING_INTERVAL = 0.5
@@ -252,7 +253,6 @@ class ResultBackend(ABC):
     @property
     def display_url(self) -> str:
         """The URL without its password, for logs and screens."""
-        from conveyor.config import redacted
 
         return redacted(self.url)
 

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing
 from conveyor.exceptions import ImproperlyConfigured
+from conveyor.extras import requires
 
 
 def _memory(url: str, options: Mapping[str, Any]) -> Broker:
@@ -23,15 +24,19 @@ def _sqlite(url: str, options: Mapping[str, Any]) -> Broker:
 
 
 def _redis(url: str, options: Mapping[str, Any]) -> Broker:
-    from conveyor.brokers.redis import RedisBroker
+    with requires("redis", "the Redis broker"):
+        from conveyor.brokers.redis import RedisBroker
 
     return RedisBroker(url, options)
 
 
 def _amqp(url: str, options: Mapping[str, Any]) -> Broker:
-    from conveyor.brokers.amqp import AMQPBroker
+    with requires("amqp", "the RabbitMQ broker"):
+        from conveyor.brokers.amqp import DEFAULT_STATE_URL, AMQPBroker
 
-    return AMQPBroker(url, options)
+    # RabbitMQ keeps the messages; revocations, rate limits and the rest live in the store state_url names.
+    state = broker_from_url(str(options.get("state_url") or DEFAULT_STATE_URL), options.get("state_transport_options"))
+    return AMQPBroker(url, options, state)
 
 
 #: RabbitMQ, as Celery users write it (kombu's transports by those names are all AMQP 0-9-1).

@@ -57,8 +57,9 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from conveyor.brokers.base import MAX_PRIORITY, SEND_WINDOW, Broker, DeadLetter, Delivery, Outgoing
+from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Outgoing
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
+from conveyor.pipelining import SEND_WINDOW
 from conveyor.threadend import when_thread_ends
 
 logger = logging.getLogger("conveyor.broker")
@@ -173,10 +174,9 @@ class AMQPBroker(Broker):
     exact_priority_across_queues = False
     sizes_count_delayed = False
 
-    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, url: str, options: Mapping[str, Any] | None, state: Broker) -> None:
+        """`state` is the store that keeps what RabbitMQ cannot (see `state_url`)."""
         super().__init__(url, options)
-        from conveyor.brokers import broker_from_url
-
         self.prefix = str(self.options.get("global_keyprefix", ""))
         self.max_priority = int(self.options.get("max_priority", MAX_PRIORITY))
         if not 0 <= self.max_priority <= MAX_PRIORITY:
@@ -191,8 +191,8 @@ class AMQPBroker(Broker):
             self.queue_arguments["x-expires"] = int(float(expires) * 1000)
         self.connect_timeout = float(self.options.get("connect_timeout", 5.0))
         self.operation_timeout = float(self.options.get("operation_timeout", 30.0))
-        self.state_url = str(self.options.get("state_url") or DEFAULT_STATE_URL)
-        self.state = broker_from_url(self.state_url, self.options.get("state_transport_options") or {})
+        self.state_url = state.url
+        self.state = state
         confirms = self.confirm_publish is not False
         self._link = _Link(connection_url(url), self.connect_timeout, self.operation_timeout, confirms)
         self._pid = os.getpid()

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from conveyor.urls import redacted
+
 #: Seconds a delivery stays leased without renewal (transport option `lease_timeout`).
 DEFAULT_LEASE_SECONDS = 30.0
 #: Priorities are 0-255, 0 the highest, on every broker.
@@ -72,12 +74,6 @@ def check_priority(priority: int) -> int:
     if not 0 <= priority <= MAX_PRIORITY:
         raise ValueError(f"priority must be between 0 (highest) and {MAX_PRIORITY}, not {priority}")
     return priority
-
-
-#: Single publishes a thread may have sent without their reply (Redis) or confirm (RabbitMQ)
-#: before the next one waits for the older half: also the most a lost connection can make it
-#: send twice (see `Broker.confirm`).
-SEND_WINDOW = 64
 
 
 class Broker(ABC):
@@ -238,7 +234,6 @@ class Broker(ABC):
     @property
     def display_url(self) -> str:
         """The URL without its password, for logs and screens."""
-        from conveyor.config import redacted
 
         return redacted(self.url)
 

@@ -22,7 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from conveyor.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
-from conveyor.worker.execution import Job, execute_async, failure_outcome, time_limits
+from conveyor.execution import Job, execute_async, failure_outcome, time_limits
 from conveyor.worker.pools import Emit, Finished, Lost, ThreadPool, reporter, updater
 
 if TYPE_CHECKING:

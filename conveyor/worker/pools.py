@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Union
 
 from conveyor.backends.base import StateUpdate
-from conveyor.config import POOL_NAMES
 from conveyor.exceptions import SoftTimeLimitExceeded, TaskRevokedError
-from conveyor.worker.execution import Job, Outcome, execute, time_limits
+from conveyor.execution import Job, Outcome, execute, time_limits
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -261,20 +260,3 @@ def _raise_in_thread(ident: int, exception: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(ident), ctypes.py_object(exception) if exception is not None else None
     )
-
-
-def create_pool(name: str, app: Conveyor, concurrency: int) -> Pool:
-    """The pool a `-P/--pool` name selects."""
-    if name in ("prefork", "processes"):
-        from conveyor.worker.prefork import PreforkPool
-
-        return PreforkPool(app, concurrency)
-    if name == "solo":
-        return SoloPool(app)
-    if name in ("threads", "gevent", "eventlet"):
-        return ThreadPool(app, concurrency)
-    if name == "asyncio":
-        from conveyor.worker.asyncpool import AsyncioPool
-
-        return AsyncioPool(app, concurrency)
-    raise ValueError(f"unknown pool {name!r}: choose one of {', '.join(POOL_NAMES)}")

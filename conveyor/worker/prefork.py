@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor import signals
 from conveyor.backends.base import StateUpdate
 from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
-from conveyor.worker.execution import Job, execute, failure_outcome, time_limits
+from conveyor.execution import Job, execute, failure_outcome, time_limits
 from conveyor.worker.pools import Emit, Finished, Lost, Started, Updated
 
 if TYPE_CHECKING:

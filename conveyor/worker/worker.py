@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Union
 from conveyor import __version__, dedup, signals, states
 from conveyor.backends.base import StateUpdate
 from conveyor.brokers.base import Delivery
-from conveyor.canvas import CHORD_HEADER, chord_part_done
+from conveyor.canvas import chord_part, chord_part_done
 from conveyor.config import parse_rate
 from conveyor.control import RATE_LIMITS
 from conveyor.exceptions import (
@@ -47,12 +47,13 @@ from conveyor.exceptions import (
     TaskRevokedError,
     WorkerLostError,
 )
+from conveyor.execution import Job, Outcome, failure_outcome, history_entry, option, short_repr
 from conveyor.messages import Envelope, Message, utcnow
 from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
-from conveyor.worker.execution import Job, Outcome, failure_outcome, history_entry, option, short_repr
 from conveyor.worker.inbox import Inbox
-from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, SoloPool, Started, Updated, create_pool
+from conveyor.worker.pool_factory import create_pool
+from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, SoloPool, Started, Updated
 from conveyor.worker.writer import Writer
 
 if TYPE_CHECKING:
@@ -465,20 +466,26 @@ class Worker:
             self._dead_letter(delivery, f"undecodable message: {exc}")
             return None
         try:
-            return envelope.message(self.accept)
+            message = envelope.message(self.accept)
+            chord_part(message.headers)
+            return message
         except ContentDisallowed as exc:
             stub = Message(task=envelope.task_name or "?", id=envelope.task_id or "?")
             logger.error("Task %s[%s] refused: %s", stub.task, stub.id, exc)
             self._fail_now(delivery, stub, exc)
         except DecodeError as exc:
+            # The headers named the task: its caller learns why instead of waiting for ever.
+            stub = Message(task=envelope.task_name or "?", id=envelope.task_id or "?")
+            error = DecodeError(f"undecodable message: {exc}")
+            self._updates.extend(failure_outcome(self.app, Job(0, stub, delivery.queue, self.hostname), error).updates)
             self._dead_letter(delivery, f"task {envelope.task_name}[{envelope.task_id}]: {exc}")
         return None
 
     def _receive(self, delivery: Delivery, message: Message, revoked: bool) -> None:
         job = Job(next(self._job_ids), message, delivery.queue, self.hostname, delivery.redelivered)
-        chord = message.headers.get(CHORD_HEADER)
-        if isinstance(chord, (list, tuple)) and len(chord) == 2:  # a chord's header part: counted once stored
-            self._chord_parts[message.id] = (str(chord[0]), int(chord[1]))
+        chord = chord_part(message.headers)
+        if chord is not None:  # a chord's header part: counted once stored
+            self._chord_parts[message.id] = chord
         logger.info("Task %s[%s] received", message.display_name, message.id)
         if revoked:
             logger.info("Task %s[%s] is revoked: not run", message.display_name, message.id)

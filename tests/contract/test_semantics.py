@@ -1,4 +1,4 @@
-"""Task execution semantics on every broker (issue 4): retries, time limits, acks and
+"""Task execution semantics on every broker: retries, time limits, acks and
 redeliveries, recycling, global rate limits, persistent revokes, callbacks, progress."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The worker over every pool and embedded store (S5-S7; issue 2 items 5-7).
+"""The worker over every pool and embedded store (S5-S7).
 
 A real Worker runs in a background thread of the test process, consuming the
 same broker the test publishes to.
@@ -299,7 +299,7 @@ def test_threads_pool_runs_tasks_concurrently(app: Celery) -> None:
 def test_an_idle_worker_runs_a_task_without_waking_its_loop(
     app: Celery, pool: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Latency (issue 3): on an idle worker the fetcher's thread takes the delivery to the
+    """Latency: on an idle worker the fetcher's thread takes the delivery to the
     pool and the pool's thread writes the result: the loop's thread is not woken between.
     Solo runs the task on the fetcher's thread itself, as Celery's solo pool does."""
     threads: dict[str, list[str]] = {"receive": [], "write": []}
@@ -383,7 +383,7 @@ def test_solo_runs_one_task_at_a_time_however_they_arrive(app: Celery) -> None:
 
 
 def test_an_idle_thread_pool_keeps_using_its_warmest_thread(app: Celery) -> None:
-    """Latency (issue 3): one task after another on an idle worker runs on the thread that
+    """Latency: one task after another on an idle worker runs on the thread that
     went idle last, not on each of the pool's threads in turn (cold connections and caches)."""
     names = []
     with running(app, "threads", concurrency=4) as worker:
@@ -399,7 +399,7 @@ def test_an_idle_thread_pool_keeps_using_its_warmest_thread(app: Celery) -> None
 
 
 def test_reports_gather_under_load_into_fewer_writes(app: Celery) -> None:
-    """Batching under load (issue 3): a busy pool's results go out several per write, not one each."""
+    """Batching under load: a busy pool's results go out several per write, not one each."""
     writes = 0
     write = app.backend.write
 

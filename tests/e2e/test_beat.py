@@ -1,5 +1,5 @@
 """`conveyor beat` and `worker -B` with real processes, on SQLite, Redis and RabbitMQ (whose beat
-state lives in its state store) (issue 5 items 3-7)."""
+state lives in its state store)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `conveyor` command line (S7; issue 2 item 8)."""
+"""The `conveyor` command line (S7)."""
 
 from __future__ import annotations
 

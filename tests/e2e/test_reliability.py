@@ -1,4 +1,4 @@
-"""At-least-once delivery and shutdown with real worker processes (issue 2 items 5 and 7),
+"""At-least-once delivery and shutdown with real worker processes,
 on the embedded SQLite broker and on RabbitMQ (S1.2), whose deliveries are the connection's
 rather than leased: the same outcomes, by the other route."""
 

@@ -1,4 +1,4 @@
-"""Execution semantics with real worker processes (issue 4): time limits, terminate, recycling,
+"""Execution semantics with real worker processes: time limits, terminate, recycling,
 redelivery limits and the global rate limit."""
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ import pytest
 
 from conveyor import Celery
 from conveyor.brokers.amqp import AMQPBroker
-from conveyor.brokers.base import SEND_WINDOW, Delivery
+from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
+from conveyor.pipelining import SEND_WINDOW
 from tests.conftest import store_url
 
 

@@ -1,4 +1,4 @@
-"""The Redis broker and backend against real redis-server processes (issue 3)."""
+"""The Redis broker and backend against real redis-server processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A message published to an idle consumer is handed to it directly (issue 3: the round trip).
+"""A message published to an idle consumer is handed to it directly.
 
 An idle consumer of one queue registers as a waiter in the same script call
 that found nothing ready and blocks on its own inbox; a publish leases the

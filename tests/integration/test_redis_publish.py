@@ -1,4 +1,4 @@
-"""Single publishes pipelined across calls on Redis, and confirmed before anything acts on them (issue 3).
+"""Single publishes pipelined across calls on Redis, and confirmed before anything acts on them.
 
 A `delay()` on Redis sends its message and returns; the reply is read by a
 later call of the same thread (after a pause or once SEND_WINDOW are owed),
@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from conveyor import Celery, states
-from conveyor.brokers.base import SEND_WINDOW
 from conveyor.exceptions import BrokerError
 from conveyor.messages import Envelope
+from conveyor.pipelining import SEND_WINDOW
 from conveyor.redisdb import PAUSE_SECONDS
 from tests.contract.test_worker_contract import running
 from tests.processes import RedisServer

@@ -1,4 +1,4 @@
-"""Beat's logic on the in-memory broker (issue 5 items 4-6): persistence, dedup, runtime entries."""
+"""Beat's logic on the in-memory broker: persistence, dedup, runtime entries."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""App and configuration (S4, issue 2 item 2)."""
+"""App and configuration (S4)."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def test_rate_strings(text: object, per_second: float) -> None:
 
 def test_urls_in_logs_and_screens_hide_their_password() -> None:
     """Security: URLs carry passwords; what Conveyor prints does not."""
-    from conveyor.config import redacted
+    from conveyor.urls import redacted
 
     assert redacted("amqp://user:s3cret@rabbit:5672//") == "amqp://user:***@rabbit:5672//"
     assert redacted("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"

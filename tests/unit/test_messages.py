@@ -1,4 +1,4 @@
-"""The task message (issue 2 item 4): protocol 2 fields, serializers, compression, accept_content."""
+"""The task message: protocol 2 fields, serializers, compression, accept_content."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,44 @@ def test_optional_serializers_are_imported_at_first_use() -> None:
         "assert {'yaml', 'zstandard'} <= set(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"headers": {"retries": "abc"}}, "'retries' must be a whole number"),
+        ({"headers": {"timelimit": 5}}, "'timelimit' must be [hard, soft]"),
+        ({"headers": {"timelimit": ["x", None]}}, "'timelimit' must hold seconds"),
+        ({"properties": {"priority": "high"}}, "'priority' must be a whole number from 0 to 255"),
+        ({"properties": {"priority": 300}}, "'priority' must be a whole number from 0 to 255"),
+        ({"headers": {"group_index": -1}}, "'group_index' must be a whole number"),
+        ({"headers": {"parent_id": ["p"]}}, "'parent_id' must be a string"),
+        ({"headers": {"ignore_result": "yes"}}, "'ignore_result' must be true or false"),
+    ],
+)
+def test_a_field_of_the_wrong_type_or_range_is_a_decode_error_naming_it(change: dict[str, Any], reason: str) -> None:
+    envelope = json.loads(Message("t.add", id="p1", args=(1, 2)).encode(format="celery"))
+    for part, fields in change.items():
+        envelope[part].update(fields)
+    with pytest.raises(DecodeError) as raised:
+        decode(json.dumps(envelope).encode())
+    assert reason in str(raised.value)
+
+
+def test_an_envelope_nested_100000_deep_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        decode(b"[" * 100_000 + b"]" * 100_000)
+    body = base64.b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+    envelope = json.loads(Message("t.add", id="p1").encode(format="celery"))
+    envelope["body"] = body
+    with pytest.raises(DecodeError):
+        decode(json.dumps(envelope).encode())
+
+
+def test_a_chord_header_that_is_not_an_id_and_a_size_is_a_decode_error() -> None:
+    from conveyor.canvas import chord_part
+
+    assert chord_part({"conveyor_chord": ["c", 3]}) == ("c", 3)
+    assert chord_part({}) is None
+    with pytest.raises(DecodeError, match="conveyor_chord"):
+        chord_part({"conveyor_chord": ["c", "x"]})

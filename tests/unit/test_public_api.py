@@ -1,4 +1,4 @@
-"""The public API (issue 2 item 1): one file, an exact member list, Celery's module paths."""
+"""The public API: one file, an exact member list, Celery's module paths."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Routing to queues (S4 task_queues/task_routes; issue 2 item 2)."""
+"""Routing to queues (S4 task_queues/task_routes)."""
 
 from __future__ import annotations
 

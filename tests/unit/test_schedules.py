@@ -1,4 +1,4 @@
-"""Schedule arithmetic (issue 5 items 1-2): crontab fields as Celery parses them, DST, solar times."""
+"""Schedule arithmetic: crontab fields as Celery parses them, DST, solar times."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tasks and calling them (S5.1-S5.3; issue 2 item 3)."""
+"""Tasks and calling them (S5.1-S5.3)."""
 
 from __future__ import annotations
 

@@ -22,15 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor import dedup, messages, signals, states
 from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
-from conveyor.backends.memory import MemoryBackend
 from conveyor.canvas import Signature
 from conveyor.exceptions import ConveyorError, EncodeError, Retry
-from conveyor.result import EagerResult, in_task
+from conveyor.result import in_task
 from conveyor.task import Context, LazyRequest, Task, _current_request, current_request, state_sink
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
-    from conveyor.result import AsyncResult
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -435,32 +433,3 @@ def _run_callbacks(app: Conveyor, callbacks: list[dict[str, Any]] | None, args: 
             Signature.from_dict(data, app).apply_async(args)
         except Exception:
             logger.exception("Could not send callback %s", data.get("task"))
-
-
-def run_eagerly(
-    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None, options: dict[str, Any]
-) -> AsyncResult[Any]:
-    """`Task.apply`: run in this process with the arguments round-tripped through the serializer."""
-    app = task.app
-    options = {k: v for k, v in options.items() if k not in ("retry", "retry_policy")}
-    message, queue = app.build_message(task.name, args, kwargs, task_id=task_id, task=task, **options)
-    serializer = options.get("serializer") or task.serializer or app.conf.task_serializer
-    message = messages.decode(message.encode(serializer), None)
-    job = Job(0, message, queue, hostname="eager", redelivered=False)
-    # Eager results are encoded as a worker would, but kept in the result object only.
-    backend = MemoryBackend(
-        f"memory://eager-{message.id}",
-        serializer=app.conf.result_serializer,
-        accept=app.conf.result_accept_content or app.conf.accept_content,
-    )
-    outcome = execute(app, job, lambda pid: None, eager=True, backend=backend)
-    meta: dict[str, Any] = {"status": outcome.state, "task_id": message.id, "traceback": outcome.traceback}
-    if outcome.updates:
-        meta = backend.decode(outcome.updates[-1].meta)
-    else:
-        meta["result"] = None
-    if outcome.state == states.FAILURE and app.conf.task_eager_propagates:
-        from conveyor.backends.base import result_value
-
-        raise result_value(meta)
-    return EagerResult(message.id, app, meta, task_name=task.name)
