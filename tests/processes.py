@@ -47,6 +47,14 @@ def limited(i):
     return time.time()
 
 
+@app.task(name="e2e.record_after", acks_late=True)
+def record_after(seconds, path):
+    time.sleep(seconds)
+    with open(path, "a") as runs:
+        runs.write(f"{{os.getpid()}}\\n")
+    return os.getpid()
+
+
 @app.task(name="e2e.die", acks_late=True, reject_on_worker_lost=True)
 def die():
     os._exit(1)
@@ -176,6 +184,31 @@ class E2E:
                 worker.process.wait(10)
         if self._app is not None:
             self._app.close()
+
+
+def children_of(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def free_port() -> int:

@@ -79,7 +79,23 @@ def _retirement_reason(done: int, max_tasks: int | None, max_memory_kib: int | N
     return None
 
 
-def _child_main(app: Conveyor, conn: Connection, max_tasks: int | None, max_memory_kib: int | None) -> None:
+#: How often a child checks that the worker that forked it is still alive.
+PARENT_CHECK_SECONDS = 0.2
+
+
+def _die_with(parent: int) -> None:
+    """Kill this child once its worker is gone (reparented): a SIGKILLed worker's delivery comes
+    back to another worker, so an orphan finishing it would run the task twice. Polling the
+    parent's pid, not PR_SET_PDEATHSIG, which fires when the forking *thread* ends."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _child_main(
+    app: Conveyor, conn: Connection, max_tasks: int | None, max_memory_kib: int | None, parent: int
+) -> None:
+    threading.Thread(target=_die_with, args=(parent,), name="conveyor-parent-watch", daemon=True).start()
     # Ctrl-C reaches the whole process group: only the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -148,7 +164,7 @@ class PreforkPool:
         conf = self.app.conf
         process = self._context.Process(
             target=_child_main,
-            args=(self.app, child_conn, conf.worker_max_tasks_per_child, conf.worker_max_memory_per_child),
+            args=(self.app, child_conn, conf.worker_max_tasks_per_child, conf.worker_max_memory_per_child, os.getpid()),
             daemon=True,
         )
         process.start()

@@ -4,6 +4,7 @@ rather than leased: the same outcomes, by the other route."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from conveyor import states
 from tests.contract.test_semantics import wait_for
-from tests.processes import E2E, wait_for_state
+from tests.processes import E2E, alive, children_of, wait_for_state
 
 
 @pytest.fixture(params=["sqlite", "amqp"])
@@ -109,3 +110,26 @@ def test_bad_input_is_reported_and_the_worker_keeps_running(e2e: E2E, broker: st
     assert e2e.cli("-A", "e2eapp", "dead-letters", "--requeue").stdout.strip() == "Requeued 1 dead letter(s)."
     worker.wait_for_log("dead-letter", count=2)  # still garbage: back to the dead letters, worker fine
     assert worker.process.poll() is None
+
+
+def test_prefork_children_die_with_their_sigkilled_worker_and_the_task_runs_once_more(e2e: E2E) -> None:
+    """SIGKILL of the main process mid-task: its children stop within a second, so the redelivered
+    task's body runs once more, not twice (the orphan does not finish it too)."""
+    e2e.write_app(lease=2, task_acks_late=True)
+    doomed = e2e.start_worker("-P", "prefork", "-c", "2", name="doomed")
+    runs = e2e.directory / "runs.txt"
+    result = e2e.app.tasks["e2e.record_after"].delay(2.5, str(runs))
+    wait_for_state(result, states.STARTED)
+    children = children_of(doomed.process.pid)
+    assert len(children) == 2
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    doomed.process.wait(10)
+    deadline = time.monotonic() + 1.0
+    while any(alive(child) for child in children) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [child for child in children if alive(child)] == []
+    time.sleep(3)  # past the moment the task would have finished in an orphan
+    assert not runs.exists()
+    e2e.start_worker("-P", "prefork", "-c", "1", name="rescuer")
+    assert isinstance(result.get(timeout=30), int)
+    assert len(runs.read_text().splitlines()) == 1
