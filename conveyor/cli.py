@@ -176,9 +176,17 @@ def worker(
 @click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="Port to listen on.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--basic-auth", help="Require HTTP basic authentication: user:password.")
+@click.option(
+    "--unauthenticated-api",
+    is_flag=True,
+    help="Allow actions (revoke, rate limits) without authentication; without --basic-auth the dashboard is "
+    "otherwise read-only.",
+)
 @loglevel_option
 @pass_context
-def flower(obj: _Context, port: int, address: str, basic_auth: str | None, loglevel: str) -> None:
+def flower(
+    obj: _Context, port: int, address: str, basic_auth: str | None, unauthenticated_api: bool, loglevel: str
+) -> None:
     """Serve the web dashboard: workers, queues, tasks, dead letters, actions; /metrics for Prometheus."""
     with requires("dashboard", "conveyor flower"):
         import uvicorn
@@ -187,8 +195,15 @@ def flower(obj: _Context, port: int, address: str, basic_auth: str | None, logle
 
     if basic_auth is not None and ":" not in basic_auth:
         raise click.BadParameter("must be user:password", param_hint="--basic-auth")
-    dashboard = create_app(obj.app, basic_auth=basic_auth)
+    dashboard = create_app(obj.app, basic_auth=basic_auth, unauthenticated_api=unauthenticated_api)
     click.echo(f"Conveyor dashboard on http://{address}:{port}/ (broker {obj.app.broker.display_url})", err=True)
+    if basic_auth:
+        access = "every route requires basic authentication"
+    elif unauthenticated_api:
+        access = "no authentication: anyone who reaches it may revoke tasks and set rate limits"
+    else:
+        access = "read-only (no --basic-auth): actions answer 403"
+    click.echo(f"Access: {access}", err=True)
     uvicorn.run(dashboard, host=address, port=port, log_level=loglevel.lower(), access_log=False)
 
 

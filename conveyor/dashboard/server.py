@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -30,6 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor.exceptions import ConveyorError
+from conveyor.urls import redacted
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -40,10 +42,20 @@ SAMPLE_SECONDS = 2.0
 SAMPLES_KEPT = 300
 
 
-def create_app(app: Conveyor, *, basic_auth: str | None = None, sample_seconds: float = SAMPLE_SECONDS) -> Starlette:
-    """The dashboard for `app`; `basic_auth="user:password"` requires those credentials."""
+def create_app(
+    app: Conveyor,
+    *,
+    basic_auth: str | None = None,
+    unauthenticated_api: bool = False,
+    sample_seconds: float = SAMPLE_SECONDS,
+) -> Starlette:
+    """The dashboard for `app`.
+
+    `basic_auth="user:password"` puts every route behind those credentials. Without them the
+    dashboard is read-only (revoke and rate limits answer 403) unless `unauthenticated_api`.
+    """
     dashboard = Dashboard(app, sample_seconds)
-    middleware = [Middleware(BasicAuth, credentials=basic_auth)] if basic_auth else []
+    middleware = [Middleware(Guard, credentials=basic_auth, unauthenticated_api=unauthenticated_api)]
     return Starlette(routes=dashboard.routes(), middleware=middleware, lifespan=dashboard.lifespan)
 
 
@@ -126,7 +138,7 @@ class Dashboard:
             sizes.setdefault(queue, 0)
         letters = broker.dead_letters(100)
         return {
-            "broker": self.app.broker_url,
+            "broker": redacted(self.app.broker_url),
             "workers": workers,
             "tasks": sorted({name for worker in workers for name in worker.get("tasks") or ()}),
             "rate_limits": self.app.control.rate_limits(),
@@ -241,27 +253,71 @@ def recent_tasks(events: list[bytes], limit: int) -> list[dict[str, Any]]:
     return list(reversed(list(tasks.values())))[:limit]
 
 
-class BasicAuth:
-    """HTTP basic authentication for every route (constant-time comparison)."""
+#: Methods that change nothing.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Failed logins: each doubles the wait before a client's next attempt is answered, up to this.
+MAX_LOGIN_DELAY_SECONDS = 5.0
+FIRST_LOGIN_DELAY_SECONDS = 0.1
 
-    def __init__(self, app: ASGIApp, credentials: str) -> None:
-        if ":" not in credentials:
+
+class Guard:
+    """Who may do what: every route behind basic authentication when credentials are set; without
+    them, read-only unless mutations were explicitly allowed; a mutation coming from a page of
+    another origin is refused even with credentials (the browser would send them cached)."""
+
+    def __init__(self, app: ASGIApp, credentials: str | None, unauthenticated_api: bool = False) -> None:
+        if credentials is not None and ":" not in credentials:
             raise ValueError("basic auth credentials must be 'user:password'")
         self.app = app
-        self.expected = credentials.encode()
+        self.expected = credentials.encode() if credentials is not None else None
+        self.unauthenticated_api = unauthenticated_api
+        self._failures: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._allowed(HTTPConnection(scope)):
-            response = PlainTextResponse(
-                "Authentication required", status_code=401, headers={"WWW-Authenticate": 'Basic realm="conveyor"'}
-            )
-            await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        connection = HTTPConnection(scope)
+        refusal = await self._refusal(connection, scope["method"])
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def _allowed(self, connection: HTTPConnection) -> bool:
+    async def _refusal(self, connection: HTTPConnection, method: str) -> Response | None:
+        if self.expected is not None and not await self._authenticated(connection):
+            return PlainTextResponse(
+                "Authentication required", status_code=401, headers={"WWW-Authenticate": 'Basic realm="conveyor"'}
+            )
+        if method in SAFE_METHODS:
+            return None
+        if self.expected is None and not self.unauthenticated_api:
+            return JSONResponse(
+                {"error": "the dashboard is read-only: start it with --basic-auth user:password "
+                 "(or --unauthenticated-api) to allow actions"},
+                status_code=403,
+            )  # fmt: skip
+        if not same_origin(connection):
+            return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+        return None
+
+    async def _authenticated(self, connection: HTTPConnection) -> bool:
+        client = connection.client.host if connection.client else "?"
+        failures = self._failures.get(client, 0)
+        if failures:
+            await asyncio.sleep(min(MAX_LOGIN_DELAY_SECONDS, FIRST_LOGIN_DELAY_SECONDS * 2 ** (failures - 1)))
+        if self._credentials_match(connection):
+            self._failures.pop(client, None)
+            return True
+        if connection.headers.get("authorization"):  # a browser's first, credential-less request is no failure
+            if len(self._failures) > 10_000:
+                self._failures.clear()  # bounded memory under a flood of clients
+            self._failures[client] = failures + 1
+        return False
+
+    def _credentials_match(self, connection: HTTPConnection) -> bool:
         kind, _, token = connection.headers.get("authorization", "").partition(" ")
-        if kind.lower() != "basic":
+        if kind.lower() != "basic" or self.expected is None:
             return False
         try:
             given = base64.b64decode(token, validate=True)
@@ -270,4 +326,13 @@ class BasicAuth:
         return secrets.compare_digest(given, self.expected)
 
 
-__all__ = ["BasicAuth", "create_app"]
+def same_origin(connection: HTTPConnection) -> bool:
+    """Whether a request's Origin (or else Referer) names the host it was sent to. A request
+    with neither comes from a script or a command-line client, not from a foreign page."""
+    source = connection.headers.get("origin") or connection.headers.get("referer")
+    if not source:
+        return True
+    return urlsplit(source).netloc == connection.headers.get("host", "")
+
+
+__all__ = ["Guard", "create_app"]

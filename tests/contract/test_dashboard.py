@@ -49,7 +49,7 @@ def test_overview_shows_workers_queues_and_dead_letters(app: Celery) -> None:
 
 
 def test_task_scoreboard_and_revoke(app: Celery) -> None:
-    client = TestClient(create_app(app))
+    client = TestClient(create_app(app, unauthenticated_api=True))
     with running(app, "threads"):
         done = app.tasks["d.add"].delay(2, 3)
         assert done.get(timeout=10) == 5
@@ -109,7 +109,7 @@ def test_page_and_basic_auth(app: Celery) -> None:
 
 def test_rate_limits_set_and_cleared_through_the_api(app: Celery) -> None:
     """S8 actions: a rate limit set from the dashboard reaches every worker (kept by the broker)."""
-    client = TestClient(create_app(app))
+    client = TestClient(create_app(app, unauthenticated_api=True))
     assert "often" in client.post("/api/rate-limits/d.add?rate=often").json()["error"]
     assert client.post("/api/rate-limits/d.add").status_code == 400
     assert client.post("/api/rate-limits/d.add?rate=10/m").json() == {"task": "d.add", "rate_limit": "10/m"}
