@@ -76,9 +76,9 @@ class _Context:
         if self._app is None:
             app = find_app(self.app_spec) if self.app_spec else Conveyor()
             try:
-                if self.broker:
+                if self.broker is not None:
                     app.conf.broker_url = self.broker
-                if self.backend:
+                if self.backend is not None:
                     app.conf.result_backend = self.backend
             except ConveyorError as exc:
                 raise click.UsageError(str(exc)) from None
@@ -94,6 +94,13 @@ loglevel_option = click.option(
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
 )
+
+
+def _plain(*values: object) -> list[Any]:
+    """Table cells of text read from the broker: shown as they are, never read as rich markup."""
+    from rich.text import Text
+
+    return [Text(str(value)) for value in values]
 
 
 class _Commands(click.Group):
@@ -168,6 +175,11 @@ def worker(
             prefetch_multiplier=prefetch_multiplier, beat=embed_beat,
         )  # fmt: skip
         _banner(instance)
+        if not any(not name.startswith("conveyor.") for name in app.tasks):
+            logging.getLogger("conveyor.worker").warning(
+                "No task is registered: every task received will fail. Name the module that defines them "
+                "with -A (e.g. conveyor -A proj worker), or list modules in imports/include."
+            )
         instance.run()
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
@@ -386,6 +398,7 @@ def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from conveyor.messages import Envelope
 
@@ -397,7 +410,7 @@ def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
         letters = obj.app.broker.dead_letters(limit)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
-    table = Table(title=f"Dead letters on {obj.app.broker.display_url} (newest first)")
+    table = Table(title=Text(f"Dead letters on {obj.app.broker.display_url} (newest first)"))
     for column in ("when", "queue", "task", "reason"):
         table.add_column(column, overflow="fold")
     for letter in letters:
@@ -407,7 +420,7 @@ def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
         except ConveyorError:
             task = f"(undecodable, {len(letter.body)} bytes)"
         when = datetime.fromtimestamp(letter.failed_at).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(when, letter.queue, task, letter.reason)
+        table.add_row(*_plain(when, letter.queue, task, letter.reason))
     Console().print(table)
     click.echo(f"{len(letters)} dead letter(s) shown." if letters else "No dead letters.")
 
@@ -418,24 +431,25 @@ def status(obj: _Context) -> None:
     """Show live workers and queue depths."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     app = obj.app
     console = Console()
     workers = app.broker.workers()
-    table = Table(title=f"Workers on {app.broker.display_url}")
+    table = Table(title=Text(f"Workers on {app.broker.display_url}"))
     for column in ("worker", "pool", "concurrency", "active", "processed", "queues"):
         table.add_column(column)
     for hostname, raw in sorted(workers.items()):
         info = json.loads(raw)
-        table.add_row(hostname, str(info.get("pool")), str(info.get("concurrency")), str(info.get("active")),
-                      str(info.get("processed")), ", ".join(info.get("queues", [])))  # fmt: skip
+        table.add_row(*_plain(hostname, info.get("pool"), info.get("concurrency"), info.get("active"),
+                              info.get("processed"), ", ".join(info.get("queues", []))))  # fmt: skip
     console.print(table)
     queues = Table(title="Queues")
     queues.add_column("queue")
     queues.add_column("messages", justify="right")
     sizes = app.broker.queue_sizes()
     for name in sorted(set(sizes) | set(app.default_queues())):
-        queues.add_row(name, str(sizes.get(name, 0)))
+        queues.add_row(*_plain(name, sizes.get(name, 0)))
     console.print(queues)
     console.print(f"{len(workers)} node(s) online." if workers else "[red]No workers online.[/red]")
     if not workers:

@@ -58,6 +58,12 @@ def _str(value: Any) -> str:
     return value
 
 
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ValueError("a URL such as redis://127.0.0.1:6379/0 or sqlite:///conveyor.db")
+    return value
+
+
 def _int(minimum: int) -> Check:
     def integer(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -123,6 +129,36 @@ def _dict(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError("a dict")
     return dict(value)
+
+
+#: Numeric transport options (of the brokers and result backends), with the range each must fall in.
+TRANSPORT_NUMBERS: dict[str, tuple[float, float, str]] = {
+    "lease_timeout": (0.1, 86_400 * 7, "seconds"),
+    "polling_interval": (0.001, 3600, "seconds"),
+    "socket_timeout": (0.01, 3600, "seconds"),
+    "socket_connect_timeout": (0.01, 3600, "seconds"),
+    "connect_timeout": (0.01, 3600, "seconds"),
+    "operation_timeout": (0.01, 3600, "seconds"),
+    "health_check_interval": (0, 3600, "seconds"),
+    "queue_expires": (0, 86_400 * 365, "seconds"),
+    "reply_queue_expires": (1, 86_400 * 365, "seconds"),
+    "max_priority": (0, 255, "priority levels"),
+}
+
+
+def _transport_options(value: Any) -> dict[str, Any]:
+    options = _dict(value)
+    for name, (low, high, unit) in TRANSPORT_NUMBERS.items():
+        number = options.get(name)
+        if number is None:
+            continue
+        try:
+            parsed = float(number) if not isinstance(number, bool) else None
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is None or not low <= parsed <= high:
+            raise ValueError(f"{name!r} from {low:g} to {high:g} {unit}, not {number!r}")
+    return options
 
 
 def _timezone(value: Any) -> str:
@@ -205,12 +241,14 @@ class Settings:
     """All of an app's settings. Read `app.conf.name` or `app.conf['name']`."""
 
     # Broker and result backend
-    broker_url: str | None = _setting(None, _optional(_str), "broker URL; none means sqlite:///conveyor.db")
-    broker_transport_options: dict[str, Any] = _setting({}, _dict, "options for the broker transport")
+    broker_url: str | None = _setting(None, _optional(_url), "broker URL; none means sqlite:///conveyor.db")
+    broker_transport_options: dict[str, Any] = _setting({}, _transport_options, "options for the broker transport")
     result_backend: str | None = _setting(
         None, _optional(_str), "result backend URL; none means the broker's embedded store"
     )
-    result_backend_transport_options: dict[str, Any] = _setting({}, _dict, "options for the result backend")
+    result_backend_transport_options: dict[str, Any] = _setting(
+        {}, _transport_options, "options for the result backend"
+    )
     # Serialization
     task_serializer: str = _setting("json", _serializer, "serializer of task messages")
     result_serializer: str = _setting("json", _serializer, "serializer of results")

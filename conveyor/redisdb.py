@@ -39,6 +39,7 @@ from redis.exceptions import NoScriptError
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
 from conveyor.pipelining import SEND_WINDOW
 from conveyor.threadend import when_thread_ends
+from conveyor.urls import redacted
 
 logger = logging.getLogger("conveyor.redis")
 
@@ -76,6 +77,12 @@ def connect(url: str, options: Mapping[str, Any] | None = None) -> Any:
         return _sentinel_master(url, options, common)
     if scheme not in ("redis", "rediss", "unix"):
         raise ImproperlyConfigured(f"{url!r} is not a Redis URL (schemes: {', '.join(SCHEMES)})")
+    if scheme != "unix":
+        database = urlsplit(url).path.strip("/")
+        if database and not database.isdigit():
+            raise ImproperlyConfigured(
+                f"{redacted(url)!r}: the database {database!r} is not a number (redis://host:6379/0)"
+            )
     return redis.Redis.from_url(url, **common)
 
 

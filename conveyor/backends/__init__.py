@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from conveyor.backends.base import ResultBackend, StateUpdate, Waiter
 from conveyor.exceptions import ImproperlyConfigured
 from conveyor.extras import requires
+from conveyor.urls import checked
 
 
 class DisabledBackend(ResultBackend):
@@ -80,7 +81,9 @@ def backend_from_url(url: str | None, options: Mapping[str, Any] | None = None, 
     """Create the result backend a URL names; None gives a DisabledBackend."""
     if url is None:
         return DisabledBackend("disabled://", options, **kwargs)
-    scheme = "django" if url == "django-db" else urlsplit(url).scheme  # Celery's name for the Django database
+    scheme = (
+        "django" if url == "django-db" else urlsplit(checked(url, "result_backend")).scheme
+    )  # Celery's name for the Django database
     # Celery's SQL URLs: db+ before any SQLAlchemy URL (db+postgresql://, db+mysql+pymysql://, ...).
     factory = _sql if scheme.startswith("db+") else SCHEMES.get(scheme)
     if factory is None:

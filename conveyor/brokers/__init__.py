@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing
 from conveyor.exceptions import ImproperlyConfigured
 from conveyor.extras import requires
+from conveyor.urls import checked
 
 
 def _memory(url: str, options: Mapping[str, Any]) -> Broker:
@@ -52,7 +53,7 @@ SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], Broker]] = {
 
 def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broker:
     """Create the broker a URL names (`sqlite:///conveyor.db`, `memory://`, ...)."""
-    scheme = urlsplit(url).scheme
+    scheme = urlsplit(checked(url, "broker_url")).scheme
     factory = SCHEMES.get(scheme)
     if factory is None:
         known = ", ".join(f"{s}://" for s in sorted(SCHEMES))

@@ -142,3 +142,48 @@ def test_flower_serves_the_dashboard_with_authentication(e2e: E2E) -> None:
     page = urllib.request.Request(f"{url}/", headers={"Authorization": f"Basic {token}"})
     with urllib.request.urlopen(page, timeout=10) as response:
         assert b"<title>Conveyor</title>" in response.read()
+
+
+def test_text_from_the_broker_is_shown_as_it_is_never_as_markup(e2e: E2E) -> None:
+    from conveyor.brokers.base import Outgoing
+    from conveyor.messages import Message
+
+    e2e.write_app()
+    broker = e2e.app.broker
+    broker.publish([Outgoing("dl", Message("[/oops]", id="m1").encode(format="celery"))])
+    [delivery] = broker.fetch(["dl"], 1, 1.0)
+    broker.dead_letter(delivery, "[bold]kept[/bold] as written")
+    e2e.app.tasks["e2e.add"].apply_async((1, 2), queue="[/q]")
+    letters = e2e.cli("-A", "e2eapp", "dead-letters", check=False)
+    assert letters.returncode == 0, letters.stderr
+    assert "[/oops][m1]" in letters.stdout and "[bold]kept[/bold] as written" in letters.stdout
+    status = e2e.cli("-A", "e2eapp", "status", check=False)
+    assert "[/q]" in status.stdout and "Traceback" not in status.stderr
+
+
+def test_status_and_purge_with_the_broker_down_print_one_error_line(e2e: E2E) -> None:
+    e2e.write_app(broker="redis://127.0.0.1:1/0")
+    for command in (("status",), ("purge", "-f")):
+        done = e2e.cli("-A", "e2eapp", *command, check=False)
+        assert done.returncode == 1, command
+        assert "Traceback" not in done.stderr
+        assert done.stderr.startswith("Error: "), done.stderr
+
+
+def test_bad_urls_are_errors_naming_the_setting(e2e: E2E) -> None:
+    e2e.write_app()
+    for url, expected in [
+        ("redis://127.0.0.1:6379/notadb", "the database 'notadb' is not a number"),
+        ("redis://127.0.0.1:6379/11x", "the database '11x' is not a number"),
+        ("redis://127.0.0.1:99999/0", "broker_url 'redis://127.0.0.1:99999/0': Port out of range"),
+        ("", "setting 'broker_url' expects a URL"),
+    ]:
+        done = e2e.cli("-A", "e2eapp", "-b", url, "status", check=False)
+        assert done.returncode != 0, url
+        assert expected in done.stderr, done.stderr
+
+
+def test_a_worker_with_no_task_registered_says_so(e2e: E2E) -> None:
+    (e2e.directory / "empty.py").write_text("from conveyor import Celery\napp = Celery('empty')\n")
+    worker = e2e.start_worker(app="empty")
+    worker.wait_for_log("No task is registered")

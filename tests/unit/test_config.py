@@ -163,3 +163,21 @@ def test_urls_in_logs_and_screens_hide_their_password() -> None:
     assert redacted("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert redacted("sqlite:///conveyor.db") == "sqlite:///conveyor.db"
     assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"lease_timeout": -5}, "'lease_timeout' from 0.1 to 604800 seconds, not -5"),
+        ({"polling_interval": "often"}, "'polling_interval' from"),
+        ({"max_priority": 300}, "'max_priority' from 0 to 255 priority levels"),
+        ({"socket_timeout": True}, "'socket_timeout' from"),
+    ],
+)
+def test_numeric_transport_options_out_of_range_are_errors(options: dict[str, object], expected: str) -> None:
+    app = Celery("t", broker="memory://")
+    for setting in ("broker_transport_options", "result_backend_transport_options"):
+        with pytest.raises(ImproperlyConfigured) as raised:
+            app.conf.update({setting: options})
+        assert expected in str(raised.value) and setting in str(raised.value)
+    app.conf.broker_transport_options = {"lease_timeout": 5, "polling_interval": "0.5"}
