@@ -47,6 +47,11 @@ def limited(i):
     return time.time()
 
 
+@app.task(name="e2e.size")
+def size(data):
+    return len(data)
+
+
 @app.task(name="e2e.record_after", acks_late=True)
 def record_after(seconds, path):
     time.sleep(seconds)

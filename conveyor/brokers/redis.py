@@ -54,6 +54,10 @@ from conveyor.brokers.base import EVENTS_KEPT, Broker, DeadLetter, Delivery, Out
 from conveyor.exceptions import BrokerConnectionError, BrokerError
 
 PRIORITY_SHIFT = 2**40
+#: The largest message handed to an idle consumer over pub/sub; a larger one is queued and the
+#: consumer notified. Redis cuts a subscriber whose output buffer passes 32 MB (its default
+#: client-output-buffer-limit for pubsub), so big bodies never take that path.
+HANDOFF_MAX_BYTES = 1024 * 1024
 #: A waiter's registration outlives the wait it was made for by this much (then it lapses).
 WAITER_SLACK_MS = 1000
 
@@ -97,17 +101,21 @@ end
 
 # KEYS: ready, waiting, msgs, state, seq[, revocations marker: not on a cluster];
 # ARGV: now_ms, channel, then (priority, not_before_ms, body) per message.
-# The batch's ids are reserved with one INCRBY. Registered waiters are handed the batch's best due
-# messages, one each: "d" .. not_revoked (0/1) .. "id:attempts:token:" .. body in their inbox.
+# ARGV: now (ms), the notify channel, the largest body handed over (bytes), then (priority, due ms,
+# body) per message. The batch's ids are reserved with one INCRBY. Registered waiters are handed the
+# batch's best due messages, one each: "d" .. not_revoked (0/1) .. "id:attempts:token:" .. body in
+# their inbox. A larger body is never sent over pub/sub, whose client output buffer limit would
+# cut the waiter's connection: it goes to the ready queue, and the waiters are notified.
 PUBLISH = (
     VARIADIC
     + WAITERS
     + """
 local now = tonumber(ARGV[1])
-local count = (#ARGV - 2) / 3
+local largest = tonumber(ARGV[3])
+local count = (#ARGV - 3) / 3
 local id = redis.call('INCRBY', KEYS[5], count) - count
-local bodies, due_now, delayed, states = {}, {}, {}, {}
-for i = 3, #ARGV, 3 do
+local bodies, due_now, delayed, states, large = {}, {}, {}, {}, {}
+for i = 4, #ARGV, 3 do
   id = id + 1
   local number = tonumber(ARGV[i]) * 1099511627776 + id
   -- formatted by hand: Lua's own number-to-string keeps only 14 digits
@@ -120,6 +128,9 @@ for i = 3, #ARGV, 3 do
     delayed[#delayed + 1] = id
     states[#states + 1] = id
     states[#states + 1] = score .. ':0:'
+  elseif #ARGV[i + 2] > largest then
+    large[#large + 1] = score
+    large[#large + 1] = id
   else
     due_now[#due_now + 1] = {number, score, id, ARGV[i + 2]}
   end
@@ -146,6 +157,7 @@ for j = handed + 1, #due_now do
   ready[#ready + 1] = due_now[j][2]
   ready[#ready + 1] = due_now[j][3]
 end
+for j = 1, #large do ready[#ready + 1] = large[j] end
 variadic('HSET', KEYS[3], bodies)
 variadic('ZADD', KEYS[1], ready)
 variadic('ZADD', KEYS[2], delayed)
@@ -540,7 +552,7 @@ class RedisBroker(Broker):
         for m in messages:
             args = by_queue.get(m.queue)
             if args is None:
-                args = by_queue[m.queue] = [now_ms, self._channel(m.queue)]
+                args = by_queue[m.queue] = [now_ms, self._channel(m.queue), HANDOFF_MAX_BYTES]
             args += (m.priority, int(m.not_before * 1000) if m.not_before else 0, m.body)
         calls = [("publish", self._publish_keys(queue), args) for queue, args in by_queue.items()]
         new_queues = sorted(by_queue.keys() - self._known_queues)
