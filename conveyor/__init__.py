@@ -31,6 +31,7 @@ from conveyor.exceptions import (
 )
 from conveyor.result import AsyncResult, GroupResult
 from conveyor.routing import Exchange, Queue
+from conveyor.shared import shared_task
 from conveyor.task import Task
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "current_app",
     "exceptions",
     "group",
+    "shared_task",
     "signature",
     "states",
 ]

@@ -28,6 +28,7 @@ from conveyor.eager import run_eagerly
 from conveyor.exceptions import BrokerConnectionError, ConveyorError, EncodeError, ImproperlyConfigured
 from conveyor.result import AsyncResult
 from conveyor.routing import Router
+from conveyor.shared import bind_shared_tasks
 from conveyor.sqlitedb import DEFAULT_URL
 from conveyor.task import AsyncTask, Task, _as_list, current_request
 
@@ -86,6 +87,7 @@ class Conveyor:
             initial["include"] = include
         self.conf.update(initial)
         register_builtins(self)
+        bind_shared_tasks(self)
         set_current_app(self)
 
     # -- configuration -------------------------------------------------------------------

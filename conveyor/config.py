@@ -9,14 +9,21 @@ what it expects. Defaults are Celery's except where the comment says why.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
+from conveyor.celery_settings import NAMES as CELERY_NAMES
+from conveyor.celery_settings import OLD_NAMES, reason_without_effect
 from conveyor.exceptions import ImproperlyConfigured
 from conveyor.routing import Queue
+
+logger = logging.getLogger("conveyor.config")
+#: Celery settings without effect already logged in this process (each is said once).
+_NOTED: set[str] = set()
 
 Check = Callable[[Any], Any]
 
@@ -325,18 +332,41 @@ class Settings:
     imports: tuple[str, ...] = _setting((), _names, "modules the worker imports")
     include: tuple[str, ...] = _setting((), _names, "modules the worker imports (as Celery(include=...))")
 
+    def __post_init__(self) -> None:
+        #: Celery settings Conveyor has no use for, as they were set (read back as set).
+        object.__setattr__(self, "without_effect", {})
+
     def __setattr__(self, name: str, value: Any) -> None:
         spec = _FIELDS.get(name)
         if spec is None:
-            raise ImproperlyConfigured(unknown_setting_message(name))
+            if name in OLD_NAMES:  # Celery 3's upper-case name
+                setattr(self, OLD_NAMES[name], value)
+                return
+            reason = reason_without_effect(name)
+            if reason is None:
+                raise ImproperlyConfigured(unknown_setting_message(name))
+            if name not in _NOTED:
+                _NOTED.add(name)
+                logger.info("Setting %s has no effect in Conveyor: %s", name, reason)
+            self.without_effect[name] = value
+            return
         try:
             value = spec.metadata["check"](value)
         except ValueError as exc:
             raise ImproperlyConfigured(f"setting {name!r} expects {exc}; got {value!r}") from None
         object.__setattr__(self, name, value)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: Celery's, read back as they were set.
+        name = OLD_NAMES.get(name, name)
+        if name in _FIELDS:
+            return getattr(self, name)
+        if name in CELERY_NAMES:
+            return self.__dict__["without_effect"].get(name)
+        raise AttributeError(unknown_setting_message(name))
+
     def __getitem__(self, name: str) -> Any:
-        if name not in _FIELDS:
+        if name not in self:
             raise KeyError(unknown_setting_message(name))
         return getattr(self, name)
 
@@ -344,13 +374,13 @@ class Settings:
         setattr(self, name, value)
 
     def __contains__(self, name: object) -> bool:
-        return name in _FIELDS
+        return name in _FIELDS or name in CELERY_NAMES or name in OLD_NAMES
 
     def __iter__(self) -> Iterator[str]:
         return iter(_FIELDS)
 
     def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name) if name in _FIELDS else default
+        return getattr(self, name) if name in self else default
 
     def update(self, other: Mapping[str, Any] | None = None, **values: Any) -> None:
         """Set many settings; all are checked before any is changed."""
@@ -358,8 +388,9 @@ class Settings:
         trial = Settings(**{f: getattr(self, f) for f in _FIELDS})
         for name, value in merged.items():
             setattr(trial, name, value)
-        for name in merged:
+        for name in _FIELDS:
             object.__setattr__(self, name, getattr(trial, name))
+        self.without_effect.update(trial.without_effect)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELDS}
@@ -369,7 +400,7 @@ _FIELDS = {f.name: f for f in fields(Settings)}
 
 
 def unknown_setting_message(name: str) -> str:
-    close = difflib.get_close_matches(name.lower(), _FIELDS, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), [*_FIELDS, *CELERY_NAMES], n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown setting {name!r}{hint}"
 
@@ -394,6 +425,6 @@ def settings_from_object(obj: Any, namespace: str | None = None) -> dict[str, An
             prefix = namespace.rstrip("_") + "_"
             if name.startswith(prefix):
                 found[name[len(prefix) :].lower()] = value
-        elif name.islower():
+        elif name.islower() or name in OLD_NAMES:
             found[name] = value
     return found

@@ -181,3 +181,49 @@ def test_numeric_transport_options_out_of_range_are_errors(options: dict[str, ob
             app.conf.update({setting: options})
         assert expected in str(raised.value) and setting in str(raised.value)
     app.conf.broker_transport_options = {"lease_timeout": 5, "polling_interval": "0.5"}
+
+
+def test_every_celery_setting_name_is_implemented_or_accepted_without_effect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from conveyor.celery_settings import NAMES, reason_without_effect
+    from conveyor.config import _FIELDS
+
+    app = Celery("t", broker="memory://")
+    for name in sorted(NAMES):
+        reason = reason_without_effect(name)
+        assert (name in _FIELDS) or (reason and reason != "not implemented in Conveyor"), name
+        if name not in _FIELDS:
+            with caplog.at_level("INFO", logger="conveyor.config"):
+                app.conf.update({name: "as set"})
+            assert app.conf[name] == getattr(app.conf, name) == "as set"
+    assert "Setting broker_connection_retry_on_startup has no effect in Conveyor" in caplog.text
+
+
+def test_celery_old_upper_case_names_set_the_new_settings() -> None:
+    app = Celery("t", broker="memory://")
+    app.conf.update(CELERY_TASK_SERIALIZER="msgpack", CELERYD_CONCURRENCY=3, BROKER_URL="memory://old")
+    assert app.conf.task_serializer == "msgpack" and app.conf.worker_concurrency == 3
+    assert app.conf.broker_url == "memory://old" and app.conf.CELERY_TASK_SERIALIZER == "msgpack"
+
+    class OldStyle:
+        CELERY_RESULT_BACKEND = "memory://results"
+        CELERY_ACKS_LATE = True
+
+    app.config_from_object(OldStyle)
+    assert app.conf.result_backend == "memory://results" and app.conf.task_acks_late is True
+
+
+def test_a_misspelt_celery_name_is_still_an_error_with_a_suggestion() -> None:
+    app = Celery("t", broker="memory://")
+    with pytest.raises(ImproperlyConfigured, match="did you mean 'broker_connection_retry_on_startup'"):
+        app.conf.broker_connection_retry_on_start = True
+
+
+def test_the_migration_guide_lists_every_celery_setting_without_effect_with_its_reason() -> None:
+    from conveyor.celery_settings import NAMES, reason_without_effect
+    from conveyor.config import _FIELDS
+
+    page = (Path(__file__).parents[2] / "docs" / "celery-compatibility.md").read_text()
+    for name in NAMES - set(_FIELDS):
+        assert f"| `{name}` | {reason_without_effect(name)} |" in page, name
