@@ -1,0 +1,1 @@
+"""Helpers at Celery's module paths (`conveyor.utils.log`)."""
