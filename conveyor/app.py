@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -76,6 +77,7 @@ class Conveyor:
         self._backend: ResultBackend | None = None
         self._router: tuple[tuple[int, ...], Router] | None = None
         self._lock = threading.Lock()
+        self._autodiscover: list[tuple[Sequence[str] | Callable[[], Sequence[str]] | None, str]] = []
         if config_source is not None:
             self.config_from_object(config_source)
         initial: dict[str, Any] = dict(settings)
@@ -108,9 +110,28 @@ class Conveyor:
         self.conf.update(settings_from_object(obj, namespace))
 
     def import_modules(self) -> None:
-        """Import `imports` and `include` modules, where tasks are defined."""
+        """Import `imports` and `include` modules, where tasks are defined, and the modules
+        `autodiscover_tasks` asked for."""
         for name in (*self.conf.imports, *self.conf.include):
             importlib.import_module(name)
+        for packages, related_name in self._autodiscover:
+            discover_tasks(packages, related_name)
+
+    def autodiscover_tasks(
+        self,
+        packages: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import `<package>.<related_name>` of each package when the worker starts (now with `force`).
+
+        `packages` is a list, a callable returning one (`lambda: settings.INSTALLED_APPS`), or None:
+        every installed Django app, once Django is set up. A package without that module is skipped.
+        """
+        if force:
+            discover_tasks(packages, related_name)
+        else:
+            self._autodiscover.append((packages, related_name))
 
     # -- tasks -------------------------------------------------------------------------------
     @overload
@@ -425,6 +446,36 @@ class Conveyor:
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.main or '__main__'}>"
+
+
+def discover_tasks(packages: Sequence[str] | Callable[[], Sequence[str]] | None, related_name: str) -> None:
+    """Import `<package>.<related_name>` for each package that has it."""
+    if packages is None:
+        packages = _django_apps()
+    elif callable(packages):
+        packages = packages()
+    for package in packages:
+        module = f"{package}.{related_name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (module, package):  # a missing import inside the module is a real error
+                raise
+
+
+def _django_apps() -> list[str]:
+    """The installed Django apps' packages (Django set up first, as Celery's Django fixup does)."""
+    try:
+        import django
+        from django.apps import apps
+        from django.conf import settings
+    except ImportError:
+        return []
+    if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return []
+    if not apps.ready:
+        django.setup()
+    return [config.name for config in apps.get_app_configs()]
 
 
 def _aware(value: Any) -> datetime | None:
