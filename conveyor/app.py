@@ -68,9 +68,12 @@ class Conveyor:
         backend: str | None = None,
         include: Sequence[str] | None = None,
         config_source: Any = None,
+        task_cls: type[Task[Any, Any]] | str | None = None,
         **settings: Any,
     ) -> None:
         self.main = main
+        #: The class `@app.task` makes tasks of (`base=` chooses another for one task).
+        self.Task: type[Task[Any, Any]] = _task_class(task_cls) if task_cls is not None else Task
         self.conf = Settings()
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: Broker | None = None
@@ -155,8 +158,10 @@ class Conveyor:
         becomes an `AsyncTask`, which workers await.
         """
 
+        base: type[Task[Any, Any]] = options.pop("base", None) or self.Task
+
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
-            kind = AsyncTask if inspect.iscoroutinefunction(function) else Task
+            kind = AsyncTask if base is Task and inspect.iscoroutinefunction(function) else base
             task: Task[Any, Any] = kind(self, function, name or self.task_name(function), bind=bind, **options)
             self.tasks[task.name] = task
             return task
@@ -446,6 +451,16 @@ class Conveyor:
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.main or '__main__'}>"
+
+
+def _task_class(spec: type[Task[Any, Any]] | str) -> type[Task[Any, Any]]:
+    """`task_cls` as a class or Celery's "module:Class" string."""
+    if isinstance(spec, str):
+        module, _, attribute = spec.replace(":", ".").rpartition(".")
+        spec = getattr(importlib.import_module(module), attribute)
+    if not (isinstance(spec, type) and issubclass(spec, Task)):
+        raise ImproperlyConfigured(f"task_cls must be a Task subclass, not {spec!r}")
+    return spec
 
 
 def discover_tasks(packages: Sequence[str] | Callable[[], Sequence[str]] | None, related_name: str) -> None:

@@ -119,3 +119,18 @@ class Retry(ConveyorError):
             return self.message
         reason = f"{self.exc!r}" if self.exc is not None else "retry requested"
         return f"Retry in {self.when}s: {reason}" if self.when is not None else reason
+
+
+class ExceptionInfo:
+    """An exception with its traceback, as task hooks receive it (`einfo`, Celery's shape)."""
+
+    def __init__(self, exception: BaseException) -> None:
+        import traceback
+
+        self.exception = exception
+        self.type = type(exception)
+        self.tb = exception.__traceback__
+        self.traceback = "".join(traceback.format_exception(exception))
+
+    def __str__(self) -> str:
+        return self.traceback

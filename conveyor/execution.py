@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor import dedup, messages, signals, states
 from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
 from conveyor.canvas import Signature
-from conveyor.exceptions import ConveyorError, EncodeError, Retry
+from conveyor.exceptions import ConveyorError, EncodeError, ExceptionInfo, Retry
 from conveyor.result import in_task
 from conveyor.task import Context, LazyRequest, Task, _current_request, current_request, state_sink
 
@@ -194,6 +194,8 @@ def execute(
         started = time.monotonic()
         try:
             with interruptible or nullcontext():
+                if task.has_hooks:
+                    task.before_start(job.message.id, job.message.args, job.message.kwargs)
                 value = _call(task, job.message)
         except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is (Retry too)
             outcome = _ended(app, backend, task, job, exc, started)
@@ -220,6 +222,8 @@ async def execute_async(
         on_started(_pid)
         started = time.monotonic()
         try:
+            if task.has_hooks:
+                task.before_start(job.message.id, job.message.args, job.message.kwargs)
             value = await _call_async(task, job.message)
         except (Exception, SystemExit) as exc:
             outcome = _ended(app, backend, task, job, exc, started)
@@ -335,11 +339,13 @@ def _finish(
 
 
 def _signalled(task: Task[Any, Any], job: Job, outcome: Outcome, value: Any) -> Outcome:
-    """task_success, task_failure or task_retry, then task_postrun: after what the run sent
-    (callbacks, a chain's next step), still inside the run's context."""
+    """The task's hooks, task_success, task_failure or task_retry, then task_postrun: after what
+    the run sent (callbacks, a chain's next step), still inside the run's context."""
     m, state = job.message, outcome.state
     if state != states.RETRY:
         dedup.task_ended(task.app, m.headers)
+    if task.has_hooks:
+        _call_hooks(task, m, state, value)
     if state == states.SUCCESS and signals.task_success.receivers:
         signals.task_success.send(task, result=value)
     elif state == states.FAILURE and signals.task_failure.receivers:
@@ -353,6 +359,23 @@ def _signalled(task: Task[Any, Any], job: Job, outcome: Outcome, value: Any) -> 
             task, task_id=m.id, task=task, args=m.args, kwargs=m.kwargs, retval=value, state=state
         )
     return outcome
+
+
+def _call_hooks(task: Task[Any, Any], m: messages.Message, state: str, value: Any) -> None:
+    """A Task subclass's on_success / on_failure / on_retry, then after_return (Celery's order);
+    one that raises is logged, the task's outcome stands."""
+    einfo = ExceptionInfo(value) if isinstance(value, BaseException) else None
+    args, kwargs = m.args, m.kwargs
+    try:
+        if state == states.SUCCESS:
+            task.on_success(value, m.id, args, kwargs)
+        elif state == states.RETRY and einfo is not None:
+            task.on_retry(value, m.id, args, kwargs, einfo)
+        elif einfo is not None:
+            task.on_failure(value, m.id, args, kwargs, einfo)
+        task.after_return(state, value, m.id, args, kwargs, einfo)
+    except Exception:
+        logger.exception("A hook of task %s[%s] failed", m.task, m.id)
 
 
 def result_updates(

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.canvas import Signature
-from conveyor.exceptions import MaxRetriesExceededError, Retry
+from conveyor.exceptions import ExceptionInfo, MaxRetriesExceededError, Retry
 from conveyor.result import AsyncResult
 
 if TYPE_CHECKING:
@@ -124,6 +124,8 @@ class Task(Generic[P, R]):
     expires: float | datetime | None = None
     throws: tuple[type[BaseException], ...] = ()
     typing: bool = True
+    #: Celery's marker for a base class that is not itself a task: accepted, changes nothing.
+    abstract: bool = False
 
     def __init__(self, app: Conveyor, fun: Callable[..., R], name: str, **options: Any) -> None:
         for key, value in options.items():
@@ -144,13 +146,48 @@ class Task(Generic[P, R]):
         self._positional = _positional_range(self._signature, self.bind)
         #: An `async def` task: its worker awaits it (see `AsyncTask`).
         self.is_async = inspect.iscoroutinefunction(fun)
+        #: A subclass that overrides a run hook (before_start, on_success, ...): the worker calls them.
+        self.has_hooks = any(getattr(type(self), hook) is not getattr(Task, hook) for hook in HOOKS)
 
     # -- running here ----------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the task in this process, as a plain function call."""
+        """Run the task in this process, as a plain function call (a worker calls this too, so
+        a subclass's `__call__` wraps every run)."""
+        return self.run(*args, **kwargs)
+
+    def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """The task's body: its function (given the task first when bound)."""
         if self.bind:
             return self.fun(self, *args, **kwargs)
         return self.fun(*args, **kwargs)
+
+    # -- hooks a subclass may override (Celery's names and arguments) ----------------
+    def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Called in the worker before the task runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Called in the worker when the task returned."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
+    ) -> None:
+        """Called in the worker when the task failed."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
+    ) -> None:
+        """Called in the worker when the task is to be retried."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: ExceptionInfo | None,
+    ) -> None:
+        """Called in the worker after the task ended, whatever its state."""
 
     @property
     def request(self) -> Context:
@@ -320,6 +357,10 @@ class AsyncTask(Task[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:  # type: ignore[override]
         return super().__call__(*args, **kwargs)  # type: ignore[return-value]
+
+
+#: The run hooks a Task subclass may override.
+HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
 
 
 def _as_list(value: Any) -> list[Any]:
