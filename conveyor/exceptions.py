@@ -17,7 +17,9 @@
     │   ├── WorkerLostError
     │   └── MaxRetriesExceededError
     ├── SoftTimeLimitExceeded           raised inside a task: catchable
-    └── Retry                           control flow: the task asked to be retried
+    ├── Retry                           control flow: the task asked to be retried
+    ├── Ignore                          control flow: record nothing for this run
+    └── Reject                          control flow: give the message back or dead-letter it
 
 Foreign errors (sqlite3, redis, ...) are translated into these at the boundary of
 the module that talks to that library.
@@ -119,6 +121,21 @@ class Retry(ConveyorError):
             return self.message
         reason = f"{self.exc!r}" if self.exc is not None else "retry requested"
         return f"Retry in {self.when}s: {reason}" if self.when is not None else reason
+
+
+class Ignore(ConveyorError):
+    """Raised by a task to end its run without recording a state (it may have set one itself)."""
+
+
+class Reject(ConveyorError):
+    """Raised by a task to refuse its message: `requeue=True` gives it back to the queue, else it
+    goes to the dead letters with `reason`. Meant for `acks_late` tasks (an early-acked message
+    is already gone)."""
+
+    def __init__(self, reason: object = None, requeue: bool = False) -> None:
+        self.reason = reason
+        self.requeue = requeue
+        super().__init__(reason, requeue)
 
 
 class ExceptionInfo:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor import dedup, messages, signals, states
 from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
 from conveyor.canvas import Signature
-from conveyor.exceptions import ConveyorError, EncodeError, ExceptionInfo, Retry
+from conveyor.exceptions import ConveyorError, EncodeError, ExceptionInfo, Ignore, Reject, Retry
 from conveyor.result import in_task
 from conveyor.task import Context, LazyRequest, Task, _current_request, current_request, state_sink
 
@@ -264,7 +264,14 @@ class _Running:
 def _ended(
     app: Conveyor, backend: ResultBackend, task: Task[Any, Any], job: Job, exc: BaseException, started: float
 ) -> Outcome:
-    """The outcome of a run that raised: RETRY for `self.retry`, else FAILURE (errbacks run)."""
+    """The outcome of a run that raised: RETRY for `self.retry`, IGNORED and REJECTED (nothing
+    recorded; the worker acks, requeues or dead-letters), else FAILURE (errbacks run)."""
+    if isinstance(exc, (Ignore, Reject)):
+        state = states.IGNORED if isinstance(exc, Ignore) else states.REJECTED
+        requeue = isinstance(exc, Reject) and exc.requeue
+        runtime = time.monotonic() - started
+        summary = repr(exc.reason) if isinstance(exc, Reject) else "ignored"
+        return Outcome(job.id, job.message.id, state, runtime, summary, meta={"requeue": requeue})
     if isinstance(exc, Retry):
         return _signalled(task, job, *_finish(app, backend, task, job, states.RETRY, exc.exc or exc, started, exc=exc))
     _run_errbacks(app, job.message, exc)

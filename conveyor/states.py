@@ -14,6 +14,8 @@ FAILURE = "FAILURE"
 RETRY = "RETRY"
 REVOKED = "REVOKED"
 REJECTED = "REJECTED"
+#: A run that raised `Ignore`: nothing is recorded for it (the task keeps the state it set itself).
+IGNORED = "IGNORED"
 
 #: States after which the task will not change again.
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
@@ -26,6 +28,7 @@ PROPAGATE_STATES = frozenset({FAILURE, REVOKED})
 ALL_STATES = frozenset({PENDING, RECEIVED, STARTED, SUCCESS, FAILURE, RETRY, REVOKED, REJECTED})
 
 __all__ = [
+    "IGNORED",
     "ALL_STATES",
     "EXCEPTION_STATES",
     "FAILURE",

@@ -287,7 +287,9 @@ class Task(Generic[P, R]):
         """
         request = self.request
         if request.id is None or request.called_directly:
-            raise RuntimeError(f"task {self.name}: retry() works only inside a worker-run task")
+            # Called as a plain function (a test, a direct call): there is nothing to send again,
+            # so it raises, as Celery does: the exception given, else Retry.
+            raise exc or Retry("Task can be retried", None)
         limit = self.max_retries if max_retries is None else max_retries
         if limit is not None and request.retries >= limit:
             if exc is not None:

@@ -120,6 +120,8 @@ _EVENT_OF_STATE = {
     states.FAILURE: "failed",
     states.RETRY: "retried",
     states.REVOKED: "revoked",
+    states.IGNORED: "ignored",
+    states.REJECTED: "rejected",
 }
 
 
@@ -577,8 +579,13 @@ class Worker:
         self._starting.pop(held.job.message.id, None)  # ignored results leave no STARTED behind
         if held.acked:
             self._release()
-        elif outcome.state == states.FAILURE and not self.app.conf.task_acks_on_failure_or_timeout:
-            self._dead_letter(held.delivery, f"task failed: {outcome.summary}", log=False)
+        elif outcome.state == states.REJECTED and outcome.meta.get("requeue"):
+            self._requeue([held.delivery])
+        elif outcome.state == states.REJECTED or (
+            outcome.state == states.FAILURE and not self.app.conf.task_acks_on_failure_or_timeout
+        ):
+            verb = "rejected" if outcome.state == states.REJECTED else "failed"
+            self._dead_letter(held.delivery, f"task {verb}: {outcome.summary}", log=False)
         else:
             self._ack(held.delivery)
 
@@ -652,6 +659,11 @@ class Worker:
             logger.info("Task %s[%s] succeeded in %.2fs: %s", name, task_id, outcome.runtime, outcome.summary)
         elif outcome.state == states.RETRY:
             logger.info("Task %s[%s] retry: %s", name, task_id, outcome.summary)
+        elif outcome.state == states.IGNORED:
+            logger.info("Task %s[%s] ignored", name, task_id)
+        elif outcome.state == states.REJECTED:
+            requeue = "requeued" if outcome.meta.get("requeue") else "dead-lettered"
+            logger.info("Task %s[%s] rejected (%s): %s", name, task_id, requeue, outcome.summary)
         elif outcome.expected:
             logger.info("Task %s[%s] raised expected: %s", name, task_id, outcome.summary)
         else:

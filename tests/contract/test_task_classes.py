@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,3 +139,36 @@ def test_a_class_based_task_overrides_run(app: Celery) -> None:
         assert double.delay(21).get(timeout=10) == 42
         assert app.tasks["c.double"] is double
         assert app.send_task("c.double", (5,)).get(timeout=10) == 10
+
+
+def test_ignore_records_nothing_and_reject_requeues_or_dead_letters(app: Celery) -> None:
+    from conveyor.exceptions import Ignore, Reject
+
+    seen: list[int] = []
+
+    @app.task(name="c.ignore", bind=True)
+    def ignore(self: Task) -> None:  # type: ignore[type-arg]
+        self.update_state(state="PROGRESS", meta={"done": 1})
+        raise Ignore()
+
+    @app.task(name="c.reject", acks_late=True)
+    def reject(requeue: bool) -> None:
+        seen.append(requeue)
+        if requeue and seen.count(True) == 1:
+            raise Reject("not now", requeue=True)
+        if not requeue:
+            raise Reject("never")
+
+    with running(app, "threads"):
+        ignored = ignore.delay()
+        again = reject.delay(True)
+        assert again.get(timeout=10) is None  # given back once, then run to the end
+        assert seen.count(True) == 2
+        never = reject.delay(False)
+        deadline = time.monotonic() + 10
+        while not app.broker.dead_letters() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert ignored.state == "PROGRESS" and ignored.info == {"done": 1}
+    [letter] = app.broker.dead_letters()
+    assert letter.reason == "task rejected: 'never'"
+    assert never.state == states.PENDING

@@ -257,3 +257,19 @@ def test_the_argument_count_shortcut_agrees_with_signature_bind(memory_app: Cele
             else:
                 with pytest.raises(TypeError, match=f"shortcut.{index}"):
                     task.check_arguments(arguments, {})
+
+
+def test_retry_in_a_directly_called_task_raises_as_celery_does() -> None:
+    from conveyor.exceptions import Retry
+
+    app = Celery("direct", broker="memory://direct-retry")
+
+    @app.task(bind=True)
+    def flaky(self, fail_with: Exception | None) -> None:  # type: ignore[no-untyped-def]
+        raise self.retry(exc=fail_with)
+
+    with pytest.raises(Retry):
+        flaky(None)
+    with pytest.raises(KeyError):
+        flaky(KeyError("given"))
+    app.close()
