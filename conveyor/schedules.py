@@ -77,6 +77,10 @@ MONTH_NAMES = {
 _PART = re.compile(r"^(\*|[\w]+)(?:-([\w]+))?(?:/(\d+))?$")
 
 
+#: The most days each month has (February in a leap year).
+_DAYS_IN_MONTH = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+
+
 def parse_field(text: Any, field: str, low: int, high: int, names: dict[str, int] | None = None) -> set[int]:
     """Celery's crontab syntax for one field: `*`, `*/15`, `1-5`, `1-10/2`, `mon-fri`, `1,15,30`, or an int."""
     if isinstance(text, int):
@@ -140,9 +144,17 @@ class crontab(BaseSchedule):  # noqa: N801 - Celery's name
                       "day_of_month": day_of_month, "month_of_year": month_of_year}  # fmt: skip
         self.minute = parse_field(minute, "minute", 0, 59)
         self.hour = parse_field(hour, "hour", 0, 23)
-        self.day_of_week = parse_field(day_of_week, "day_of_week", 0, 7, DAY_NAMES)
+        # 7 is Sunday too, so `*` (0-7) is the seven days 0-6, as in Celery.
+        self.day_of_week = {day % 7 for day in parse_field(day_of_week, "day_of_week", 0, 7, DAY_NAMES)}
         self.day_of_month = parse_field(day_of_month, "day_of_month", 1, 31)
         self.month_of_year = parse_field(month_of_year, "month_of_year", 1, 12, MONTH_NAMES)
+        # Days of the month that no chosen month has (the 31st of April) make a schedule that
+        # never fires: an error now, as Celery makes it, not a beat that waits for ever.
+        longest = max(_DAYS_IN_MONTH[month] for month in self.month_of_year)
+        if min(self.day_of_month) > longest:
+            raise ValueError(
+                f"Invalid crontab: day_of_month {day_of_month!r} never occurs in month_of_year {month_of_year!r}."
+            )
 
     def _day_matches(self, day: date) -> bool:
         weekday = (day.weekday() + 1) % 7  # Monday is 1, Sunday 0

@@ -404,12 +404,16 @@ class Worker:
 
     def _begin_warm_shutdown(self) -> None:
         assert self.pool is not None and self.fetcher is not None
-        logger.warning("Warm shutdown: finishing %d running tasks (signal again to stop now)", len(self.held))
         self._stopping = True
         self.fetcher.stop()
-        for job in self.pool.shutdown():
-            held = self.held.pop(job.id)
-            self._requeue([held.delivery])
+        returned = [self.held.pop(job.id).delivery for job in self.pool.shutdown()]
+        self._requeue(returned)
+        logger.warning(
+            "Warm shutdown: finishing %d running tasks, %d not started went back to the queue "
+            "(signal again to stop now)",
+            len(self.held),
+            len(returned),
+        )
 
     # -- events -----------------------------------------------------------------------------
     def _handle(self, event: _Event) -> None:

@@ -153,3 +153,16 @@ def test_interval_schedules_and_round_trip() -> None:
     assert every.is_due(start, start + timedelta(seconds=11)) == (True, 10.0)
     for original in (schedule(5), crontab(minute="*/5", day_of_week="mon-fri"), solar("sunset", 1.0, 2.0)):
         assert schedule_from_dict(original.to_dict()).to_dict() == original.to_dict()
+
+
+def test_day_of_week_star_is_the_seven_days_as_in_celery() -> None:
+    assert crontab(day_of_week="*").day_of_week == {0, 1, 2, 3, 4, 5, 6}
+    assert crontab(day_of_week="7").day_of_week == {0}
+    assert crontab(day_of_week="5-7").day_of_week == {5, 6, 0}
+
+
+@pytest.mark.parametrize(("day", "month"), [("31", "4"), ("30", "2"), ("31", "apr,jun")])
+def test_a_crontab_that_can_never_fire_is_an_error(day: str, month: str) -> None:
+    with pytest.raises(ValueError, match="never occurs in month_of_year"):
+        crontab(day_of_month=day, month_of_year=month)
+    crontab(day_of_month="29", month_of_year="2")  # leap years have it
