@@ -30,6 +30,7 @@ from conveyor.exceptions import BrokerConnectionError, ConveyorError, EncodeErro
 from conveyor.result import AsyncResult
 from conveyor.routing import Router
 from conveyor.shared import bind_shared_tasks
+from conveyor.signals import Signal
 from conveyor.sqlitedb import DEFAULT_URL
 from conveyor.task import AsyncTask, Task, _as_list, current_request
 
@@ -81,6 +82,12 @@ class Conveyor:
         self._router: tuple[tuple[int, ...], Router] | None = None
         self._lock = threading.Lock()
         self._autodiscover: list[tuple[Sequence[str] | Callable[[], Sequence[str]] | None, str]] = []
+        #: Celery's app signals: sent once when a worker or beat finalizes the app (`finalize`),
+        #: and in each prefork child after the fork. Receivers get `sender=app`.
+        self.on_after_configure = Signal("on_after_configure")
+        self.on_after_finalize = Signal("on_after_finalize")
+        self.on_after_fork = Signal("on_after_fork")
+        self.finalized = False
         if config_source is not None:
             self.config_from_object(config_source)
         initial: dict[str, Any] = dict(settings)
@@ -119,6 +126,40 @@ class Conveyor:
             importlib.import_module(name)
         for packages, related_name in self._autodiscover:
             discover_tasks(packages, related_name)
+
+    def finalize(self) -> None:
+        """Get the app ready to run tasks (a worker and beat call this once): import the task
+        modules, then send `on_after_configure` and `on_after_finalize`, whose receivers may add
+        periodic tasks."""
+        with self._lock:
+            if self.finalized:
+                return
+            self.finalized = True
+        self.import_modules()
+        self.on_after_configure.send(self, source=self.conf)
+        self.on_after_finalize.send(self)
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Add a `beat_schedule` entry that sends `sig` on `schedule` (seconds, a timedelta, crontab, solar);
+        its name (by default the signature's repr)."""
+        entry_name = name or repr(sig)
+        entry = {
+            "task": sig.task,
+            "schedule": schedule,
+            "args": tuple(args or sig.args),
+            "kwargs": dict(kwargs or sig.kwargs),
+            "options": {**sig.options, **options},
+        }
+        self.conf.beat_schedule = {**self.conf.beat_schedule, entry_name: entry}
+        return entry_name
 
     def autodiscover_tasks(
         self,

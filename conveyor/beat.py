@@ -107,6 +107,7 @@ def app_timezone(app: Conveyor) -> tzinfo:
 class Beat:
     def __init__(self, app: Conveyor, max_interval: float | None = None) -> None:
         self.app = app
+        app.finalize()  # task modules imported, periodic tasks added by on_after_configure receivers
         self.max_interval = max_interval if max_interval is not None else app.conf.beat_max_loop_interval
         self.configured = {name: Entry.from_config(name, spec) for name, spec in app.conf.beat_schedule.items()}
         self.store = ScheduleStore(app)

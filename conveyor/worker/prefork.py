@@ -101,6 +101,7 @@ def _child_main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _raise_soft_limit)
     signals.worker_process_init.send(None)
+    app.on_after_fork.send(app)
     done = 0
     while True:
         try:

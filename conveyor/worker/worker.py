@@ -215,7 +215,7 @@ class Worker:
     def run(self) -> None:
         """Run until stopped. Installs SIGTERM/SIGINT handlers when on the main thread."""
         app = self.app
-        app.import_modules()
+        app.finalize()
         app.annotate_tasks()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)

@@ -109,3 +109,29 @@ def test_bad_entries_are_clear_errors() -> None:
         Beat(make_app(odd={"task": "b.tick", "schedule": 1.0, "every": 2}))
     with pytest.raises(ImproperlyConfigured, match="'weird': a schedule is seconds"):
         Beat(make_app(weird={"task": "b.tick", "schedule": "often"}))
+
+
+def test_periodic_tasks_added_when_the_app_is_configured_are_sent_by_beat() -> None:
+    from conveyor.messages import decode
+
+    app = make_app()
+    configured: list[object] = []
+
+    @app.on_after_configure.connect
+    def setup_periodic_tasks(sender: Celery, **kwargs: object) -> None:
+        configured.append(sender)
+        sender.add_periodic_task(10.0, app.tasks["b.tick"].s(7), name="tick every 10")
+        sender.add_periodic_task(crontab(minute="*"), app.tasks["b.tick"].s(), priority=3)
+
+    finalized: list[object] = []
+    app.on_after_finalize.connect(lambda sender, **kwargs: finalized.append(sender))
+    beat = Beat(app)
+    assert configured == [app] and finalized == [app]
+    assert set(app.conf.beat_schedule) == {"tick every 10", repr(app.tasks["b.tick"].s())}
+    Beat(app)  # finalized once
+    assert configured == [app]
+    beat.tick(T0)
+    beat.tick(T0 + timedelta(seconds=10))
+    assert sent(app) >= 1
+    [delivery] = [d for d in app.broker.fetch(["celery"], 10, 0.1) if decode(d.body).args == (7,)]
+    assert decode(delivery.body).task == "b.tick"
