@@ -103,6 +103,18 @@ def _plain(*values: object) -> list[Any]:
     return [Text(str(value)) for value in values]
 
 
+def _check_port_free(address: str, port: int) -> None:
+    """One clear error for a port in use, before the dashboard announces a URL it cannot serve."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {address}:{port}: {exc.strerror}") from None
+
+
 class _Commands(click.Group):
     """Every command's Conveyor error (a broker that is down, a bad setting) is one `Error:` line."""
 
@@ -208,6 +220,7 @@ def flower(
     if basic_auth is not None and ":" not in basic_auth:
         raise click.BadParameter("must be user:password", param_hint="--basic-auth")
     dashboard = create_app(obj.app, basic_auth=basic_auth, unauthenticated_api=unauthenticated_api)
+    _check_port_free(address, port)
     click.echo(f"Conveyor dashboard on http://{address}:{port}/ (broker {obj.app.broker.display_url})", err=True)
     if basic_auth:
         access = "every route requires basic authentication"

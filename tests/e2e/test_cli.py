@@ -187,3 +187,16 @@ def test_a_worker_with_no_task_registered_says_so(e2e: E2E) -> None:
     (e2e.directory / "empty.py").write_text("from conveyor import Celery\napp = Celery('empty')\n")
     worker = e2e.start_worker(app="empty")
     worker.wait_for_log("No task is registered")
+
+
+def test_the_dashboard_on_a_busy_port_is_one_error_line_and_no_url(e2e: E2E) -> None:
+    import socket
+
+    e2e.write_app()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = e2e.cli("-A", "e2eapp", "flower", f"--port={port}", check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"]
