@@ -126,6 +126,7 @@ class Conveyor:
             importlib.import_module(name)
         for packages, related_name in self._autodiscover:
             discover_tasks(packages, related_name)
+        signals.import_modules.send(self)
 
     def finalize(self) -> None:
         """Get the app ready to run tasks (a worker and beat call this once): import the task
@@ -337,9 +338,7 @@ class Conveyor:
         """
         message, queue = self.build_message(name, args, kwargs, **options)
         if signals.before_task_publish.receivers:
-            signals.before_task_publish.send(
-                name, headers=message.headers, routing_key=queue, body=(message.args, message.kwargs)
-            )
+            self._before_publish(message, queue)
         task: Task[Any, Any] | None = options.get("task")
         conf = self.conf
         serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
@@ -473,6 +472,24 @@ class Conveyor:
         self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> Signature:
         return Signature(name, args, kwargs, options, app=self)
+
+    def _before_publish(self, message: messages.Message, queue: str) -> None:
+        """`before_task_publish` with Celery's shapes: protocol 2 headers (`task`, `id`, ...) and a
+        body of `(args, kwargs, embed)`; headers a receiver adds travel with the message."""
+        m = message
+        headers: dict[str, Any] = {
+            **m.headers, "lang": "py", "task": m.task, "id": m.id, "shadow": m.shadow, "eta": m.eta,
+            "expires": m.expires, "group": m.group, "retries": m.retries, "root_id": m.root_id,
+            "parent_id": m.parent_id, "timelimit": [m.time_limit, m.soft_time_limit], "origin": m.origin,
+        }  # fmt: skip
+        known = set(headers) - set(m.headers)
+        embed = {"callbacks": m.callbacks, "errbacks": m.errbacks, "chain": m.chain, "chord": m.chord}
+        signals.before_task_publish.send(
+            m.task, headers=headers, routing_key=queue, body=(m.args, m.kwargs, embed), exchange="",
+            properties={"correlation_id": m.id, "priority": m.priority, "reply_to": m.reply_to},
+            declare=[], retry_policy=None,
+        )  # fmt: skip
+        m.headers.update({key: value for key, value in headers.items() if key not in known})
 
     def run_eagerly(
         self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None,

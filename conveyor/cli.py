@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from conveyor import __version__, states
+from conveyor import __version__, signals, states
 from conveyor.app import Conveyor
 from conveyor.config import POOL_NAMES
 from conveyor.exceptions import ConveyorError
@@ -31,12 +31,19 @@ class _ColourFormatter(logging.Formatter):
 
 
 def setup_logging(level: str) -> None:
+    """The command's logging, unless a `setup_logging` receiver takes it over (Celery's rule)."""
+    colorize = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    described = {"loglevel": level.upper(), "logfile": None, "format": LOG_FORMAT, "colorize": colorize}
+    if signals.setup_logging.receivers:
+        signals.setup_logging.send(None, **described)
+        return
     handler = logging.StreamHandler(sys.stderr)
-    formatter_class = _ColourFormatter if sys.stderr.isatty() and not os.environ.get("NO_COLOR") else logging.Formatter
-    handler.setFormatter(formatter_class(LOG_FORMAT))
+    handler.setFormatter((_ColourFormatter if colorize else logging.Formatter)(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    signals.after_setup_logger.send(None, logger=root, **described)
+    signals.after_setup_task_logger.send(None, logger=logging.getLogger("conveyor.task"), **described)
 
 
 def find_app(spec: str) -> Conveyor:
@@ -167,8 +174,8 @@ def worker(
     """Start a worker that runs tasks from the queues."""
     from conveyor.worker import Worker
 
+    app = obj.app  # first: the app's module may connect setup_logging receivers
     setup_logging(loglevel)
-    app = obj.app
     if max_tasks_per_child is not None:
         app.conf.worker_max_tasks_per_child = max_tasks_per_child
     if max_memory_per_child is not None:
@@ -186,6 +193,7 @@ def worker(
             app, queues=chosen, concurrency=concurrency, pool=pool, hostname=hostname,
             prefetch_multiplier=prefetch_multiplier, beat=embed_beat,
         )  # fmt: skip
+        signals.celeryd_after_setup.send(instance.hostname, instance=instance, conf=app.conf)
         _banner(instance)
         if not any(not name.startswith("conveyor.") for name in app.tasks):
             logging.getLogger("conveyor.worker").warning(
@@ -242,17 +250,20 @@ main.add_command(main.commands["flower"], "dashboard")
 @pass_context
 def beat(obj: _Context, loglevel: str, max_interval: float | None) -> None:
     """Submit periodic tasks from beat_schedule; run as many as you like, each run is sent once."""
-    import signal as signals
+    import signal
     import threading
 
     from conveyor.beat import Beat
 
+    obj.app  # noqa: B018 - imported first: the app's module may connect setup_logging receivers
     setup_logging(loglevel)
     stop = threading.Event()
-    for signum in (signals.SIGTERM, signals.SIGINT):
-        signals.signal(signum, lambda *_: stop.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     try:
-        Beat(obj.app, max_interval).run(stop)
+        beat = Beat(obj.app, max_interval)
+        signals.beat_init.send(beat)
+        beat.run(stop)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
 

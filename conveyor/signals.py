@@ -25,8 +25,29 @@ Signals, their sender, their other arguments, and when they are sent:
 - `task_success` (task; `result`), `task_failure` (task; `task_id`,
   `exception`, `args`, `kwargs`, `traceback`), `task_retry` (task; `request`,
   `reason`): after it ran, before `task_postrun`.
+- `task_received` (the worker; `request`): a task handed to the pool.
+- `task_revoked` (task; `request`, `terminated`, `signum`, `expired`): a task
+  not run (revoked or expired) or terminated.
+- `task_unknown` (None; `name`, `id`, `message`, `exc`): a message for a task
+  this worker does not have.
+- `task_rejected` (None; `message`, `exc`): a task raised `Reject`.
+- `celeryd_init` (the worker's hostname; `instance`, `conf`, `options`): the
+  worker command starts; `celeryd_after_setup` (hostname; `instance`,
+  `conf`): its queues are chosen.
+- `worker_init` (the worker): before it starts consuming.
 - `worker_ready`, `worker_shutdown` (the worker): consuming; stopped.
-- `worker_process_init` (None): in a prefork child, before its first task.
+- `worker_shutting_down` (hostname; `sig`, `how`, `exitcode`): a warm or
+  cold shutdown begins.
+- `heartbeat_sent` (the worker): each heartbeat.
+- `worker_process_init` (None): in a prefork child, before its first task;
+  `worker_process_shutdown` (None; `pid`, `exitcode`): as it exits.
+- `beat_init` (the beat), `beat_embedded_init` (the beat, inside a worker).
+- `import_modules` (the app): the task modules are imported.
+- `setup_logging` (None; `loglevel`, `logfile`, `format`, `colorize`): a
+  receiver takes over the command line's logging configuration entirely;
+  without one, Conveyor configures it and sends `after_setup_logger` and
+  `after_setup_task_logger` (None; `logger`, `loglevel`, `logfile`, `format`,
+  `colorize`).
 """
 
 from __future__ import annotations
@@ -86,3 +107,19 @@ task_retry = Signal("task_retry")
 worker_ready = Signal("worker_ready")
 worker_shutdown = Signal("worker_shutdown")
 worker_process_init = Signal("worker_process_init")
+task_received = Signal("task_received")
+task_revoked = Signal("task_revoked")
+task_unknown = Signal("task_unknown")
+task_rejected = Signal("task_rejected")
+celeryd_init = Signal("celeryd_init")
+celeryd_after_setup = Signal("celeryd_after_setup")
+worker_init = Signal("worker_init")
+worker_shutting_down = Signal("worker_shutting_down")
+heartbeat_sent = Signal("heartbeat_sent")
+worker_process_shutdown = Signal("worker_process_shutdown")
+beat_init = Signal("beat_init")
+beat_embedded_init = Signal("beat_embedded_init")
+import_modules = Signal("import_modules")
+setup_logging = Signal("setup_logging")
+after_setup_logger = Signal("after_setup_logger")
+after_setup_task_logger = Signal("after_setup_task_logger")

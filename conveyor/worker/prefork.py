@@ -126,6 +126,7 @@ def _child_main(
         if retire:
             break
     conn.close()
+    signals.worker_process_shutdown.send(None, pid=os.getpid(), exitcode=0)
     os._exit(0)
 
 

@@ -44,10 +44,11 @@ from conveyor.exceptions import (
     ContentDisallowed,
     DecodeError,
     NotRegistered,
+    Reject,
     TaskRevokedError,
     WorkerLostError,
 )
-from conveyor.execution import Job, Outcome, failure_outcome, history_entry, option, short_repr
+from conveyor.execution import Job, Outcome, context_for, failure_outcome, history_entry, option, short_repr
 from conveyor.messages import Envelope, Message, utcnow
 from conveyor.serialization import accepted_content_types
 from conveyor.worker.consumer import FETCH_TIMEOUT, Fetcher
@@ -90,6 +91,7 @@ class _Delivered:
 @dataclass(frozen=True)
 class _Stop:
     cold: bool
+    signal: str | None = None  # the signal's name when one asked (worker_shutting_down's `sig`)
 
 
 @dataclass(frozen=True)
@@ -210,13 +212,15 @@ class Worker:
         self.inbox.post(_Stop(cold))
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.inbox.post(_Stop(cold=self._stopping))
+        self.inbox.post(_Stop(cold=self._stopping, signal=signal.Signals(signum).name))
 
     def run(self) -> None:
         """Run until stopped. Installs SIGTERM/SIGINT handlers when on the main thread."""
         app = self.app
+        signals.celeryd_init.send(self.hostname, instance=self, conf=app.conf, options={})
         app.finalize()
         app.annotate_tasks()
+        signals.worker_init.send(self)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -235,7 +239,9 @@ class Worker:
         if self.embed_beat:
             from conveyor.beat import Beat
 
-            threading.Thread(target=Beat(app).run, args=(self._done,), name="conveyor-beat", daemon=True).start()
+            beat = Beat(app)
+            signals.beat_embedded_init.send(beat)
+            threading.Thread(target=beat.run, args=(self._done,), name="conveyor-beat", daemon=True).start()
         logger.info(
             "%s ready: pool=%s concurrency=%d prefetch=%d queues=%s broker=%s backend=%s",
             self.hostname, self.pool_name, self.concurrency, self.prefetch,
@@ -446,7 +452,11 @@ class Worker:
         elif isinstance(event, _Failed):
             raise event.error  # a bug of ours: the worker stops, as when its loop's own handling fails
         elif isinstance(event, _Stop):
-            if event.cold or self._stopping:
+            cold = event.cold or self._stopping
+            signals.worker_shutting_down.send(
+                self.hostname, sig=event.signal, how="Cold" if cold else "Warm", exitcode=0
+            )
+            if cold:
                 self._cold = True
             else:
                 self._begin_warm_shutdown()
@@ -495,6 +505,7 @@ class Worker:
         logger.info("Task %s[%s] received", message.display_name, message.id)
         if revoked:
             logger.info("Task %s[%s] is revoked: not run", message.display_name, message.id)
+            self._signal_revoked(job)
             self._end_now(delivery, job, states.REVOKED, TaskRevokedError("revoked"))
             return
         redeliveries = delivery.attempts - 1
@@ -514,10 +525,12 @@ class Worker:
                 " is the module in -A, imports or include?"
             )
             logger.error("Received unregistered task of type %r: %s", message.task, error)
+            signals.task_unknown.send(None, name=message.task, id=message.id, message=message, exc=error)
             self._fail_now(delivery, message, error, job)
             return
         if message.is_expired():
             logger.warning("Task %s[%s] expired at %s: not run", message.display_name, message.id, message.expires)
+            self._signal_revoked(job, expired=True)
             self._end_now(delivery, job, states.REVOKED, TaskRevokedError(f"task expired at {message.expires}"))
             return
         early = (message.eta - utcnow()).total_seconds() if message.eta is not None else 0.0
@@ -537,6 +550,8 @@ class Worker:
                 "received", message, args=short_repr(message.args), kwargs=short_repr(message.kwargs),
                 retries=message.retries, queue=delivery.queue, root_id=message.root_id, parent_id=message.parent_id,
             )  # fmt: skip
+        if signals.task_received.receivers:
+            signals.task_received.send(self, request=context_for(job))
         assert self.pool is not None
         # An idle solo worker's only task (see _from_fetcher). Held alone: a delivery the loop
         # took just before may have gone to the pool's thread, and solo runs one at a time.
@@ -544,6 +559,13 @@ class Worker:
             self._run_here = job
         else:
             self.pool.submit(job)
+
+    def _signal_revoked(self, job: Job, terminated: bool = False, expired: bool = False) -> None:
+        if signals.task_revoked.receivers:
+            signals.task_revoked.send(
+                self.app.tasks.get(job.message.task), request=context_for(job), terminated=terminated,
+                signum=None, expired=expired,
+            )  # fmt: skip
 
     def _started(self, event: Started) -> None:
         held = self.held.get(event.job_id)
@@ -578,6 +600,11 @@ class Worker:
         self._last_finished = time.monotonic()
         if held.terminated:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(held.job))
+            self._signal_revoked(held.job, terminated=True)
+        elif outcome.state == states.REJECTED:
+            signals.task_rejected.send(
+                None, message=held.job.message, exc=Reject(outcome.summary, outcome.meta["requeue"])
+            )
         self._report_outcome(held.job.message, outcome)
         self._add_final(outcome.updates)
         self._starting.pop(held.job.message.id, None)  # ignored results leave no STARTED behind
@@ -614,6 +641,7 @@ class Worker:
         outcome = failure_outcome(self.app, job, error)
         if held.terminated:
             outcome = replace(outcome, state=states.REVOKED, updates=self._revoked_updates(job))
+            self._signal_revoked(job, terminated=True)
         self._report_outcome(job.message, outcome)
         self._add_final(outcome.updates)
         if held.acked:
@@ -849,6 +877,8 @@ class Worker:
             self.app.broker.register_worker(self.hostname, json.dumps(info).encode(), HEARTBEAT_SECONDS * 3)
         except BrokerError as exc:
             logger.error("Could not send heartbeat: %s", exc)
+        else:
+            signals.heartbeat_sent.send(self)
 
     def _cleanup_results(self) -> None:
         try:

@@ -200,3 +200,51 @@ def test_the_dashboard_on_a_busy_port_is_one_error_line_and_no_url(e2e: E2E) -> 
         done = e2e.cli("-A", "e2eapp", "flower", f"--port={port}", check=False)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+LOGGING_APP = """
+import logging
+from pathlib import Path
+from conveyor import Celery
+from conveyor.signals import after_setup_logger, setup_logging
+
+app = Celery("logapp", broker="sqlite:///{db}")
+TAKE_OVER = {take_over}
+
+if TAKE_OVER:
+    @setup_logging.connect
+    def configure(loglevel, **kwargs):
+        Path("marks.txt").write_text("setup_logging " + loglevel)
+        logging.basicConfig(filename="own.log", level=logging.INFO, format="OWN %(message)s", force=True)
+else:
+    @after_setup_logger.connect
+    def tweak(logger, loglevel, **kwargs):
+        Path("marks.txt").write_text("after_setup_logger " + loglevel + " " + str(len(logger.handlers)))
+"""
+
+
+def test_a_setup_logging_receiver_takes_over_the_workers_logging(e2e: E2E) -> None:
+    import subprocess
+    import sys
+
+    (e2e.directory / "logapp.py").write_text(LOGGING_APP.format(db=e2e.db, take_over=True))
+    started = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "-A", "logapp", "worker", "-l", "info", "-P", "solo"],
+        cwd=e2e.directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    own = e2e.directory / "own.log"
+    deadline = time.monotonic() + 20
+    while not (own.exists() and "ready" in own.read_text()):
+        assert time.monotonic() < deadline, "the worker did not log to the receiver's file"
+        time.sleep(0.1)
+    started.terminate()
+    output, _ = started.communicate(timeout=20)
+    assert "ready" not in output  # nothing of Conveyor's own logging configuration
+    assert (e2e.directory / "marks.txt").read_text() == "setup_logging INFO"
+    assert "OWN " in own.read_text()
+
+
+def test_after_setup_logger_gets_the_configured_root_logger(e2e: E2E) -> None:
+    (e2e.directory / "logapp.py").write_text(LOGGING_APP.format(db=e2e.db, take_over=False))
+    e2e.start_worker(app="logapp")
+    assert (e2e.directory / "marks.txt").read_text() == "after_setup_logger INFO 1"
