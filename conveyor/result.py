@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -19,6 +20,17 @@ R = TypeVar("R")
 
 #: Set while a worker runs a task, so `get()` can refuse to block inside one.
 in_task: ContextVar[bool] = ContextVar("conveyor_in_task", default=False)
+
+
+@contextmanager
+def allow_join_result() -> Iterator[None]:
+    """Celery's escape hatch: inside it, a task may wait on another's result with `get()` (which
+    can deadlock a worker whose pool is full of tasks waiting on each other)."""
+    token = in_task.set(False)
+    try:
+        yield
+    finally:
+        in_task.reset(token)
 
 
 class AsyncResult(Generic[R]):

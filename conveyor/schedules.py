@@ -32,6 +32,10 @@ class BaseSchedule(ABC):
     def to_dict(self) -> dict[str, Any]:
         """A JSON form, to store entries made at runtime (see `schedule_from_dict`)."""
 
+    def remaining_estimate(self, last_run_at: datetime, now: datetime | None = None, tz: tzinfo = UTC) -> timedelta:
+        """Celery's form: the time left until the next run after `last_run_at` (negative when overdue)."""
+        return self.next_run(last_run_at, tz) - (now or datetime.now(UTC))
+
     def is_due(self, last_run_at: datetime, now: datetime | None = None, tz: tzinfo = UTC) -> tuple[bool, float]:
         """Celery's form: (due now?, seconds until the next check)."""
         now = now or datetime.now(UTC)

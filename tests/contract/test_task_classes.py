@@ -172,3 +172,26 @@ def test_ignore_records_nothing_and_reject_requeues_or_dead_letters(app: Celery)
     [letter] = app.broker.dead_letters()
     assert letter.reason == "task rejected: 'never'"
     assert never.state == states.PENDING
+
+
+def test_allow_join_result_lets_a_task_wait_on_another(app: Celery) -> None:
+    from conveyor.result import allow_join_result
+
+    @app.task(name="c.inner")
+    def inner() -> int:
+        return 7
+
+    @app.task(name="c.outer")
+    def outer(allowed: bool) -> int | str:
+        result = inner.delay()
+        if not allowed:
+            try:
+                return result.get(timeout=10)  # type: ignore[no-any-return]
+            except RuntimeError as exc:
+                return str(exc)
+        with allow_join_result():
+            return result.get(timeout=10)  # type: ignore[no-any-return]
+
+    with running(app, "threads", concurrency=2):
+        assert "Never call result.get() within a task" in str(outer.delay(False).get(timeout=20))
+        assert outer.delay(True).get(timeout=20) == 7

@@ -166,3 +166,12 @@ def test_a_crontab_that_can_never_fire_is_an_error(day: str, month: str) -> None
     with pytest.raises(ValueError, match="never occurs in month_of_year"):
         crontab(day_of_month=day, month_of_year=month)
     crontab(day_of_month="29", month_of_year="2")  # leap years have it
+
+
+def test_remaining_estimate_and_is_due_in_celerys_form() -> None:
+    every_minute = crontab(minute="*")
+    last = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+    assert every_minute.remaining_estimate(last, now=last + timedelta(seconds=20)) == timedelta(seconds=40)
+    assert every_minute.is_due(last, now=last + timedelta(seconds=20)) == (False, 40.0)
+    due, next_in = schedule(10).is_due(last, now=last + timedelta(seconds=10))
+    assert due and next_in == 10.0
