@@ -18,6 +18,15 @@ from tests.processes import E2E, free_port
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def rendered(url: str) -> str:
+    """The page's DOM once headless Chromium has run its scripts."""
+    assert CHROMIUM is not None
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
 def test_the_page_shows_workers_tasks_throughput_and_rate_limits(e2e: E2E) -> None:
     e2e.write_app()
@@ -29,12 +38,7 @@ def test_the_page_shows_workers_tasks_throughput_and_rate_limits(e2e: E2E) -> No
     assert [r.get(timeout=20) for r in results] == [2 * i for i in range(20)]
     e2e.cli("-A", "e2eapp", "rate-limit", "e2e.add", "30/m")
     time.sleep(4.5)  # two heartbeats and two samples: the chart has a line
-    assert CHROMIUM is not None
-    page = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-         "--dump-dom", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, timeout=60, check=True,
-    ).stdout  # fmt: skip
+    page = rendered(f"http://127.0.0.1:{port}/")
     assert "painter@e2e" in page  # the workers table, filled by the page's script
     assert page.count('class="state SUCCESS"') >= 20  # recent tasks from the -E events
     assert "<td>e2e.add</td><td>30/m</td>" in page  # the rate limit set from the command line
@@ -69,12 +73,7 @@ def test_a_page_of_another_site_cannot_revoke_through_the_dashboard(e2e: E2E) ->
     )  # fmt: skip
     try:
         time.sleep(0.5)
-        assert CHROMIUM is not None
-        page = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-             "--dump-dom", f"http://127.0.0.1:{evil_port}/index.html"],
-            capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
+        page = rendered(f"http://127.0.0.1:{evil_port}/index.html")
     finally:
         server.terminate()
         server.wait(10)
