@@ -27,8 +27,9 @@ import ctypes
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Union
 
 from conveyor.backends.base import StateUpdate
@@ -45,6 +46,9 @@ logger = logging.getLogger("conveyor.worker")
 class Started:
     job_id: int
     pid: int
+    #: When the task started, where it runs: a prefork child's report may reach the worker after
+    #: the task has already finished, and the history must say what happened first.
+    at: float = field(default_factory=time.time)
 
 
 @dataclass(slots=True)

@@ -576,7 +576,7 @@ class Worker:
         self._event("started", job.message, pid=event.pid)
         policy = self._policy(job.message.task)
         if policy.track_started and not job.message.ignore_result:
-            self._starting[job.message.id] = (job, event.pid, time.time())
+            self._starting[job.message.id] = (job, event.pid, event.at)
         if not policy.acks_late:
             # Acknowledged as it starts (sent with its result if it ends within the grace:
             # one write, not two), but its window slot stays taken until it finishes: a

@@ -438,3 +438,18 @@ def test_log_lines_have_celerys_shape_with_the_shadow_name(app: Celery, caplog: 
     assert f"Task adder[{result.id}] received" in caplog.text
     assert f"Task adder[{result.id}] succeeded in " in caplog.text and "s: 3" in caplog.text
     assert result.scoreboard["shadow"] == "adder"
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_short_tasks_history_is_in_the_order_things_happened(app: Celery, pool: str) -> None:
+    """A prefork child's STARTED may reach the worker after the task finished: its time is the
+    child's, so history and date_done follow what happened."""
+    with running(app, pool):
+        results = [app.tasks["t.add"].delay(i, i) for i in range(20)]
+        assert [r.get(timeout=20) for r in results] == [2 * i for i in range(20)]
+    for result in results:
+        history = result.scoreboard["history"]
+        assert [h["state"] for h in history] == [states.STARTED, states.SUCCESS], history
+        started, succeeded = (h["timestamp"] for h in history)
+        assert started <= succeeded
+        assert result.date_done is not None and result.date_done.timestamp() >= started
