@@ -7,7 +7,7 @@ canvas) can find it without importing the app's module.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -16,7 +16,7 @@ _current: Conveyor | None = None
 _make_default: Callable[[], Conveyor] | None = None
 
 
-def current_app() -> Conveyor:
+def get_current_app() -> Conveyor:
     """The most recently created app (a default one if none exists)."""
     global _current
     if _current is None:
@@ -24,6 +24,23 @@ def current_app() -> Conveyor:
             raise RuntimeError("no Conveyor app exists yet: import conveyor first")
         _current = _make_default()
     return _current
+
+
+class CurrentApp:
+    """Celery's `current_app`, the one adapter of its kind: `current_app.conf`, `current_app.send_task(...)`
+    and every other attribute are the current app's; `current_app()` returns the app itself."""
+
+    def __call__(self) -> Conveyor:
+        return get_current_app()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get_current_app(), name)
+
+    def __repr__(self) -> str:
+        return f"<current app: {get_current_app()!r}>"
+
+
+current_app = CurrentApp()
 
 
 def set_current_app(app: Conveyor) -> None:

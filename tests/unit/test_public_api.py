@@ -43,3 +43,18 @@ def test_package_is_typed() -> None:
     from importlib.resources import files
 
     assert files("conveyor").joinpath("py.typed").is_file()
+
+
+def test_current_app_is_celerys_proxy_and_callable() -> None:
+    from conveyor import Celery, current_app
+
+    app = Celery("proxied", broker="memory://proxied")
+    try:
+        assert current_app() is app
+        assert current_app.main == "proxied" and current_app.conf is app.conf
+        assert current_app.tasks is app.tasks and "proxied" in repr(current_app)
+        newer = Celery("newer", broker="memory://newer")
+        assert current_app.main == "newer"
+        newer.close()
+    finally:
+        app.close()
