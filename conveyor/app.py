@@ -110,13 +110,10 @@ class Conveyor:
         setting names and bad values raise `ImproperlyConfigured` naming them.
         """
         if isinstance(obj, str):
-            module_name, _, attribute = obj.partition(":")
             try:
-                obj = importlib.import_module(module_name)
+                obj = import_object(obj)
             except ImportError as exc:
-                raise ImproperlyConfigured(f"cannot import configuration module {module_name!r}: {exc}") from exc
-            if attribute:
-                obj = getattr(obj, attribute)
+                raise ImproperlyConfigured(f"cannot import configuration module {obj!r}: {exc}") from exc
         self.conf.update(settings_from_object(obj, namespace))
 
     def import_modules(self) -> None:
@@ -511,11 +508,17 @@ class Conveyor:
         return f"<Conveyor {self.main or '__main__'}>"
 
 
+def import_object(spec: str) -> Any:
+    """`'package.module'`, or an attribute of it: `'package.module:attribute'`."""
+    module_name, _, attribute = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
 def _task_class(spec: type[Task[Any, Any]] | str) -> type[Task[Any, Any]]:
-    """`task_cls` as a class or Celery's "module:Class" string."""
+    """`task_cls` as a class or Celery's "module:Class" (or "module.Class") string."""
     if isinstance(spec, str):
-        module, _, attribute = spec.replace(":", ".").rpartition(".")
-        spec = getattr(importlib.import_module(module), attribute)
+        spec = import_object(spec if ":" in spec else ":".join(spec.rsplit(".", 1)))
     if not (isinstance(spec, type) and issubclass(spec, Task)):
         raise ImproperlyConfigured(f"task_cls must be a Task subclass, not {spec!r}")
     return spec

@@ -188,21 +188,18 @@ def worker(
             pool,
         )
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    try:
-        instance = Worker(
-            app, queues=chosen, concurrency=concurrency, pool=pool, hostname=hostname,
-            prefetch_multiplier=prefetch_multiplier, beat=embed_beat,
-        )  # fmt: skip
-        signals.celeryd_after_setup.send(instance.hostname, instance=instance, conf=app.conf)
-        _banner(instance)
-        if not any(not name.startswith("conveyor.") for name in app.tasks):
-            logging.getLogger("conveyor.worker").warning(
-                "No task is registered: every task received will fail. Name the module that defines them "
-                "with -A (e.g. conveyor -A proj worker), or list modules in imports/include."
-            )
-        instance.run()
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from None
+    instance = Worker(
+        app, queues=chosen, concurrency=concurrency, pool=pool, hostname=hostname,
+        prefetch_multiplier=prefetch_multiplier, beat=embed_beat,
+    )  # fmt: skip
+    signals.celeryd_after_setup.send(instance.hostname, instance=instance, conf=app.conf)
+    _banner(instance)
+    if not any(not name.startswith("conveyor.") for name in app.tasks):
+        logging.getLogger("conveyor.worker").warning(
+            "No task is registered: every task received will fail. Name the module that defines them "
+            "with -A (e.g. conveyor -A proj worker), or list modules in imports/include."
+        )
+    instance.run()
 
 
 @click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="Port to listen on.")
@@ -260,12 +257,9 @@ def beat(obj: _Context, loglevel: str, max_interval: float | None) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    try:
-        beat = Beat(obj.app, max_interval)
-        signals.beat_init.send(beat)
-        beat.run(stop)
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from None
+    beat = Beat(obj.app, max_interval)
+    signals.beat_init.send(beat)
+    beat.run(stop)
 
 
 def _banner(worker: Any) -> None:
@@ -346,13 +340,10 @@ def call(
 def result(obj: _Context, task_id: str, wait: bool, timeout: float | None, show_traceback: bool) -> None:
     """Show the state and result of task TASK_ID."""
     handle = obj.app.AsyncResult(task_id)
-    try:
-        if wait:
-            handle.get(timeout=timeout, propagate=False)
-        state = handle.state
-        value = handle.traceback if show_traceback else handle.result
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from None
+    if wait:
+        handle.get(timeout=timeout, propagate=False)
+    state = handle.state
+    value = handle.traceback if show_traceback else handle.result
     click.echo(
         f"{click.style(state, fg=STATE_COLOURS.get(state), bold=True)}: {value!r}"
         if not show_traceback
@@ -367,10 +358,7 @@ def result(obj: _Context, task_id: str, wait: bool, timeout: float | None, show_
 @pass_context
 def revoke(obj: _Context, task_ids: tuple[str, ...], terminate: bool, signal_name: str) -> None:
     """Revoke tasks: they will not run (kept by the broker, so later workers honour it too)."""
-    try:
-        obj.app.control.revoke(list(task_ids), terminate=terminate, signal=signal_name)
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from None
+    obj.app.control.revoke(list(task_ids), terminate=terminate, signal=signal_name)
     click.echo(f"Revoked {len(task_ids)} task(s){' (terminating if running)' if terminate else ''}.")
 
 
@@ -383,16 +371,13 @@ def rate_limit(obj: _Context, task_name: str | None, rate: str | None, clear: bo
     """Set a task's rate limit on every worker (e.g. `rate-limit task.add 10/m`, 0 for none);
     with no arguments, list the limits set so far."""
     control = obj.app.control
-    try:
-        if task_name is None:
-            for name, value in sorted(control.rate_limits().items()):
-                click.echo(f"{name}: {value}")
-            return
-        if rate is None and not clear:
-            raise click.UsageError("give a RATE such as 10/s, 100/m, 5/h (0: no limit), or --clear")
-        control.rate_limit(task_name, None if clear else rate)
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from None
+    if task_name is None:
+        for name, value in sorted(control.rate_limits().items()):
+            click.echo(f"{name}: {value}")
+        return
+    if rate is None and not clear:
+        raise click.UsageError("give a RATE such as 10/s, 100/m, 5/h (0: no limit), or --clear")
+    control.rate_limit(task_name, None if clear else rate)
     click.echo(f"Rate limit of {task_name}: {'as configured' if clear else rate} (workers apply it within a second).")
 
 
@@ -426,14 +411,11 @@ def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
 
     from conveyor.messages import Envelope
 
-    try:
-        if requeue:
-            moved = obj.app.broker.requeue_dead_letters(limit)
-            click.echo(f"Requeued {moved} dead letter(s).")
-            return
-        letters = obj.app.broker.dead_letters(limit)
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from None
+    if requeue:
+        moved = obj.app.broker.requeue_dead_letters(limit)
+        click.echo(f"Requeued {moved} dead letter(s).")
+        return
+    letters = obj.app.broker.dead_letters(limit)
     table = Table(title=Text(f"Dead letters on {obj.app.broker.display_url} (newest first)"))
     for column in ("when", "queue", "task", "reason"):
         table.add_column(column, overflow="fold")

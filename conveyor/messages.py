@@ -412,9 +412,13 @@ def _time_limits(value: Any) -> tuple[float | None, float | None]:
     return limits[0], limits[1]
 
 
+def _is_signature(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("task"), str)
+
+
 def _signature(embed: dict[str, Any], name: str) -> dict[str, Any] | None:
     value = embed.get(name)
-    if value is None or (isinstance(value, dict) and isinstance(value.get("task"), str)):
+    if value is None or _is_signature(value):
         return value
     raise DecodeError(f"{name!r} must be a signature (a dict naming its task), not {_shown(value)}")
 
@@ -426,7 +430,7 @@ def _signatures(embed: dict[str, Any], name: str) -> list[dict[str, Any]] | None
     if not isinstance(value, list):
         raise DecodeError(f"{name!r} must be a list of signatures, not {_shown(value)}")
     for item in value:
-        if not (isinstance(item, dict) and isinstance(item.get("task"), str)):
+        if not _is_signature(item):
             raise DecodeError(f"{name!r} must hold signatures (dicts naming their task), not {_shown(item)}")
     return value
 

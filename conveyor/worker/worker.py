@@ -485,16 +485,16 @@ class Worker:
             message = envelope.message(self.accept)
             chord_part(message.headers)
             return message
-        except ContentDisallowed as exc:
-            stub = Message(task=envelope.task_name or "?", id=envelope.task_id or "?")
-            logger.error("Task %s[%s] refused: %s", stub.task, stub.id, exc)
-            self._fail_now(delivery, stub, exc)
-        except DecodeError as exc:
+        except (ContentDisallowed, DecodeError) as exc:
             # The headers named the task: its caller learns why instead of waiting for ever.
             stub = Message(task=envelope.task_name or "?", id=envelope.task_id or "?")
-            error = DecodeError(f"undecodable message: {exc}")
-            self._updates.extend(failure_outcome(self.app, Job(0, stub, delivery.queue, self.hostname), error).updates)
-            self._dead_letter(delivery, f"task {envelope.task_name}[{envelope.task_id}]: {exc}")
+            if isinstance(exc, ContentDisallowed):
+                logger.error("Task %s[%s] refused: %s", stub.task, stub.id, exc)
+                self._fail_now(delivery, stub, exc)
+            else:
+                job = Job(0, stub, delivery.queue, self.hostname)
+                reason = f"task {stub.task}[{stub.id}]: {exc}"
+                self._fail_to_dead_letters(delivery, job, DecodeError(f"undecodable message: {exc}"), reason)
         return None
 
     def _receive(self, delivery: Delivery, message: Message, revoked: bool) -> None:
@@ -515,8 +515,7 @@ class Worker:
                 f"(task_max_redeliveries={self.app.conf.task_max_redeliveries})"
             )
             logger.error("Task %s[%s] %s: moved to the dead letters", message.display_name, message.id, reason)
-            self._updates.extend(failure_outcome(self.app, job, WorkerLostError(reason)).updates)
-            self._dead_letter(delivery, reason, log=False)
+            self._fail_to_dead_letters(delivery, job, WorkerLostError(reason), reason, log=False)
             return
         if message.task not in self.app.tasks:
             error = NotRegistered(
@@ -603,7 +602,7 @@ class Worker:
             self._signal_revoked(held.job, terminated=True)
         elif outcome.state == states.REJECTED:
             signals.task_rejected.send(
-                None, message=held.job.message, exc=Reject(outcome.summary, outcome.meta["requeue"])
+                None, message=held.job.message, exc=Reject(outcome.summary, outcome.meta.get("requeue", False))
             )
         self._report_outcome(held.job.message, outcome)
         self._add_final(outcome.updates)
@@ -775,6 +774,13 @@ class Worker:
             logger.error("Could not requeue %d deliveries (their leases will lapse instead): %s", len(deliveries), exc)
         if self.fetcher is not None:
             self.fetcher.release(len(deliveries))
+
+    def _fail_to_dead_letters(
+        self, delivery: Delivery, job: Job, error: BaseException, reason: str, log: bool = True
+    ) -> None:
+        """The task ends FAILURE with `error` and its message goes to the dead letters with `reason`."""
+        self._updates.extend(failure_outcome(self.app, job, error).updates)
+        self._dead_letter(delivery, reason, log=log)
 
     def _dead_letter(self, delivery: Delivery, reason: str, log: bool = True) -> None:
         if log:
