@@ -53,6 +53,17 @@ def worker(env: dict[str, str], pool: str, concurrency: int, prefetch: int) -> I
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def control_ping(app, times: int = 50) -> float:  # type: ignore[no-untyped-def]
+    """Median milliseconds of `app.control.ping()` answered by the benchmark's one worker."""
+    seconds = []
+    for _ in range(times):
+        sent = time.perf_counter()
+        replies = app.control.ping(timeout=2)
+        seconds.append(time.perf_counter() - sent)
+        assert len(replies) == 1, replies
+    return statistics.median(seconds) * 1000
+
+
 def fresh_app(url: str, backend: str | None = None):  # type: ignore[no-untyped-def]
     sys.modules.pop("benchmarks.bench_app", None)
     os.environ["CONVEYOR_BENCH_BROKER"] = url
@@ -111,6 +122,7 @@ def measure(
         p50 = statistics.median(latencies)
         p99 = latencies[int(len(latencies) * 0.99) - 1]
         rows.append(("round trip delay().get(), idle worker", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"))
+        rows.append(("control ping round trip, idle worker", f"p50 {control_ping(app):.2f} ms"))
 
         # Drains: publish in batches (milliseconds), then time until the worker is through.
         for ignore_result in (False, True):
@@ -119,6 +131,9 @@ def measure(
             started = time.perf_counter()
             for offset in range(0, tasks, 1000):
                 app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
+            if not ignore_result:
+                # The control channel while the worker drains: it answers apart from the pool.
+                busy_ping = control_ping(app, 20)
             if ignore_result:
                 while app.broker.queue_sizes(["celery"])["celery"]:
                     time.sleep(0.002)
@@ -130,6 +145,8 @@ def measure(
                 assert all(app.AsyncResult(m.id).successful() for m in messages[:: max(1, tasks // 100)])
             label = "ignored" if ignore_result else "stored"
             rows.append((f"drain, one worker, results {label}", f"{rate:,.0f} tasks/s"))
+            if not ignore_result:
+                rows.append(("control ping round trip, during the drain", f"p50 {busy_ping:.2f} ms"))
         rows.append(("worker RSS idle / after", f"{idle_rss:.0f} MiB / {rss_mib(process.pid):.0f} MiB"))
     app.close()
     return rows

@@ -231,16 +231,19 @@ class Conveyor:
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
-                    url, options = self.broker_url, self.conf.broker_transport_options
-                    if url.split(":", 1)[0] in AMQP_SCHEMES:
-                        from conveyor.brokers.amqp import with_state_defaults
-
-                        conf = self.conf
-                        options = with_state_defaults(
-                            options, conf.result_backend, conf.result_backend_transport_options
-                        )
-                    self._broker = broker_from_url(url, options)
+                    self._broker = self.new_broker()
         return self._broker
+
+    def new_broker(self) -> Broker:
+        """A broker with connections of its own, for a thread that blocks in `fetch` beside the
+        worker's fetcher (remote control, the dashboard's live view)."""
+        url, options = self.broker_url, self.conf.broker_transport_options
+        if url.split(":", 1)[0] in AMQP_SCHEMES:
+            from conveyor.brokers.amqp import with_state_defaults
+
+            conf = self.conf
+            options = with_state_defaults(options, conf.result_backend, conf.result_backend_transport_options)
+        return broker_from_url(url, options)
 
     @property
     def broker_url(self) -> str:

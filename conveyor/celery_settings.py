@@ -432,7 +432,10 @@ _IN_THE_URL = "Conveyor reads connection details from the URL (broker_url, resul
 _RECONNECTS = "Conveyor reconnects by itself, with backoff, on one connection per thread"
 _TLS = "TLS is chosen by the URL: rediss:// or amqps://, with its options in the query string"
 _NO_EXCHANGES = "Conveyor routes to queues by name: there are no exchanges or queue types to configure"
-_STATE_STORE = "remote control and events travel through the broker's state store, not AMQP exchanges and queues"
+_STATE_STORE = (
+    "remote control travels through a queue per worker and the broker's key-value store, events through the"
+    " broker's state store: no AMQP exchanges"
+)
 _RESULT_RETRIES = "the worker's writer retries result writes with backoff until the store answers again"
 _LOGGING = "the worker's logging is set by --loglevel"
 _BEAT_IN_BROKER = "beat keeps its state in the broker's store, not in a file"
@@ -498,7 +501,6 @@ WITHOUT_EFFECT: dict[str, str] = {
     "worker_enable_prefetch_count_reduction": "prefetched deliveries are leased, not reserved",
     "worker_eta_task_limit": "delayed tasks wait in the broker, not in the worker",
     "worker_state_db": "revocations are kept by the broker",
-    "worker_enable_remote_control": "remote control is not implemented yet",
     "worker_enable_soft_shutdown_on_idle": "a warm shutdown finishes running tasks and returns the rest at once",
     "worker_soft_shutdown_timeout": "a warm shutdown finishes running tasks and returns the rest at once",
     "worker_lost_wait": _POOL,

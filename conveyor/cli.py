@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ import click
 from conveyor import __version__, signals, states
 from conveyor.app import Conveyor
 from conveyor.config import POOL_NAMES
+from conveyor.control import task_queues
 from conveyor.exceptions import ConveyorError
 from conveyor.extras import requires
 from conveyor.urls import redacted
@@ -143,6 +145,20 @@ def main(ctx: click.Context, app_spec: str | None, broker: str | None, result_ba
     ctx.obj = _Context(app_spec, broker, result_backend)
 
 
+def _autoscale_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        parts = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expects MAX,MIN (e.g. 10,3), not {value!r}") from None
+    maximum, minimum = (parts[0], parts[1]) if len(parts) == 2 else (parts[0], 0) if len(parts) == 1 else (0, 0)
+    minimum = minimum or 1
+    if len(parts) > 2 or not 0 < minimum <= maximum:
+        raise click.BadParameter(f"expects MAX,MIN with 0 < MIN <= MAX, not {value!r}")
+    return maximum, minimum
+
+
 @main.command()
 @loglevel_option
 @click.option(
@@ -165,11 +181,15 @@ def main(ctx: click.Context, app_spec: str | None, broker: str | None, result_ba
 )
 @click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run beat (safe with several beats running).")
 @click.option("-E", "--task-events", is_flag=True, help="Record task events for the dashboard's task list.")
+@click.option(
+    "--autoscale", metavar="MAX,MIN", callback=_autoscale_option,
+    help="Grow the pool up to MAX under load, shrink it to MIN when idle (e.g. --autoscale=10,3).",
+)  # fmt: skip
 @pass_context
 def worker(
     obj: _Context, loglevel: str, concurrency: int | None, pool: str | None, queues: str | None,
     hostname: str | None, prefetch_multiplier: int | None, max_tasks_per_child: int | None,
-    max_memory_per_child: int | None, embed_beat: bool, task_events: bool,
+    max_memory_per_child: int | None, embed_beat: bool, task_events: bool, autoscale: tuple[int, int] | None,
 ) -> None:  # fmt: skip
     """Start a worker that runs tasks from the queues."""
     from conveyor.worker import Worker
@@ -190,7 +210,7 @@ def worker(
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     instance = Worker(
         app, queues=chosen, concurrency=concurrency, pool=pool, hostname=hostname,
-        prefetch_multiplier=prefetch_multiplier, beat=embed_beat,
+        prefetch_multiplier=prefetch_multiplier, beat=embed_beat, autoscale=autoscale,
     )  # fmt: skip
     signals.celeryd_after_setup.send(instance.hostname, instance=instance, conf=app.conf)
     _banner(instance)
@@ -431,6 +451,90 @@ def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
     click.echo(f"{len(letters)} dead letter(s) shown." if letters else "No dead letters.")
 
 
+def _remote_command(kind: str) -> click.Command:
+    """`conveyor inspect` and `conveyor control`: one command each, any registered command name."""
+
+    @click.argument("command")
+    @click.argument("arguments", nargs=-1)
+    @click.option("-d", "--destination", help="Comma-separated worker names [default: every live worker].")
+    @click.option("-t", "--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait for replies.")
+    @click.option("-j", "--json", "as_json", is_flag=True, help="Print the replies as one JSON object.")
+    @pass_context
+    def remote(
+        obj: _Context, command: str, arguments: tuple[str, ...], destination: str | None, timeout: float,
+        as_json: bool,
+    ) -> None:  # fmt: skip
+        from conveyor.worker.control import COMMANDS
+
+        app = obj.app  # its modules may register commands of their own
+        names = sorted(name for name, entry in COMMANDS.items() if entry.kind == kind)
+        entry = COMMANDS.get(command)
+        if entry is None or entry.kind != kind:
+            raise click.UsageError(f"unknown {kind} command {command!r} (known: {', '.join(names)})")
+        keywords = _command_arguments(command, entry.args, arguments)
+        targets = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
+        replies = app.control.broadcast(command, keywords, targets, reply=True, timeout=timeout) or []
+        by_node = {hostname: reply for each in replies for hostname, reply in each.items()}
+        if as_json:
+            click.echo(json.dumps(by_node, indent=2, default=repr))
+        else:
+            for hostname, reply in sorted(by_node.items()):
+                _echo_reply(hostname, reply)
+        if not by_node:
+            raise click.ClickException("No nodes replied within time constraint.")
+        if not as_json:
+            click.echo(f"\n{len(by_node)} node{'s' if len(by_node) != 1 else ''} online.")
+
+    remote.__doc__ = (
+        "Ask the live workers what they are doing: COMMAND is ping, active, reserved, scheduled, registered,\n"
+        "stats, revoked, active_queues, query_task ID..., conf, report or clock (or one your app registers)."
+        if kind == "inspect"
+        else "Change the live workers: COMMAND is shutdown, pool_grow [N], pool_shrink [N], autoscale MAX MIN,\n"
+        "add_consumer QUEUE, cancel_consumer QUEUE, rate_limit TASK RATE, time_limit TASK SOFT [HARD],\n"
+        "revoke ID... or terminate SIGNAL ID... (or one your app registers)."
+    )
+    remote.__doc__ += " Exits non-zero when no worker replied (a liveness probe: inspect ping -d worker@$HOSTNAME)."
+    return click.command(kind)(remote)
+
+
+def _echo_reply(hostname: str, reply: Any) -> None:
+    """Celery's layout: `-> worker@host: OK`, then the reply indented."""
+    failed = isinstance(reply, dict) and "error" in reply
+    click.echo(f"-> {hostname}: " + click.style("ERROR" if failed else "OK", fg="red" if failed else "green"))
+    if isinstance(reply, dict) and len(reply) == 1 and ("ok" in reply or "error" in reply):
+        reply = next(iter(reply.values()))  # the message itself
+    text = reply if isinstance(reply, str) else json.dumps(reply, indent=2, default=repr)
+    click.echo("\n".join(f"    {line}" for line in text.splitlines() or ["(empty)"]))
+
+
+def _command_arguments(command: str, spec: Sequence[tuple[str, Any]], arguments: Sequence[str]) -> dict[str, Any]:
+    """The command line's positional arguments as the command's keyword arguments."""
+    if not spec:
+        if arguments:
+            raise click.UsageError(f"{command} takes no arguments")
+        return {}
+    if command == "terminate":  # Celery's order: the signal, then the ids
+        if len(arguments) < 2:
+            raise click.UsageError("terminate SIGNAL ID...")
+        return {"signal": arguments[0], "task_id": list(arguments[1:])}
+    (last, _), variadic = spec[-1], command in ("query_task", "revoke")
+    if variadic:
+        return {last: list(arguments)}
+    if len(arguments) > len(spec):
+        raise click.UsageError(f"{command} takes at most {len(spec)} arguments ({', '.join(n for n, _ in spec)})")
+    keywords = {}
+    for (name, kind), value in zip(spec, arguments, strict=False):
+        try:
+            keywords[name] = kind(value)
+        except ValueError:
+            raise click.UsageError(f"{command}: {name} must be {kind.__name__}, not {value!r}") from None
+    return keywords
+
+
+main.add_command(_remote_command("inspect"))
+main.add_command(_remote_command("control"))
+
+
 @main.command()
 @pass_context
 def status(obj: _Context) -> None:
@@ -453,7 +557,7 @@ def status(obj: _Context) -> None:
     queues = Table(title="Queues")
     queues.add_column("queue")
     queues.add_column("messages", justify="right")
-    sizes = app.broker.queue_sizes()
+    sizes = task_queues(app.broker.queue_sizes())
     for name in sorted(set(sizes) | set(app.default_queues())):
         queues.add_row(*_plain(name, sizes.get(name, 0)))
     console.print(queues)

@@ -12,7 +12,7 @@ import difflib
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
@@ -318,6 +318,9 @@ class Settings:
         None, _optional(_int(1)), "recycle a prefork child above this RSS (KiB)"
     )
     worker_disable_rate_limits: bool = _setting(False, _bool, "ignore rate limits")
+    worker_enable_remote_control: bool = _setting(
+        True, _bool, "answer inspect and control commands (app.control, conveyor inspect|control)"
+    )
     worker_send_task_events: bool = _setting(
         False, _bool, "record task events (received, started, succeeded, ...) for the dashboard (-E)"
     )
@@ -393,10 +396,21 @@ class Settings:
         self.without_effect.update(trial.without_effect)
 
     def as_dict(self) -> dict[str, Any]:
+        """Every setting, by name."""
         return {name: getattr(self, name) for name in _FIELDS}
+
+    def changed(self) -> dict[str, Any]:
+        """The settings that differ from their defaults, and the Celery ones set without effect."""
+        values = {name: value for name, value in self.as_dict().items() if value != _default(name)}
+        return {**values, **self.without_effect}
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _default(name: str) -> Any:
+    spec = _FIELDS[name]
+    return spec.default_factory() if spec.default_factory is not MISSING else spec.default
 
 
 def unknown_setting_message(name: str) -> str:

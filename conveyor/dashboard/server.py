@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from conveyor.control import task_queues
 from conveyor.exceptions import ConveyorError
 from conveyor.urls import redacted
 
@@ -133,7 +134,7 @@ class Dashboard:
     def _overview(self) -> dict[str, Any]:
         broker = self.app.broker
         workers = [{"hostname": name, **json.loads(raw)} for name, raw in sorted(broker.workers().items())]
-        sizes = broker.queue_sizes()
+        sizes = task_queues(broker.queue_sizes())
         for queue in self.app.default_queues():
             sizes.setdefault(queue, 0)
         letters = broker.dead_letters(100)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections import deque
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ class AsyncioPool:
     """Async tasks on one event loop, sync tasks on a few threads beside it."""
 
     inline_reports = False  # a report handled on the loop would hold up every task on it
+    runs_here = False
 
     def __init__(self, app: Conveyor, concurrency: int) -> None:
         self.app = app
@@ -99,6 +101,17 @@ class AsyncioPool:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+
+    def resize(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self._sync.resize(min(concurrency, MAX_SYNC_THREADS))
+        self._loop.call_soon_threadsafe(self._dispatch)
+
+    def processes(self) -> list[int]:
+        return [os.getpid()]
+
+    def run_here(self, job: Job) -> None:
+        raise NotImplementedError(f"{type(self).__name__} runs jobs on threads or processes of its own")
 
     def kill(self, job_id: int, signum: int) -> None:
         if job_id in self._running:

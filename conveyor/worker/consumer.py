@@ -54,6 +54,19 @@ class Fetcher:
             if self._free >= self._low_water:
                 self._changed.notify()
 
+    def resize(self, window: int) -> None:
+        """Hold up to `window` deliveries from now on (the pool grew or shrank)."""
+        with self._changed:
+            self._free += window - self.window
+            self.window, self._low_water = window, max(1, window // 2)
+            self._changed.notify()
+        self.broker.qos(window)
+
+    def consume(self, queues: Sequence[str]) -> None:
+        """Fetch from these queues from now on (a fetch under way ends first)."""
+        self.queues = list(queues)
+        self.broker.interrupt()
+
     def is_current_thread(self) -> bool:
         return threading.current_thread() is self._thread
 

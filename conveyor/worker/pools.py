@@ -25,6 +25,7 @@ import collections
 import contextlib
 import ctypes
 import logging
+import os
 import queue
 import threading
 import time
@@ -78,6 +79,9 @@ class Pool(Protocol):
     #: Whether the threads that report may handle a report themselves when the worker is
     #: idle (see `worker/inbox.py`): not an event loop, which other tasks share.
     inline_reports: bool
+    #: Runs one task at a time, which an idle worker may run on the thread that received it
+    #: (`run_here`): no hand-off to another thread (as Celery's solo pool runs on its consumer's).
+    runs_here: bool
 
     def start(self, emit: Emit) -> None:
         """Start the pool's threads or processes; events go to `emit`."""
@@ -100,6 +104,15 @@ class Pool(Protocol):
     def kill(self, job_id: int, signum: int) -> None:
         """Stop one running job (revoke with terminate=True); it then reports Finished or Lost."""
 
+    def run_here(self, job: Job) -> None:
+        """Run a job on the calling thread, now (only where `runs_here`)."""
+
+    def resize(self, concurrency: int) -> None:
+        """Run up to `concurrency` jobs at once from now on (running ones finish)."""
+
+    def processes(self) -> list[int]:
+        """The ids of the processes that run tasks."""
+
 
 def reporter(emit: Emit, job_id: int) -> Callable[[int], None]:
     def started(pid: int) -> None:
@@ -112,6 +125,7 @@ class ThreadPool:
     """Tasks run on `concurrency` threads of the worker process."""
 
     inline_reports = True
+    runs_here = False
 
     def __init__(self, app: Conveyor, concurrency: int) -> None:
         self.app = app
@@ -124,33 +138,57 @@ class ThreadPool:
         self._closed = False
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._live = 0  # threads serving, which a shrink brings down to `concurrency`
         self._emit: Emit | None = None
         self._running: dict[int, int] = {}  # job id -> ident of the thread running it
         self._running_lock = threading.Lock()
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
-        for index in range(self.concurrency):
-            thread = threading.Thread(target=self._serve, name=f"conveyor-pool-{index}", daemon=True)
-            thread.start()
+        for _ in range(self.concurrency):
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        thread = threading.Thread(target=self._serve, name=f"conveyor-pool-{len(self._threads)}", daemon=True)
+        with self._lock:
+            self._live += 1
             self._threads.append(thread)
+        thread.start()
 
     def _serve(self) -> None:
         mine: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                job = self._backlog.popleft() if self._backlog else None
+        try:
+            while True:
+                with self._lock:
+                    if self._closed or self._live > self.concurrency:  # shut down, or the pool shrank
+                        return
+                    job = self._backlog.popleft() if self._backlog else None
+                    if job is None:
+                        self._idle.append(mine)
                 if job is None:
-                    self._idle.append(mine)
-            if job is None:
-                job = mine.get()
-                if job is None:  # shut down
-                    return
-            self._run(job)
+                    job = mine.get()
+                    if job is None:  # shut down, or the pool shrank
+                        return
+                self.run_here(job)
+        finally:
+            with self._lock:
+                self._live -= 1
 
-    def _run(self, job: Job) -> None:
+    def resize(self, concurrency: int) -> None:
+        with self._lock:
+            grow = concurrency - self.concurrency
+            self.concurrency = concurrency
+            # Idle threads leave at once; busy ones once their task ends (see _serve).
+            leaving = [self._idle.pop() for _ in range(min(-grow, len(self._idle)))] if grow < 0 else []
+        for idle in leaving:
+            idle.put(None)
+        for _ in range(grow):
+            self._add_thread()
+
+    def processes(self) -> list[int]:
+        return [os.getpid()]
+
+    def run_here(self, job: Job) -> None:
         """Run one job on this thread and report it."""
         emit = self._emit
         assert emit is not None
@@ -233,7 +271,7 @@ class ThreadPool:
         return pending
 
     def join(self, timeout: float | None = None) -> None:
-        for thread in self._threads:
+        for thread in list(self._threads):
             thread.join(timeout)
 
     def terminate(self) -> None:
@@ -244,12 +282,13 @@ class ThreadPool:
 class SoloPool(ThreadPool):
     """One task at a time, in the worker process."""
 
+    runs_here = True
+
     def __init__(self, app: Conveyor, concurrency: int = 1) -> None:
         super().__init__(app, 1)
 
-    def run(self, job: Job) -> None:
-        """Run a job on the calling thread, now: the worker's only one (it holds no other)."""
-        self._run(job)
+    def resize(self, concurrency: int) -> None:
+        raise ValueError("the solo pool runs one task at a time: use threads or prefork to resize")
 
 
 def updater(emit: Emit) -> Callable[[StateUpdate], None]:

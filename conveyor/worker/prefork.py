@@ -144,6 +144,7 @@ class _Child:
 
 class PreforkPool:
     inline_reports = True  # its reader thread has nothing else to do while the worker is idle
+    runs_here = False
 
     def __init__(self, app: Conveyor, concurrency: int) -> None:
         self.app = app
@@ -231,6 +232,34 @@ class PreforkPool:
                     child.process.kill()  # type: ignore[attr-defined]
         self._wake()
 
+    def resize(self, concurrency: int) -> None:
+        with self._lock:
+            self.concurrency = concurrency
+            for _ in range(concurrency - len(self._active())):
+                self._spawn()
+            # Idle ones leave now, busy ones when their task ends (see _receive_one).
+            idle = [c for c in self._active() if c.job is None]
+            for child in idle[: max(0, len(self._active()) - concurrency)]:
+                self._retire(child)
+        self._wake()  # the supervisor watches the new children from its next turn
+        self._dispatch()
+
+    def _active(self) -> list[_Child]:
+        """The children that take jobs (not those on their way out)."""
+        return [c for c in self._children if not c.retiring]
+
+    def _retire(self, child: _Child) -> None:
+        child.retiring = True
+        with contextlib.suppress(OSError):
+            child.conn.send(None)
+
+    def processes(self) -> list[int]:
+        with self._lock:
+            return [c.process.pid for c in self._children if c.process.pid]
+
+    def run_here(self, job: Job) -> None:
+        raise NotImplementedError(f"{type(self).__name__} runs jobs on threads or processes of its own")
+
     def kill(self, job_id: int, signum: int) -> None:
         with self._lock:
             for child in self._children:
@@ -287,6 +316,8 @@ class PreforkPool:
         elif isinstance(event, Finished):
             with self._lock:
                 child.job, child.deadline = None, None
+                if not child.retiring and len(self._active()) > self.concurrency:
+                    self._retire(child)  # the pool shrank while it ran a task
             emit(event)
         return True
 
@@ -302,7 +333,7 @@ class PreforkPool:
             if child in self._children:
                 self._children.remove(child)
             job, child.job = child.job, None
-            if not self._stopping:
+            if not self._stopping and len(self._active()) < self.concurrency:
                 self._spawn()
         child.conn.close()
         if job is not None and not child.started:

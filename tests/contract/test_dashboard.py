@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from conveyor import Celery, states
 from conveyor.dashboard import create_app
-from conveyor.worker import worker as worker_module
+from conveyor.worker import heartbeat
 from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running
 
@@ -123,7 +123,7 @@ def test_rate_limits_set_and_cleared_through_the_api(app: Celery) -> None:
 
 def test_rates_over_time_count_the_tasks_done(app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
     """S8 rates over time: the sampled rates add up to the tasks the workers finished."""
-    monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_SECONDS", 0.2)
 
     def done_after(before: dict[str, Any], samples: list[dict[str, Any]]) -> float:
         new = [s for s in samples if s["at"] > before["at"]]

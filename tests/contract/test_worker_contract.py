@@ -303,7 +303,7 @@ def test_an_idle_worker_runs_a_task_without_waking_its_loop(
     pool and the pool's thread writes the result: the loop's thread is not woken between.
     Solo runs the task on the fetcher's thread itself, as Celery's solo pool does."""
     threads: dict[str, list[str]] = {"receive": [], "write": []}
-    receive, write = Worker._receive_batch, app.backend.write
+    receive, write = Worker._receive, app.backend.write
 
     def received(worker: Worker, deliveries):  # type: ignore[no-untyped-def]
         threads["receive"].append(threading.current_thread().name)
@@ -313,7 +313,7 @@ def test_an_idle_worker_runs_a_task_without_waking_its_loop(
         threads["write"].append(threading.current_thread().name)
         write(updates)
 
-    monkeypatch.setattr(Worker, "_receive_batch", received)
+    monkeypatch.setattr(Worker, "_receive", received)
     app.backend.write = written  # type: ignore[method-assign]
     with running(app, pool, concurrency=1):
         for n in range(8):
@@ -334,7 +334,7 @@ def test_a_failure_handling_an_event_off_the_loop_stops_the_worker(
     """A bug met while the fetcher's thread handles an idle worker's delivery does not just end
     that thread (a worker alive that fetches nothing): the loop raises it and the worker stops."""
 
-    def broken(worker: Worker, delivery, message, revoked):  # type: ignore[no-untyped-def]
+    def broken(worker: Worker, deliveries):  # type: ignore[no-untyped-def]
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Worker, "_receive", broken)
@@ -453,3 +453,38 @@ def test_a_short_tasks_history_is_in_the_order_things_happened(app: Celery, pool
         started, succeeded = (h["timestamp"] for h in history)
         assert started <= succeeded
         assert result.date_done is not None and result.date_done.timestamp() >= started
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_a_feature_plugs_in_as_a_hook_and_sees_each_step_of_a_task(app: Celery, pool: str) -> None:
+    """A hook added to the worker's features is told of a task's arrival, start, end and stored
+    result, in that order, without the worker knowing what the hook does."""
+    from conveyor.worker.features import features
+    from conveyor.worker.hooks import Held, Hook
+
+    steps: list[str] = []
+    stored = threading.Event()
+
+    class Recorder(Hook):
+        def admit(self, arrivals: list[Held]) -> list[Held]:
+            steps.extend("admit" for _ in arrivals)
+            return arrivals
+
+        def received(self, held: Held) -> None:
+            steps.append("received")
+
+        def started(self, held: Held, pid: int) -> None:
+            steps.append("started")
+
+        def finished(self, held: Held, outcome) -> None:  # type: ignore[no-untyped-def]
+            steps.append(f"finished {outcome.state}")
+
+        def stored(self, updates) -> None:  # type: ignore[no-untyped-def]
+            if any(u.state == "SUCCESS" for u in updates):
+                steps.append("stored")
+                stored.set()
+
+    with running(app, pool, hooks=[*features(app), Recorder()]):
+        assert app.tasks["t.add"].delay(2, 3).get(timeout=10) == 5
+        assert stored.wait(5)
+    assert steps == ["admit", "received", "started", "finished SUCCESS", "stored"]

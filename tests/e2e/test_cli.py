@@ -24,6 +24,8 @@ from tests.processes import E2E
         ["rate-limit"],
         ["flower"],
         ["dashboard"],
+        ["inspect"],
+        ["control"],
     ],
 )
 def test_help_everywhere(e2e: E2E, command: list[str]) -> None:
