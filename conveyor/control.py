@@ -57,8 +57,9 @@ def signal_number(signal: str | int | None) -> int:
 RATE_LIMITS = "rate_limits"
 #: Broker key-value namespace of control replies, by "<ticket> <hostname>".
 CONTROL_REPLIES = "control_replies"
-#: How often a caller looks for replies while it waits.
-REPLY_POLL_SECONDS = 0.005
+#: A caller looks for replies after this long, then twice as long each time, up to the most.
+FIRST_REPLY_POLL_SECONDS = 0.0005
+MOST_REPLY_POLL_SECONDS = 0.01
 
 
 CONTROL_QUEUE_PREFIX = "conveyor.control."
@@ -135,7 +136,8 @@ class Control:
     ) -> list[dict[str, Reply]]:
         broker, waiting = self.app.broker, list(hostnames)
         replies: list[dict[str, Reply]] = []
-        while waiting and time.time() < deadline and (limit is None or len(replies) < limit):
+        pause = FIRST_REPLY_POLL_SECONDS
+        while waiting and time.time() < deadline:
             for hostname in list(waiting):
                 raw = broker.kv_get(CONTROL_REPLIES, reply_key(ticket, hostname))
                 if raw is not None:
@@ -147,7 +149,8 @@ class Control:
                     if limit is not None and len(replies) >= limit:
                         return replies
             if waiting:
-                time.sleep(REPLY_POLL_SECONDS)
+                time.sleep(pause)
+                pause = min(MOST_REPLY_POLL_SECONDS, 2 * pause)
         return replies
 
     def ping(

@@ -31,6 +31,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor.control import task_queues
+from conveyor.dashboard.flower import FlowerAPI, FlowerMetrics
+from conveyor.dashboard.history import fold
 from conveyor.exceptions import ConveyorError
 from conveyor.urls import redacted
 
@@ -57,7 +59,8 @@ def create_app(
     """
     dashboard = Dashboard(app, sample_seconds)
     middleware = [Middleware(Guard, credentials=basic_auth, unauthenticated_api=unauthenticated_api)]
-    return Starlette(routes=dashboard.routes(), middleware=middleware, lifespan=dashboard.lifespan)
+    routes = [*dashboard.routes(), *FlowerAPI(app).routes()]
+    return Starlette(routes=routes, middleware=middleware, lifespan=dashboard.lifespan)
 
 
 class Rates:
@@ -94,6 +97,7 @@ class Dashboard:
         self.app = app
         self.sample_seconds = sample_seconds
         self.rates = Rates()
+        self.flower = FlowerMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
@@ -109,17 +113,23 @@ class Dashboard:
         while True:
             try:
                 overview = await asyncio.to_thread(self._overview)
+                await asyncio.to_thread(self._count_events, overview)
             except ConveyorError:
                 pass  # the broker is away: a gap in the chart, and the page says why
             else:
                 self.rates.add(time.time(), overview)
             await asyncio.sleep(self.sample_seconds)
 
+    def _count_events(self, overview: dict[str, Any]) -> None:
+        events = self.app.broker.recent_events(EVENTS_READ)
+        self.flower.count(events)
+        self.flower.update_workers(overview["workers"], fold(events))
+
     def routes(self) -> list[Route]:
         return [
             Route("/", self.page),
             Route("/api/overview", self.overview),
-            Route("/api/tasks", self.tasks),
+            Route("/api/recent-tasks", self.tasks),
             Route("/api/tasks/{task_id}", self.task),
             Route("/api/tasks/{task_id}/revoke", self.revoke, methods=["POST"]),
             Route("/api/rates", self.rates_over_time),
@@ -224,34 +234,21 @@ class Dashboard:
         Gauge("conveyor_dead_letters", "Dead letters (up to 100 counted)", registry=registry).set(
             len(overview["dead_letters"])
         )
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+        flower = generate_latest(self.flower.registry)  # Flower's names, for dashboards made for Flower
+        return Response(generate_latest(registry) + flower, media_type="text/plain; version=0.0.4")
 
 
 #: Events read for the task list: enough for the last few hundred tasks' whole lives.
 EVENTS_READ = 5000
-_STATE_OF_EVENT = {
-    "task-received": "RECEIVED", "task-started": "STARTED", "task-succeeded": "SUCCESS",
-    "task-failed": "FAILURE", "task-retried": "RETRY", "task-revoked": "REVOKED",
-}  # fmt: skip
 
 
 def recent_tasks(events: list[bytes], limit: int) -> list[dict[str, Any]]:
-    """Fold events (oldest first) into one row per task: its latest state and what is known of it."""
-    tasks: dict[str, dict[str, Any]] = {}
-    for raw in events:
-        try:
-            event = json.loads(raw)
-            task_id, kind = event["uuid"], event["type"]
-        except (ValueError, KeyError, TypeError):
-            continue  # not an event of ours: skip it, do not fail the page
-        row = tasks.pop(task_id, None) or {"id": task_id}
-        tasks[task_id] = row  # re-inserted: the dict stays ordered by latest activity
-        row.update({k: v for k, v in event.items() if k not in ("type", "uuid", "timestamp")})
-        row["state"] = _STATE_OF_EVENT.get(kind, kind)
-        row["updated"] = event.get("timestamp")
-        if kind == "task-received":
-            row["received"] = event.get("timestamp")
-    return list(reversed(list(tasks.values())))[:limit]
+    """One row per task, newest first: its latest state and what is known of it."""
+    rows = []
+    for task in list(reversed(fold(events).values()))[:limit]:
+        rows.append({**{k: v for k, v in task.items() if v is not None}, "id": task["uuid"],
+                     "hostname": task["worker"], "updated": task["timestamp"]})  # fmt: skip
+    return rows
 
 
 #: Methods that change nothing.

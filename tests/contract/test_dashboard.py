@@ -65,7 +65,7 @@ def test_task_scoreboard_and_revoke(app: Celery) -> None:
 def test_recent_tasks_come_from_worker_events(app: Celery) -> None:
     """S8: tasks with state, arguments, result, runtime, newest first (workers with -E)."""
     client = TestClient(create_app(app))
-    assert client.get("/api/tasks").json() == []
+    assert client.get("/api/recent-tasks").json() == []
     app.conf.worker_send_task_events = True
     with running(app, "threads"):
         ok = app.tasks["d.add"].delay(2, 3)
@@ -74,14 +74,14 @@ def test_recent_tasks_come_from_worker_events(app: Celery) -> None:
         with pytest.raises(TypeError):
             bad.get(timeout=10)
         deadline = time.monotonic() + 10
-        while len(client.get("/api/tasks").json()) < 2 and time.monotonic() < deadline:
+        while len(client.get("/api/recent-tasks").json()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-    rows = {row["id"]: row for row in client.get("/api/tasks").json()}
+    rows = {row["id"]: row for row in client.get("/api/recent-tasks").json()}
     assert rows[ok.id]["state"] == states.SUCCESS and rows[ok.id]["name"] == "d.add"
     assert rows[ok.id]["args"] == "(2, 3)" and rows[ok.id]["result"] == "5" and rows[ok.id]["runtime"] >= 0
     assert rows[ok.id]["hostname"] == "w1@test" and rows[ok.id]["received"]
     assert rows[bad.id]["state"] == states.FAILURE and "TypeError" in rows[bad.id]["exception"]
-    assert client.get("/api/tasks").json()[0]["id"] == bad.id  # newest first
+    assert client.get("/api/recent-tasks").json()[0]["id"] == bad.id  # newest first
 
 
 def test_prometheus_metrics(app: Celery) -> None:
