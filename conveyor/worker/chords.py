@@ -36,7 +36,9 @@ class Chords(Hook):
             message = held.job.message
             logger.error("Task %s[%s] is undecodable: %s", message.display_name, message.id, exc)
             error = DecodeError(f"undecodable message: {exc}")
-            self.worker.refuse(held, states.FAILURE, error, dead_letter=f"task {message.task}[{message.id}]: {exc}")
+            self.worker.ledger.refuse(
+                held, states.FAILURE, error, dead_letter=f"task {message.task}[{message.id}]: {exc}"
+            )
             return False
         return True
 

@@ -213,7 +213,7 @@ def ping(state: State) -> dict[str, Any]:
 @inspect_command()
 def active(state: State, safe: bool | None = None) -> list[dict[str, Any]]:
     """The tasks running now."""
-    return [request_info(h) for h in state.worker.running()]
+    return [request_info(h) for h in state.worker.ledger.running()]
 
 
 @inspect_command()
@@ -270,7 +270,7 @@ def stats(state: State) -> dict[str, Any]:
 @inspect_command()
 def revoked(state: State) -> list[str]:
     """The task ids this worker has seen revoked since it started."""
-    revocations = state.worker.feature(Revocations)
+    revocations = state.worker.hooks.find(Revocations)
     return list(revocations.seen) if revocations is not None else []
 
 
@@ -362,7 +362,7 @@ def pool_shrink(state: State, n: int = 1) -> dict[str, Any]:
 @control_command(args=[("max", int), ("min", int)], signature="[max [min]]")
 def autoscale(state: State, max: int, min: int | None = None) -> dict[str, Any]:  # noqa: A002 - Celery's names
     """Change the bounds of the autoscaler (`worker --autoscale`)."""
-    scaler = state.worker.feature(Autoscaler)
+    scaler = state.worker.hooks.find(Autoscaler)
     if scaler is None:
         return {"error": "Autoscale not enabled"}
     scaler.bounds(int(max), int(min if min is not None else scaler.minimum))
@@ -405,7 +405,7 @@ def time_limit(state: State, task_name: str, soft: float | None = None, hard: fl
 )
 def rate_limit(state: State, task_name: str, rate_limit: str | float | None, local: bool = True) -> dict[str, Any]:
     """Set a task's rate limit on this worker."""
-    limits = state.worker.feature(RateLimits)
+    limits = state.worker.hooks.find(RateLimits)
     if limits is None:
         return {"error": "rate limits are disabled on this worker (worker_disable_rate_limits)"}
     if task_name not in state.app.tasks:
@@ -423,12 +423,12 @@ def revoke(
 ) -> dict[str, Any]:
     """Revoke tasks (the broker keeps the revocation); with terminate, stop those running here now."""
     ids = [task_id] if isinstance(task_id, str) else list(task_id)
-    revocations = state.worker.feature(Revocations)
+    revocations = state.worker.hooks.find(Revocations)
     if revocations is not None:
         revocations.seen.extend(ids)
     if terminate:
         signum = signal_number(signal)
-        for held in state.worker.running():
+        for held in state.worker.ledger.running():
             if held.job.message.id in ids:
                 state.worker.terminate(held.job.id, signum)
     return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}

@@ -32,7 +32,7 @@ class TaskEvents(Hook):
         message = held.job.message
         event = {"type": f"task-{kind}", "uuid": message.id, "name": message.task,
                  "hostname": self.worker.hostname, "timestamp": time.time(), **fields}  # fmt: skip
-        self.worker.write_event(json.dumps(event, default=repr).encode())
+        self.worker.ledger.progress.events.append(json.dumps(event, default=repr).encode())
 
     def received(self, held: Held) -> None:
         message = held.job.message

@@ -36,7 +36,7 @@ class Heartbeat(Hook):
         info = {
             "hostname": worker.hostname, "pid": os.getpid(), "pool": worker.pool_name,
             "concurrency": worker.concurrency, "queues": worker.queues, "active": len(worker.held),
-            "running": len(worker.running()),
+            "running": len(worker.ledger.running()),
             "processed": worker.processed, "version": __version__, "timestamp": time.time(),
             "tasks": sorted(name for name in worker.app.tasks if not name.startswith("conveyor.")),
         }  # fmt: skip

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from conveyor.backends.base import StateUpdate
 from conveyor.brokers.base import Delivery
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from conveyor.worker.worker import Worker
 
 logger = logging.getLogger("conveyor.worker")
+
+H = TypeVar("H", bound="Hook")
 
 #: How often `Hook.tick` runs.
 TICK_SECONDS = 0.5
@@ -108,6 +110,10 @@ class Hooks:
         self.refusing = overriding("refused")
         self.storing = overriding("stored")
         self.ticking = overriding("tick")
+
+    def find(self, kind: type[H]) -> H | None:
+        """The hook of this kind, if there is one."""
+        return next((h for h in self.all if isinstance(h, kind)), None)
 
     def admit(self, arrivals: list[Held]) -> list[Held]:
         for hook in self.admitting:

@@ -26,7 +26,7 @@ class Leases(Hook):
         if now < self._next:
             return
         self._next = now + self.every
-        mine = [h.delivery for h in self.worker.unacknowledged()]
+        mine = [h.delivery for h in self.worker.ledger.unacknowledged()]
         if not mine:
             return
         try:

@@ -26,13 +26,15 @@ STARTED_GRACE_SECONDS = 0.05
 
 
 class Progress:
-    """The results and acks of the batch being handled (the worker's thread only)."""
+    """The results, acks and events of the batch being handled (the worker's thread only)."""
 
     def __init__(self, backend: ResultBackend, hostname: str) -> None:
         self.backend = backend
         self.hostname = hostname
         self.updates: list[StateUpdate] = []
         self.acks: list[Delivery] = []
+        self.events: list[bytes] = []
+        """Monitoring events, written after the batch's results and acks."""
         # STARTED records not yet encoded, by task id, with their pid and start time.
         self._starting: dict[str, tuple[Job, int, float]] = {}
         # Early acks not yet sent, by job id, with the time each task started.
@@ -99,7 +101,7 @@ class Progress:
             due = min(due, next(iter(self._early_acks.values()))[1] + STARTED_GRACE_SECONDS)
         return due
 
-    def take_due(self) -> tuple[list[StateUpdate], list[Delivery]]:
+    def take_due(self) -> tuple[list[StateUpdate], list[Delivery], list[bytes]]:
         """The batch's writes, with the STARTED records and early acks now due; starts a new batch."""
         if self._starting or self._early_acks:
             due = time.time() - STARTED_GRACE_SECONDS
@@ -107,6 +109,6 @@ class Progress:
                 self.write_started(task_id)
             for held, _ in [entry for entry in self._early_acks.values() if entry[1] <= due]:
                 self.ack_now(held)
-        updates, acks = self.updates, self.acks
-        self.updates, self.acks = [], []
-        return updates, acks
+        updates, acks, events = self.updates, self.acks, self.events
+        self.updates, self.acks, self.events = [], [], []
+        return updates, acks, events

@@ -39,7 +39,7 @@ class RateLimits(Hook):
             wait = self._wait(held.job.message.task)
             if wait > 0:
                 # Back to the broker until a token is due: it holds no pool slot meanwhile.
-                self.worker.defer(held, wait)
+                self.worker.ledger.defer(held, wait)
             else:
                 admitted.append(held)
         return admitted

@@ -44,7 +44,7 @@ class Revocations(Hook):
             revoked = self.worker.app.broker.revoked(ids)
         except BrokerError as exc:
             logger.error("Could not check revocations (the tasks are given back): %s", exc)
-            self.worker.give_back([h.delivery for h in arrivals])
+            self.worker.ledger.give_back([h.delivery for h in arrivals])
             return []
         if not revoked:
             return arrivals
@@ -54,15 +54,15 @@ class Revocations(Hook):
             if message.id in revoked:
                 self.seen.append(message.id)
                 logger.info("Task %s[%s] is revoked: not run", message.display_name, message.id)
-                self.worker.signal_revoked(held)
-                self.worker.refuse(held, states.REVOKED, TaskRevokedError("revoked"))
+                self.worker.ledger.signal_revoked(held)
+                self.worker.ledger.refuse(held, states.REVOKED, TaskRevokedError("revoked"))
             else:
                 admitted.append(held)
         return admitted
 
     def tick(self, now: float) -> None:
         """Ask the broker whether a running task was revoked with terminate=True."""
-        running = {h.job.message.id: h.job.id for h in self.worker.running() if not h.terminated}
+        running = {h.job.message.id: h.job.id for h in self.worker.ledger.running() if not h.terminated}
         if not running:
             return
         try:

@@ -25,6 +25,13 @@ class Screening(Hook):
         self.worker = worker
         self.app = worker.app
         self.max_redeliveries = worker.app.conf.task_max_redeliveries
+        default = self.app.conf.task_default_queue
+        if default not in worker.queues:
+            logger.warning(
+                "This worker does not consume the default queue %r (it consumes %s): tasks with no "
+                "route will wait there until a worker consumes it (-Q %s)",
+                default, ", ".join(worker.queues), default,
+            )  # fmt: skip
 
     def admit(self, arrivals: list[Held]) -> list[Held]:
         return [held for held in arrivals if self._admits(held)]
@@ -37,7 +44,7 @@ class Screening(Hook):
                 f"(task_max_redeliveries={self.max_redeliveries})"
             )
             logger.error("Task %s[%s] %s: moved to the dead letters", message.display_name, message.id, reason)
-            worker.refuse(held, states.FAILURE, WorkerLostError(reason), dead_letter=reason)
+            worker.ledger.refuse(held, states.FAILURE, WorkerLostError(reason), dead_letter=reason)
             return False
         if message.task not in self.app.tasks:
             registered = ", ".join(sorted(t for t in self.app.tasks if not t.startswith("conveyor."))) or "none"
@@ -47,18 +54,18 @@ class Screening(Hook):
             )
             logger.error("Received unregistered task of type %r: %s", message.task, error)
             signals.task_unknown.send(None, name=message.task, id=message.id, message=message, exc=error)
-            worker.refuse(held, states.FAILURE, error)
+            worker.ledger.refuse(held, states.FAILURE, error)
             return False
         if message.is_expired():
             logger.warning("Task %s[%s] expired at %s: not run", message.display_name, message.id, message.expires)
-            worker.signal_revoked(held, expired=True)
-            worker.refuse(held, states.REVOKED, TaskRevokedError(f"task expired at {message.expires}"))
+            worker.ledger.signal_revoked(held, expired=True)
+            worker.ledger.refuse(held, states.REVOKED, TaskRevokedError(f"task expired at {message.expires}"))
             return False
         early = (message.eta - utcnow()).total_seconds() if message.eta is not None else 0.0
         if early > EARLY_TOLERANCE_SECONDS:
             # Delivered before its eta: a broker whose longest delay is shorter (RabbitMQ's
             # TTLs end at 49 days) sends it on its way again for the rest.
-            worker.defer(held, early)
+            worker.ledger.defer(held, early)
             return False
         return True
 
