@@ -488,10 +488,10 @@ class RedisBroker(Broker):
         if not events:
             return
         with self._translate("add_events"):
-            batch = self._scripts.batch()
-            batch.command("RPUSH", self._events_key, *events)
-            batch.command("LTRIM", self._events_key, -EVENTS_KEPT, -1)
-            batch.execute()
+            # Sent without waiting, like acks (Scripts.send): events are best effort, and the
+            # writer goes on to the next batch a round trip sooner.
+            self._scripts.send(("RPUSH", self._events_key, *events))
+            self._scripts.send(("LTRIM", self._events_key, -EVENTS_KEPT, -1))
 
     def recent_events(self, limit: int = 1000) -> list[bytes]:
         with self._translate("recent_events"):

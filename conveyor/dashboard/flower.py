@@ -133,6 +133,10 @@ class FlowerMetrics:
             except (ValueError, KeyError, TypeError):
                 continue
             self.events.labels(worker, kind, task).inc()
+            received, started = event.get("received"), event.get("started")
+            if isinstance(received, (int, float)) and isinstance(started, (int, float)):
+                # A short task's end carries its arrival and start (worker/events.py).
+                self.prefetch_time.labels(worker, task).set(max(0.0, started - received))
             if kind == "task-received":
                 self._received[event.get("uuid")] = float(event.get("timestamp") or 0)
                 if len(self._received) > 100_000:

@@ -23,6 +23,7 @@ and the caller's arguments, and returns the reply: a dict, by convention
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -133,7 +134,9 @@ class RemoteControl(Hook):
     def stop(self) -> None:
         # Not joined: the thread ends within a fetch's timeout, and closes its connection.
         self._stopped.set()
-        self.broker.interrupt()
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):  # it may have closed its connection meanwhile
+                self.broker.interrupt()
 
     def _serve(self) -> None:
         failures = 0

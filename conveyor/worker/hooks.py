@@ -14,6 +14,7 @@ needs; the worker calls only those.
 | `started(held, pid)` | its run began | the one handling the report |
 | `finished(held, outcome)` | its run ended (or its process was lost) | the one handling the report |
 | `refused(held, state, error)` | it ended without running (revoked, expired, unknown, refused) | the one handling it |
+| `flush()` | a batch's writes are about to be handed to the writer | the one handling the batch |
 | `stored(updates)` | a batch of results is in the backend | the writer's |
 | `tick(now)` | every `TICK_SECONDS` | the housekeeping thread |
 | `stop()` | once, when the worker has stopped | the worker's |
@@ -84,6 +85,9 @@ class Hook:
     def refused(self, held: Held, state: str, error: BaseException) -> None:
         """A task ended in `state` without running."""
 
+    def flush(self) -> None:
+        """The batch's writes are about to go: add what has come due."""
+
     def stored(self, updates: Sequence[StateUpdate]) -> None:
         """A batch of results was written to the backend."""
 
@@ -108,6 +112,7 @@ class Hooks:
         self.starting = overriding("started")
         self.finishing = overriding("finished")
         self.refusing = overriding("refused")
+        self.flushing = overriding("flush")
         self.storing = overriding("stored")
         self.ticking = overriding("tick")
 
@@ -137,6 +142,10 @@ class Hooks:
     def refused(self, held: Held, state: str, error: BaseException) -> None:
         for hook in self.refusing:
             hook.refused(held, state, error)
+
+    def flush(self) -> None:
+        for hook in self.flushing:
+            hook.flush()
 
     def stored(self, updates: Sequence[StateUpdate]) -> None:
         for hook in self.storing:

@@ -385,6 +385,7 @@ class Worker:
     def _flush(self) -> None:
         """Hand the batch's results and acks to the writer (results first: a crash between reruns a task)."""
         ledger = self.ledger
+        self.hooks.flush()
         if ledger.freed and self.fetcher is not None:
             self.fetcher.release(ledger.freed)
             ledger.freed = 0

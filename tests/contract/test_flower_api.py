@@ -192,3 +192,31 @@ def test_metrics_carry_flowers_names_beside_conveyors(app: Celery) -> None:
         assert 'flower_task_runtime_seconds_count{task="f.add",worker="w1@test"} 3.0' in text
         assert 'flower_task_prefetch_time_seconds{task="f.add",worker="w1@test"}' in text
         assert "conveyor_workers 1.0" in text
+
+
+def test_a_long_task_shows_as_started_while_it_runs_and_a_short_one_costs_one_event(app: Celery) -> None:
+    client = client_for(app)
+    with running(app, "threads"):
+        app.tasks["f.add"].delay(1, 1).get(timeout=10)
+
+        def add_events() -> list[bytes]:
+            return [e for e in app.broker.recent_events(100) if b"f.add" in e]
+
+        events = eventually(add_events)
+        time.sleep(0.3)  # nothing more comes
+        assert add_events() == events and len(events) == 1 and b'"task-succeeded"' in events[0]
+        long = app.tasks["f.sleep"].delay(1.5)
+
+        def state() -> str | None:
+            response = client.get(f"/api/task/info/{long.id}")
+            return response.json()["state"] if response.status_code == 200 else None
+
+        assert eventually(lambda: state() == "STARTED"), "the running task was not shown as started"
+        info = client.get(f"/api/task/info/{long.id}").json()
+        assert info["received"] <= info["started"] and info["worker"] == "w1@test"
+        long.get(timeout=10)
+    done = client.get(f"/api/task/info/{long.id}").json()
+    assert done["state"] == states.SUCCESS and done["received"] <= done["started"] <= done["succeeded"]
+    quick = client.get("/api/tasks?taskname=f.add").json()
+    (record,) = quick.values()
+    assert record["received"] <= record["started"] <= record["succeeded"] and record["args"] == "(1, 1)"
