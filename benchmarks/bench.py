@@ -13,6 +13,7 @@ worker (p50/p99), and the worker's resident memory.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import signal
 import statistics
@@ -64,6 +65,42 @@ def control_ping(app, times: int = 50) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(seconds) * 1000
 
 
+def signing_costs(body: bytes, times: int = 2000) -> list[tuple[str, str]]:
+    """Microseconds to seal and open one task message, with a shared secret and with a certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from conveyor.signing import Certificates, SharedSecret, Signing
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        key_path, cert_path = Path(directory, "bench.key"), Path(directory, "bench.pem")
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))  # fmt: skip
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        kinds = [("shared secret, HMAC-SHA256", SharedSecret(["bench"])),
+                 ("X.509, ECDSA P-256", Certificates(str(key_path), str(cert_path), str(cert_path)))]  # fmt: skip
+        for label, keys in kinds:
+            signing = Signing(keys)
+            started = time.perf_counter()
+            for _ in range(times):
+                signing.open(signing.seal(body))
+            rows.append(
+                (f"sign + verify one message, {label}", f"{(time.perf_counter() - started) / times * 1e6:.1f} µs")
+            )
+    return rows
+
+
 def fresh_app(url: str, backend: str | None = None):  # type: ignore[no-untyped-def]
     sys.modules.pop("benchmarks.bench_app", None)
     os.environ["CONVEYOR_BENCH_BROKER"] = url
@@ -101,6 +138,7 @@ def measure(
     batch = tasks / (time.perf_counter() - started)
     rows.append(("publish, batches of 1,000", f"{batch:,.0f} tasks/s"))
     app.broker.purge(["celery"])
+    rows.extend(signing_costs(bodies[0]))
 
     from conveyor import group
 

@@ -31,6 +31,8 @@ from conveyor.result import AsyncResult
 from conveyor.routing import Router
 from conveyor.shared import bind_shared_tasks
 from conveyor.signals import Signal
+from conveyor.signing import Signing
+from conveyor.signing import from_settings as signing_from_settings
 from conveyor.sqlitedb import DEFAULT_URL
 from conveyor.task import AsyncTask, Task, _as_list, current_request
 
@@ -80,6 +82,7 @@ class Conveyor:
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._router: tuple[tuple[int, ...], Router] | None = None
+        self._signing: tuple[tuple[Any, ...], Signing | None] | None = None
         self._lock = threading.Lock()
         self._autodiscover: list[tuple[Sequence[str] | Callable[[], Sequence[str]] | None, str]] = []
         #: Celery's app signals: sent once when a worker or beat finalizes the app (`finalize`),
@@ -288,6 +291,42 @@ class Conveyor:
             return [q.name for q in self.conf.task_queues]
         return [self.conf.task_default_queue]
 
+    @property
+    def signing(self) -> Signing | None:
+        """The message signing the settings configure (`signing.py`), or None."""
+        conf = self.conf
+        given = (conf.task_signing_key, conf.task_signing_old_keys, conf.security_key, conf.security_certificate,
+                 conf.security_cert_store, conf.security_digest, conf.security_key_password)  # fmt: skip
+        cached = self._signing
+        if cached is None or cached[0] != given:
+            cached = self._signing = (given, signing_from_settings(conf))
+        return cached[1]
+
+    def setup_security(
+        self,
+        allowed_serializers: Sequence[str] | None = None,
+        key: str | None = None,
+        key_password: str | None = None,
+        cert: str | None = None,
+        store: str | None = None,
+        digest: str | None = None,
+        serializer: str = "json",
+    ) -> None:
+        """Sign every message with an X.509 key, as Celery's `setup_security` does: arguments
+        override the `security_*` settings; messages not signed by a certificate of the store
+        are refused. (`allowed_serializers` and `serializer` are Celery's: Conveyor signs the
+        message whatever its serializer.)"""
+        conf = self.conf
+        for name, value in (("security_key", key), ("security_key_password", key_password),
+                            ("security_certificate", cert), ("security_cert_store", store),
+                            ("security_digest", digest)):  # fmt: skip
+            if value is not None:
+                setattr(conf, name, value)
+        if self.signing is None:
+            raise ImproperlyConfigured(
+                "setup_security needs security_key, security_certificate and security_cert_store"
+            )
+
     def close(self) -> None:
         """Close the broker and backend connections (they reopen on next use)."""
         with self._lock:
@@ -351,6 +390,9 @@ class Conveyor:
             raise EncodeError(
                 f"cannot serialize the arguments of {name}[{message.id}] with {serializer}: {exc}"
             ) from exc
+        signing = self.signing
+        if signing is not None:
+            body = signing.seal(body)
         outgoing = Outgoing(queue, body, message.priority, message.eta.timestamp() if message.eta else None, message)
         return outgoing, AsyncResult(message.id, self, task_name=name, ignored=message.ignore_result)
 

@@ -515,11 +515,6 @@ WITHOUT_EFFECT: dict[str, str] = {
     "worker_timer_precision": "Conveyor's worker keeps no timer thread",
     "worker_direct": _NO_EXCHANGES,
     "worker_detect_quorum_queues": _NO_EXCHANGES,
-    "security_key": "message signing is not implemented yet",
-    "security_key_password": "message signing is not implemented yet",
-    "security_certificate": "message signing is not implemented yet",
-    "security_cert_store": "message signing is not implemented yet",
-    "security_digest": "message signing is not implemented yet",
 }
 
 _BY_PREFIX: tuple[tuple[str, str], ...] = (

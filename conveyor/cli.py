@@ -430,6 +430,7 @@ def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
     from rich.text import Text
 
     from conveyor.messages import Envelope
+    from conveyor.signing import unsealed
 
     if requeue:
         moved = obj.app.broker.requeue_dead_letters(limit)
@@ -441,7 +442,7 @@ def dead_letters(obj: _Context, limit: int, requeue: bool) -> None:
         table.add_column(column, overflow="fold")
     for letter in letters:
         try:
-            envelope = Envelope.parse(letter.body)
+            envelope = Envelope.parse(unsealed(letter.body))
             task = f"{envelope.task_name}[{envelope.task_id}]"
         except ConveyorError:
             task = f"(undecodable, {len(letter.body)} bytes)"

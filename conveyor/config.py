@@ -331,6 +331,14 @@ class Settings:
         None, _optional(_seconds), "skip a crontab run missed by more than this many seconds"
     )
     beat_max_loop_interval: float = _setting(1.0, _seconds, "longest sleep between beat checks")
+    # Signing (conveyor/signing.py)
+    task_signing_key: str | None = _setting(None, _optional(_str), "shared secret that signs messages (HMAC-SHA256)")
+    task_signing_old_keys: tuple[str, ...] = _setting((), _names, "former secrets still accepted, while rotating")
+    security_key: str | None = _setting(None, _optional(_str), "PEM private key file that signs messages")
+    security_key_password: str | None = _setting(None, _optional(_str), "password of security_key")
+    security_certificate: str | None = _setting(None, _optional(_str), "PEM certificate of security_key")
+    security_cert_store: str | None = _setting(None, _optional(_str), "glob of the certificates whose messages count")
+    security_digest: str = _setting("sha256", _str, "hash of the certificate signatures")
     # Modules
     imports: tuple[str, ...] = _setting((), _names, "modules the worker imports")
     include: tuple[str, ...] = _setting((), _names, "modules the worker imports (as Celery(include=...))")

@@ -24,6 +24,7 @@ within a second, and last until cleared (`rate_limit(name, None)`).
 from __future__ import annotations
 
 import json
+import logging
 import signal as signals
 import time
 import uuid
@@ -34,6 +35,7 @@ from conveyor import states
 from conveyor.brokers.base import Outgoing
 from conveyor.config import parse_rate
 from conveyor.exceptions import ImproperlyConfigured, TaskRevokedError
+from conveyor.signing import BadSignature, unsealed
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -52,6 +54,8 @@ def signal_number(signal: str | int | None) -> int:
     except AttributeError:
         raise ImproperlyConfigured(f"unknown signal {signal!r}") from None
 
+
+logger = logging.getLogger("conveyor.control")
 
 #: Broker key-value namespace of the rate limits set at run time (task name -> rate).
 RATE_LIMITS = "rate_limits"
@@ -77,6 +81,24 @@ def task_queues(sizes: dict[str, int]) -> dict[str, int]:
 
 def reply_key(ticket: str, hostname: str) -> str:
     return f"{ticket} {hostname}"
+
+
+def sealed(app: Conveyor, data: bytes) -> bytes:
+    """Control state or a command as written to the broker: signed when signing is on."""
+    signing = app.signing
+    return signing.seal(data) if signing is not None else data
+
+
+def trusted(app: Conveyor, data: bytes, what: str) -> bytes | None:
+    """Control state or a command read from the broker, if its signature holds (signing on)."""
+    signing = app.signing
+    if signing is None:
+        return unsealed(data)
+    try:
+        return signing.open(data)
+    except BadSignature as exc:
+        logger.warning("Ignoring %s with a bad signature: %s", what, exc)
+        return None
 
 
 def encode_request(command: str, arguments: dict[str, Any], ticket: str, reply: bool, expires: float) -> bytes:
@@ -119,7 +141,7 @@ class Control:
             hostnames = [h for h in hostnames if h in wanted]
         ticket = uuid.uuid4().hex
         deadline = time.time() + timeout
-        body = encode_request(command, dict(arguments or {}), ticket, reply, deadline)
+        body = sealed(self.app, encode_request(command, dict(arguments or {}), ticket, reply, deadline))
         if hostnames:
             broker.publish([Outgoing(control_queue(h), body) for h in hostnames])
         if not reply:
@@ -142,8 +164,11 @@ class Control:
                 raw = broker.kv_get(CONTROL_REPLIES, reply_key(ticket, hostname))
                 if raw is not None:
                     broker.kv_swap(CONTROL_REPLIES, reply_key(ticket, hostname), raw, None)
+                    reply = trusted(self.app, raw, f"a reply from {hostname}")
+                    if reply is None:
+                        continue  # forged: the worker's own reply may still come
                     waiting.remove(hostname)
-                    replies.append({hostname: json.loads(raw)})
+                    replies.append({hostname: json.loads(reply)})
                     if callback is not None:
                         callback(replies[-1])
                     if limit is not None and len(replies) >= limit:
@@ -218,7 +243,7 @@ class Control:
                 parse_rate(rate_limit)
             except ValueError as exc:
                 raise ImproperlyConfigured(f"rate limit for {task_name}: {exc}") from None
-            value = str(rate_limit).encode()
+            value = sealed(self.app, str(rate_limit).encode())
         if destination is None:
             self.app.broker.kv_put(RATE_LIMITS, task_name, value)
             if not kwargs.get("reply"):
@@ -228,7 +253,12 @@ class Control:
 
     def rate_limits(self) -> dict[str, str]:
         """The rate limits set at run time, by task name."""
-        return {name: raw.decode() for name, raw in self.app.broker.kv_items(RATE_LIMITS).items()}
+        limits = {}
+        for name, raw in self.app.broker.kv_items(RATE_LIMITS).items():
+            value = trusted(self.app, raw, f"the rate limit of {name}")
+            if value is not None:
+                limits[name] = value.decode(errors="replace")
+        return limits
 
     def revoke(
         self, task_id: str | Sequence[str], destination: str | Sequence[str] | None = None, terminate: bool = False,
@@ -240,6 +270,7 @@ class Control:
         too (`destination` narrows only who replies, with `reply=True`)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         info = json.dumps({"terminate": terminate, "signal": signal_number(signal), "at": time.time()}).encode()
+        info = sealed(self.app, info)
         self.app.broker.revoke(ids, info, time.time() + self.app.conf.worker_revoke_expires)
         # Callers waiting in get() learn at once; a task that already finished keeps its state.
         backend = self.app.backend

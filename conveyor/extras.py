@@ -14,6 +14,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "dashboard": ("starlette", "uvicorn", "prometheus_client"),
     "sql": ("sqlalchemy", "psycopg", "pymysql"),
     "django": ("django",),
+    "security": ("cryptography",),
 }
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor import __version__
-from conveyor.control import CONTROL_REPLIES, control_queue, reply_key, signal_number
+from conveyor.control import CONTROL_REPLIES, control_queue, reply_key, sealed, signal_number, trusted
 from conveyor.exceptions import BrokerError
 from conveyor.execution import Outcome
 from conveyor.urls import redacted
@@ -161,8 +161,11 @@ class RemoteControl(Hook):
             self.broker.close()
 
     def _answer(self, body: bytes) -> None:
+        opened = trusted(self.state.app, body, "a control command")
+        if opened is None:
+            return
         try:
-            request = json.loads(body)
+            request = json.loads(opened)
             command, arguments = str(request["command"]), dict(request.get("arguments") or {})
             ticket, expires = str(request["ticket"]), float(request["expires"])
         except (ValueError, TypeError, KeyError) as exc:
@@ -174,9 +177,8 @@ class RemoteControl(Hook):
         reply = self.dispatch(command, arguments)
         if request.get("reply") and time.time() <= expires:
             try:
-                self.broker.kv_put(
-                    CONTROL_REPLIES, reply_key(ticket, self.state.hostname), json.dumps(reply, default=repr).encode()
-                )
+                value = sealed(self.state.app, json.dumps(reply, default=repr).encode())
+                self.broker.kv_put(CONTROL_REPLIES, reply_key(ticket, self.state.hostname), value)
             except BrokerError as exc:
                 logger.warning("Could not reply to %s: %s", command, exc)
 
@@ -303,18 +305,19 @@ def conf(state: State, with_defaults: bool = False) -> dict[str, Any]:
     """The worker's configuration, passwords hidden (with_defaults: every setting, else those set)."""
     settings = state.app.conf
     values = settings.as_dict() if with_defaults else settings.changed()
-    return {name: _shown(name, value) for name, value in sorted(values.items())}
+    return {name: redact_setting(name, value) for name, value in sorted(values.items())}
 
 
-def _shown(name: str, value: Any) -> Any:
+def redact_setting(name: str, value: Any) -> Any:
+    """A setting's value fit to show: secrets starred, passwords in URLs hidden."""
     if isinstance(value, str):
         if any(word in name for word in ("password", "secret", "key")) and "://" not in value and value:
             return "********"
         return redacted(value)
     if isinstance(value, dict):
-        return {str(k): _shown(str(k), v) for k, v in value.items()}
+        return {str(k): redact_setting(str(k), v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_shown(name, v) for v in value]
+        return [redact_setting(name, v) for v in value]
     return value if isinstance(value, (int, float, bool)) or value is None else repr(value)
 
 

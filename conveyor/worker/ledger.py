@@ -1,6 +1,7 @@
 """What a worker holds, and what becomes of each delivery.
 
-A delivery is decoded (undecodable: dead letter; refused content: FAILURE),
+A delivery is opened (with signing on, a bad signature: dead letter), decoded
+(undecodable: dead letter; refused content: FAILURE),
 admitted by the feature hooks (`worker/hooks.py`) or ended by them, held while
 it waits for and runs in the pool, and settled by its outcome: acknowledged,
 dead-lettered, or given back to the broker. The ledger's writes (results,
@@ -23,6 +24,7 @@ from conveyor.exceptions import BrokerError, ContentDisallowed, DecodeError, Rej
 from conveyor.execution import Job, Outcome, context_for, failure_outcome, history_entry, option
 from conveyor.messages import Envelope, Message
 from conveyor.serialization import accepted_content_types
+from conveyor.signing import BadSignature
 from conveyor.worker.hooks import Held, Hooks
 from conveyor.worker.pools import Lost, Started
 from conveyor.worker.progress import Progress
@@ -45,6 +47,7 @@ class Ledger:
         self.hostname = hostname
         self.hooks = hooks
         self.accept = accepted_content_types(app.conf.accept_content)
+        self.signing = app.signing
         self.progress = Progress(app.backend, hostname)
         self.held: dict[int, Held] = {}
         self.processed = 0
@@ -71,8 +74,15 @@ class Ledger:
 
     def _decode(self, delivery: Delivery) -> Message | None:
         """The delivery's message; None when it was dealt with (dead-lettered or refused)."""
+        body = delivery.body
+        if self.signing is not None:
+            try:
+                body = self.signing.open(body)
+            except BadSignature as exc:  # nothing of it is read: the dead letter keeps it whole
+                self._dead_letter(delivery, f"bad signature: {exc}")
+                return None
         try:
-            envelope = Envelope.parse(delivery.body)
+            envelope = Envelope.parse(body)
         except DecodeError as exc:
             self._dead_letter(delivery, f"undecodable message: {exc}")
             return None

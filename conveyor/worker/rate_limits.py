@@ -12,7 +12,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from conveyor.config import parse_rate
-from conveyor.control import RATE_LIMITS
 from conveyor.exceptions import BrokerError
 from conveyor.execution import option
 from conveyor.worker.hooks import Held, Hook
@@ -73,7 +72,7 @@ class RateLimits(Hook):
 
     def tick(self, now: float) -> None:
         try:
-            limits = {name: raw.decode() for name, raw in self.worker.app.broker.kv_items(RATE_LIMITS).items()}
+            limits = self.worker.app.control.rate_limits()  # those whose signature holds, with signing on
         except BrokerError:
             return  # the next tick will tell; the fetcher already logs a lost broker
         if limits == self._set:

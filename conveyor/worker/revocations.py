@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from conveyor import states
+from conveyor.control import trusted
 from conveyor.exceptions import BrokerError, TaskRevokedError
 from conveyor.worker.hooks import Held, Hook
 
@@ -41,7 +42,7 @@ class Revocations(Hook):
         if not ids:
             return arrivals
         try:
-            revoked = self.worker.app.broker.revoked(ids)
+            revoked = self._trusted(self.worker.app.broker.revoked(ids))
         except BrokerError as exc:
             logger.error("Could not check revocations (the tasks are given back): %s", exc)
             self.worker.ledger.give_back([h.delivery for h in arrivals])
@@ -60,13 +61,22 @@ class Revocations(Hook):
                 admitted.append(held)
         return admitted
 
+    def _trusted(self, revoked: dict[str, bytes]) -> dict[str, bytes]:
+        """The revocations whose signature holds (all of them with signing off)."""
+        app, kept = self.worker.app, {}
+        for task_id, raw in revoked.items():
+            info = trusted(app, raw, f"the revocation of {task_id}")
+            if info is not None:
+                kept[task_id] = info
+        return kept
+
     def tick(self, now: float) -> None:
         """Ask the broker whether a running task was revoked with terminate=True."""
         running = {h.job.message.id: h.job.id for h in self.worker.ledger.running() if not h.terminated}
         if not running:
             return
         try:
-            revoked = self.worker.app.broker.revoked(list(running))
+            revoked = self._trusted(self.worker.app.broker.revoked(list(running)))
         except BrokerError as exc:
             logger.error("Could not check revocations: %s", exc)
             return
