@@ -24,6 +24,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from conveyor.control import sealed, trusted
 from conveyor.exceptions import BrokerError, ConveyorError, ImproperlyConfigured
 from conveyor.schedules import BaseSchedule, maybe_schedule, schedule, schedule_from_dict
 
@@ -88,7 +89,7 @@ class ScheduleStore:
     ) -> Entry:
         """Add or replace an entry."""
         entry = Entry(name, task, maybe_schedule(schedule), tuple(args), dict(kwargs or {}), dict(options or {}))
-        self.app.broker.kv_put(ENTRIES, name, entry.to_json())
+        self.app.broker.kv_put(ENTRIES, name, sealed(self.app, entry.to_json()))
         return entry
 
     def remove(self, name: str) -> bool:
@@ -97,7 +98,13 @@ class ScheduleStore:
         return current is not None and self.app.broker.kv_swap(ENTRIES, name, current, None)
 
     def entries(self) -> dict[str, Entry]:
-        return {name: Entry.from_json(name, raw) for name, raw in self.app.broker.kv_items(ENTRIES).items()}
+        """The entries added at run time (with signing on, those whose signature holds)."""
+        entries = {}
+        for name, raw in self.app.broker.kv_items(ENTRIES).items():
+            opened = trusted(self.app, raw, f"the periodic task {name!r}")
+            if opened is not None:
+                entries[name] = Entry.from_json(name, opened)
+        return entries
 
 
 def app_timezone(app: Conveyor) -> tzinfo:

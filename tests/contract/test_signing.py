@@ -124,3 +124,12 @@ def test_a_raw_message_published_by_hand_is_refused(apps: tuple[Celery, Celery, 
         assert good.get(timeout=10) == 12
         assert "bad signature: unsigned" in dead_letter_reasons(holder)
         assert json.loads(json.dumps(result.state)) == states.PENDING
+
+
+def test_a_periodic_task_written_without_the_key_is_not_scheduled(apps: tuple[Celery, Celery, Celery]) -> None:
+    from conveyor.beat import ScheduleStore
+
+    holder, keyless, _ = apps
+    ScheduleStore(keyless).add("forged", "s.add", 1.0, args=(1, 1))
+    ScheduleStore(holder).add("genuine", "s.add", 60.0, args=(2, 2))
+    assert set(ScheduleStore(holder).entries()) == {"genuine"}
