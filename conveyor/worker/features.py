@@ -18,6 +18,7 @@ from conveyor.worker.events import TaskEvents
 from conveyor.worker.heartbeat import Heartbeat
 from conveyor.worker.hooks import Hook
 from conveyor.worker.leases import Leases
+from conveyor.worker.lost_workers import LostWorkers
 from conveyor.worker.rate_limits import RateLimits
 from conveyor.worker.revocations import Revocations
 from conveyor.worker.screening import Screening
@@ -38,6 +39,7 @@ def features(app: Conveyor, *, beat: bool = False, autoscale: tuple[int, int] | 
         Deduplication(),
         Leases(),
         Heartbeat(),
+        LostWorkers(),
         ResultCleanup(),
     ]
     if app.conf.worker_enable_remote_control:

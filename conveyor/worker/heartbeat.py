@@ -33,10 +33,12 @@ class Heartbeat(Hook):
             return
         self._next = now + HEARTBEAT_SECONDS
         worker = self.worker
+        running = worker.ledger.running()
         info = {
             "hostname": worker.hostname, "pid": os.getpid(), "pool": worker.pool_name,
             "concurrency": worker.concurrency, "queues": worker.queues, "active": len(worker.held),
-            "running": len(worker.ledger.running()),
+            "running": len(running),
+            "acked_running": [h.job.message.id for h in running if h.acked],
             "processed": worker.processed, "version": __version__, "timestamp": time.time(),
             "tasks": sorted(name for name in worker.app.tasks if not name.startswith("conveyor.")),
         }  # fmt: skip
