@@ -59,9 +59,13 @@ class schedule(BaseSchedule):  # noqa: N801 - Celery's name
         return (last_run_at + self.run_every).astimezone(UTC)
 
     def latest_tick(self, last_run_at: datetime, now: datetime) -> datetime:
-        """The last due time not after `now`: missed ticks collapse into one run, the phase is kept."""
-        missed = (now - last_run_at) // self.run_every
-        return last_run_at + missed * self.run_every
+        """When the run sent at `now` counts from. On time (within a tenth of the interval, at
+        most a second, of its tick) it counts from its tick, so the phase does not drift. Late
+        (beat was down, or busy): missed ticks collapse into this one run, which counts from
+        `now`, so the next keeps its full spacing instead of following a moment later."""
+        tick = last_run_at + ((now - last_run_at) // self.run_every) * self.run_every
+        on_time = min(self.run_every / 10, timedelta(seconds=1))
+        return tick if now - tick <= on_time else now
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "schedule", "seconds": self.run_every.total_seconds(), "relative": self.relative}

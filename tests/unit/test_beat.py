@@ -77,6 +77,22 @@ def test_missed_runs_collapse_into_one_catch_up_run() -> None:
     assert sent(app) == 2
 
 
+def test_after_downtime_the_catch_up_run_and_the_next_keep_their_spacing() -> None:
+    """Beat back after a pause, 63 ms before a tick: one catch-up run now, the next a full interval
+    later (not 63 ms later)."""
+    app = make_app(every={"task": "b.tick", "schedule": 2.0})
+    Beat(app).tick(T0)
+    beat = Beat(app)
+    beat.tick(T0 + timedelta(seconds=9.937))  # down since T0: the missed runs collapse into this one
+    assert sent(app) == 1
+    beat.tick(T0 + timedelta(seconds=10))
+    assert sent(app) == 1
+    beat.tick(T0 + timedelta(seconds=11.9))
+    assert sent(app) == 1
+    beat.tick(T0 + timedelta(seconds=11.94))
+    assert sent(app) == 2
+
+
 def test_cron_starting_deadline_skips_stale_runs() -> None:
     app = make_app(hourly={"task": "b.tick", "schedule": crontab(minute=0)})
     app.conf.beat_cron_starting_deadline = 60

@@ -149,7 +149,9 @@ def test_interval_schedules_and_round_trip() -> None:
     every = schedule(10)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     assert every.next_run(start, UTC) == start + timedelta(seconds=10)
-    assert every.latest_tick(start, start + timedelta(seconds=35)) == start + timedelta(seconds=30)
+    # On time, a run counts from its tick (no drift); late, from when it was sent (full spacing).
+    assert every.latest_tick(start, start + timedelta(seconds=10.5)) == start + timedelta(seconds=10)
+    assert every.latest_tick(start, start + timedelta(seconds=35)) == start + timedelta(seconds=35)
     assert every.is_due(start, start + timedelta(seconds=11)) == (True, 10.0)
     for original in (schedule(5), crontab(minute="*/5", day_of_week="mon-fri"), solar("sunset", 1.0, 2.0)):
         assert schedule_from_dict(original.to_dict()).to_dict() == original.to_dict()
