@@ -134,20 +134,31 @@ def celery_envelope(body: bytes, properties: Any, headers: Mapping[str, Any]) ->
     return json.dumps(envelope, default=str).encode()
 
 
+#: Largest headers put in an AMQP frame (RabbitMQ's frames are 128 KiB by default).
+MAX_FRAME_HEADERS = 64 * 1024
+
+
 def celery_frame(data: bytes) -> tuple[bytes, dict[str, Any]] | None:
     """A message in Celery's format (kombu's JSON envelope, `task_message_format="celery"`) as
     Celery sends it over AMQP: the body alone, the task headers and properties in the frame.
-    None for anything else (Conveyor's compact envelope, or bytes that are no envelope)."""
+    None for anything else (Conveyor's compact envelope, bytes that are no envelope, headers
+    that no AMQP frame can carry)."""
     if data[:1] != b"{":
         return None
+    from pamqp import encode
+
     try:
         envelope = json.loads(data)
         headers, properties = envelope["headers"], envelope.get("properties") or {}
         body = envelope.get("body", "")
         body = base64.b64decode(body) if properties.get("body_encoding") == "base64" else str(body).encode()
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if not isinstance(headers, dict) or "task" not in headers or "id" not in headers:
+        if not isinstance(headers, dict) or "task" not in headers or "id" not in headers:
+            return None
+        # Headers an AMQP frame cannot carry (nested too deep, integers too large, larger than a
+        # frame): the envelope goes as it is, and the worker that reads it says what is wrong.
+        if len(encode.field_table(headers)) > MAX_FRAME_HEADERS:
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
         return None
     fields = {
         "headers": headers,
@@ -156,6 +167,11 @@ def celery_frame(data: bytes) -> tuple[bytes, dict[str, Any]] | None:
         "correlation_id": properties.get("correlation_id"),
         "reply_to": properties.get("reply_to"),
     }
+    text = (fields["content_type"], fields["content_encoding"])
+    if not all(isinstance(v, str) for v in text) or not all(
+        v is None or isinstance(v, str) for v in (fields["correlation_id"], fields["reply_to"])
+    ):
+        return None  # properties no frame can carry: the envelope goes as it is
     return body, fields
 
 

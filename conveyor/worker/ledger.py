@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conveyor.worker")
 
+#: The longest reason a dead letter keeps.
+MAX_REASON = 1000
+
 
 class _Policy(NamedTuple):
     acks_late: bool
@@ -236,6 +239,8 @@ class Ledger:
         self.freed += 1
 
     def _dead_letter(self, delivery: Delivery, reason: str, log: bool = True) -> None:
+        if len(reason) > MAX_REASON:  # a malformed field can be huge; brokers cap what a header holds
+            reason = reason[:MAX_REASON] + "..."
         if log:
             logger.error("Moving message from queue %r to the dead-letter store: %s", delivery.queue, reason)
         try:
