@@ -14,6 +14,7 @@ add.delay(1, 2).get()  # 3
 __version__ = "0.1.0"
 
 from conveyor import exceptions, states
+from conveyor._state import current_task
 from conveyor.app import Celery, Conveyor
 from conveyor.canvas import Signature, chain, chord, group, signature
 from conveyor.current import current_app
@@ -57,6 +58,7 @@ __all__ = [
     "chain",
     "chord",
     "current_app",
+    "current_task",
     "exceptions",
     "group",
     "shared_task",

@@ -91,6 +91,11 @@ class Signature(dict[str, Any]):
             composite = chain(*(Signature.from_dict(t, app) for t in kwargs["tasks"]), app=app)
         elif kind == "group":
             composite = group((Signature.from_dict(t, app) for t in kwargs["tasks"]), app=app)
+        elif kind in ("xmap", "xstarmap"):
+            kind_of = xmap if kind == "xmap" else xstarmap
+            composite = kind_of(Signature.from_dict(kwargs["task"], app), kwargs["it"], app=app)
+        elif kind == "chunks":
+            composite = chunks(Signature.from_dict(kwargs["task"], app), kwargs["it"], int(kwargs["n"]), app=app)
         elif kind == "chord":
             header = [Signature.from_dict(t, app) for t in kwargs["header"]]
             body = Signature.from_dict(kwargs["body"], app)
@@ -418,6 +423,60 @@ class chord(_Composite):  # noqa: N801 - Celery's name
         return f"chord([{', '.join(repr(task) for task in self.header.tasks)}], {self.body!r})"
 
 
+class xmap(Signature):  # noqa: N801 - Celery's name
+    """One task message that runs `task` on each item of `it` in turn, in one worker: a list of results."""
+
+    builtin, kind = "conveyor.map", "xmap"
+
+    def __init__(self, task: Signature, it: Iterable[Any], app: Conveyor | None = None, **options: Any) -> None:
+        task = task if isinstance(task, Signature) else Signature(task)
+        super().__init__(self.builtin, (), {"task": _plain(task), "it": list(it)}, options, immutable=True,
+                         app=app or task.app)  # fmt: skip
+        self["subtask_type"] = self.kind
+
+    def __repr__(self) -> str:
+        return f"[{Signature.from_dict(self['kwargs']['task'])!r}(x) for x in {self['kwargs']['it']!r}]"
+
+
+class xstarmap(xmap):  # noqa: N801 - Celery's name
+    """As `xmap`, each item being the task's arguments: `task(*item)`."""
+
+    builtin, kind = "conveyor.starmap", "xstarmap"
+
+    def __repr__(self) -> str:
+        return f"[{Signature.from_dict(self['kwargs']['task'])!r}(*x) for x in {self['kwargs']['it']!r}]"
+
+
+class chunks(Signature):  # noqa: N801 - Celery's name
+    """`it` (argument tuples) split into parts of `n`, each part one `xstarmap` message: a group of them."""
+
+    def __init__(self, task: Signature, it: Iterable[Any], n: int, app: Conveyor | None = None, **options: Any) -> None:
+        if n < 1:
+            raise ValueError(f"chunks need a size of at least 1, not {n}")
+        task = task if isinstance(task, Signature) else Signature(task)
+        super().__init__("conveyor.chunks", (), {"task": _plain(task), "it": list(it), "n": n}, options,
+                         immutable=True, app=app or task.app)  # fmt: skip
+        self["subtask_type"] = "chunks"
+
+    def group(self) -> group:
+        """The group of `xstarmap` messages, one per part."""
+        task, items, n = (
+            Signature.from_dict(self["kwargs"]["task"], self.app),
+            self["kwargs"]["it"],
+            self["kwargs"]["n"],
+        )
+        return group([xstarmap(task, items[i : i + n], app=self.app) for i in range(0, len(items), n)], app=self.app)
+
+    def apply_async(  # type: ignore[override]
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        """Send the parts as a group: a GroupResult whose results are lists, one per part."""
+        return self.group().apply_async(args, kwargs, **{**self.options, **options})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:  # type: ignore[override]
+        return self.apply_async(args, kwargs)
+
+
 def _mark(task: Signature, chord_id: list[Any]) -> bool:
     """Make the task that ends a header part carry its chord's [group id, size] (a chain's last
     step); False when no one task ends it (a group or chord as a part: the unlock task watches those)."""
@@ -518,10 +577,20 @@ def _bound(sig: Signature, app: Conveyor) -> Signature:
 def register_builtins(app: Conveyor) -> None:
     """Tasks every app has, so any worker can run a chord's unlock step."""
 
+    @app.task(name="conveyor.map")
+    def run_map(task: dict[str, Any], it: list[Any]) -> list[Any]:
+        function = app.tasks[Signature.from_dict(task, app).task]  # run here, one after another, as Celery's
+        return [function(item) for item in it]
+
+    @app.task(name="conveyor.starmap")
+    def run_starmap(task: dict[str, Any], it: list[Any]) -> list[Any]:
+        function = app.tasks[Signature.from_dict(task, app).task]
+        return [function(*item) for item in it]
+
     @app.task(name="conveyor.chord_unlock", bind=True, max_retries=None, ignore_result=True)
     def chord_unlock(self: Any, group_id: str, interval: float) -> None:
         if not complete_chord(app, group_id, self.request.hostname):
             raise self.retry(countdown=interval)
 
 
-__all__ = ["Signature", "chain", "chord", "group", "signature"]
+__all__ = ["Signature", "chain", "chord", "chunks", "group", "signature", "xmap", "xstarmap"]

@@ -15,6 +15,7 @@ from conveyor.current import current_app
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.backends.base import ResultBackend
 
 R = TypeVar("R")
 
@@ -211,13 +212,22 @@ class AsyncResult(Generic[R]):
         return self.id
 
 
-class GroupResult:
-    """The results of a group's tasks, in the group's order."""
+class ResultSet:
+    """Several results, read and waited for together (Celery's `ResultSet`)."""
 
-    def __init__(self, id: str, results: list[AsyncResult[Any]], app: Conveyor | None = None) -> None:  # noqa: A002
-        self.id = id
-        self.results = results
-        self.app = app or (results[0].app if results else None)
+    def __init__(self, results: list[AsyncResult[Any]], app: Conveyor | None = None, **kwargs: Any) -> None:
+        self.results = list(results)
+        self.app = app or (self.results[0].app if self.results else None)
+
+    def add(self, result: AsyncResult[Any]) -> None:
+        """Add a result to the set (once)."""
+        if result not in self.results:
+            self.results.append(result)
+
+    def discard(self, result: AsyncResult[Any]) -> None:
+        """Remove a result from the set, if there."""
+        if result in self.results:
+            self.results.remove(result)
 
     def _metas(self) -> list[dict[str, Any]]:
         """Every member's meta, in one backend read (ready ones are kept, as AsyncResult does)."""
@@ -276,6 +286,49 @@ class GroupResult:
 
     def __getitem__(self, index: int) -> AsyncResult[Any]:
         return self.results[index]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: [{', '.join(r.id for r in self.results)}]>"
+
+
+#: The key a saved group's member ids are stored under in the result backend.
+GROUP_KEY = "conveyor-group-meta-{}"
+
+
+class GroupResult(ResultSet):
+    """The results of a group's tasks, in the group's order."""
+
+    def __init__(self, id: str, results: list[AsyncResult[Any]], app: Conveyor | None = None, **kwargs: Any) -> None:  # noqa: A002
+        super().__init__(results, app)
+        self.id = id
+
+    def save(self, backend: ResultBackend | None = None) -> GroupResult:
+        """Store the group's member ids in the result backend, so `GroupResult.restore(id)` finds it."""
+        backend = backend or self._backend()
+        backend.write([backend.make_update(GROUP_KEY.format(self.id), states.SUCCESS, [r.id for r in self.results])])
+        return self
+
+    @classmethod
+    def restore(
+        cls,
+        id: str,  # noqa: A002 - Celery's name
+        backend: ResultBackend | None = None,
+        app: Conveyor | None = None,
+    ) -> GroupResult | None:
+        """The group saved with `save()` (None when it was not saved, or has expired)."""
+        app = app or current_app()
+        backend = backend or app.backend
+        data = backend.read([GROUP_KEY.format(id)]).get(GROUP_KEY.format(id))
+        if data is None:
+            return None
+        return cls(id, [AsyncResult(task_id, app) for task_id in backend.decode(data)["result"]], app)
+
+    def delete(self, backend: ResultBackend | None = None) -> None:
+        """Remove what `save()` stored."""
+        (backend or self._backend()).delete([GROUP_KEY.format(self.id)])
+
+    def _backend(self) -> ResultBackend:
+        return (self.app or current_app()).backend
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"

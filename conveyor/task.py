@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from conveyor.canvas import Signature
+from conveyor.canvas import Signature, chunks, xmap, xstarmap
 from conveyor.exceptions import ExceptionInfo, MaxRetriesExceededError, Retry
 from conveyor.result import AsyncResult
 
@@ -264,6 +264,18 @@ class Task(Generic[P, R]):
         self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> Signature:
         return Signature(self.name, tuple(args or ()), dict(kwargs or {}), options=options, app=self.app)
+
+    def map(self, it: Iterable[Any]) -> xmap:
+        """One message that runs this task on each item in turn: `add_one.map([1, 2, 3])`."""
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> xstarmap:
+        """One message that runs this task on each argument tuple in turn: `add.starmap([(1, 2), (3, 4)])`."""
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> chunks:
+        """Argument tuples split into messages of `n` calls each, sent as a group."""
+        return chunks(self.s(), it, n, app=self.app)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, self.app, task_name=self.name)

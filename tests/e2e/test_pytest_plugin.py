@@ -10,10 +10,10 @@ from pathlib import Path
 PROJECT = Path(__file__).parent / "pytest_plugin_project"
 
 
-def run_suite(directory: Path) -> subprocess.CompletedProcess[str]:
+def run_suite(directory: Path, suite: str = "project_suite.py") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(directory),
-         "-c", "/dev/null", str(directory / "project_suite.py")],
+         "-c", "/dev/null", str(directory / suite)],
         capture_output=True, text=True, timeout=120, cwd=directory,
     )  # fmt: skip
 
@@ -31,3 +31,19 @@ def test_the_same_suite_with_celerys_imports_passes_on_celery(tmp_path: Path) ->
     done = run_suite(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
+
+
+def test_celery_usage_from_projects_runs_on_conveyor() -> None:
+    """Canvas helpers (map, starmap, chunks), current_task, the app.task module, saved groups and
+    result sets, the time helpers: as projects write them for Celery."""
+    done = run_suite(PROJECT, "celery_usage.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "5 passed" in done.stdout
+
+
+def test_the_same_usage_runs_on_celery(tmp_path: Path) -> None:
+    source = (PROJECT / "celery_usage.py").read_text()
+    (tmp_path / "celery_usage.py").write_text(source.replace("conveyor", "celery"))
+    done = run_suite(tmp_path, "celery_usage.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "5 passed" in done.stdout
