@@ -12,7 +12,8 @@ def test_exported_members_are_exactly() -> None:
         "AsyncResult", "BrokerConnectionError", "Celery", "Conveyor", "ConveyorError", "Exchange", "GroupResult",
         "ImproperlyConfigured", "MaxRetriesExceededError", "NotRegistered", "Queue", "Retry", "Signature",
         "SoftTimeLimitExceeded", "Task", "TaskRevokedError", "TimeLimitExceeded", "WorkerLostError",
-        "__version__", "chain", "chord", "current_app", "exceptions", "group", "shared_task", "signature", "states",
+        "__version__", "chain", "chord", "current_app", "current_task", "exceptions", "group", "shared_task",
+        "signature", "states",
     ]  # fmt: skip
     for name in conveyor.__all__:
         assert hasattr(conveyor, name), name
