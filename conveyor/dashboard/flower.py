@@ -9,8 +9,10 @@ guard refuses without authentication unless explicitly allowed.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -70,11 +72,11 @@ def _json_body(request_body: bytes) -> tuple[list[Any], dict[str, Any], dict[str
     return list(args), kwargs, options
 
 
-async def _arguments(request: Request) -> dict[str, str]:
+def _arguments(request: Request, body: bytes) -> dict[str, str]:
     """A form body's fields (application/x-www-form-urlencoded, as Flower's clients send) and the
     query's, the query's winning."""
-    body = (await request.body()).decode("utf-8", "replace")
-    return {**{k: v[-1] for k, v in parse_qs(body).items()}, **dict(request.query_params)}
+    form = parse_qs(body.decode("utf-8", "replace"))
+    return {**{k: v[-1] for k, v in form.items()}, **dict(request.query_params)}
 
 
 def _safe(value: Any) -> Any:
@@ -166,6 +168,27 @@ class FlowerMetrics:
             self.prefetched.labels(worker_name, name).set(count)
 
 
+Handler = Callable[["FlowerAPI", Request, bytes], Any]
+
+
+def endpoint(handler: Handler) -> Callable[[FlowerAPI, Request], Awaitable[Response]]:
+    """A route from a blocking handler (it talks to the broker): run off the event loop, given
+    the request's body; its value as JSON, its errors as Flower's status codes."""
+
+    @functools.wraps(handler)
+    async def serve(self: FlowerAPI, request: Request) -> Response:
+        body = await request.body()
+        try:
+            result = await run_in_threadpool(handler, self, request, body)
+        except HTTPError as exc:
+            return PlainTextResponse(exc.message, status_code=exc.status)
+        except ConveyorError as exc:
+            return PlainTextResponse(str(exc), status_code=503)
+        return result if isinstance(result, Response) else JSONResponse(json.loads(json.dumps(result, default=repr)))
+
+    return serve
+
+
 class FlowerAPI:
     def __init__(self, app: Conveyor, inspect_timeout: float = 1.0) -> None:
         self.app = app
@@ -198,16 +221,6 @@ class FlowerAPI:
         ]
 
     # -- plumbing ------------------------------------------------------------------------------
-    async def _answer(self, request: Request, handler: Any) -> Response:
-        """Run a blocking handler off the event loop; errors become Flower's status codes."""
-        try:
-            result = await run_in_threadpool(handler, request)
-        except HTTPError as exc:
-            return PlainTextResponse(exc.message, status_code=exc.status)
-        except ConveyorError as exc:
-            return PlainTextResponse(str(exc), status_code=503)
-        return result if isinstance(result, Response) else JSONResponse(json.loads(json.dumps(result, default=repr)))
-
     def _live(self) -> set[str]:
         return set(self.app.broker.workers())
 
@@ -245,12 +258,10 @@ class FlowerAPI:
         return fold(self.app.broker.recent_events(EVENTS_READ))
 
     # -- workers -------------------------------------------------------------------------------
-    async def workers(self, request: Request) -> Response:
+    @endpoint
+    def workers(self, request: Request, body: bytes) -> Any:
         """Each live worker's stats, queues, registered, scheduled, active, reserved and revoked
         tasks and configuration; `status=true`: only whether each is online; `workername=`: one."""
-        return await self._answer(request, self._workers)
-
-    def _workers(self, request: Request) -> Any:
         live = self._live()
         if self._flag(request, "status"):
             return {name: True for name in sorted(live)}
@@ -267,54 +278,44 @@ class FlowerAPI:
             info["timestamp"] = now
         return workers
 
-    async def shutdown(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            name = self._known_worker(request.path_params["name"])
-            self.app.control.broadcast("shutdown", destination=[name])
-            return {"message": "Shutting down!"}
+    @endpoint
+    def shutdown(self, request: Request, body: bytes) -> Any:
+        name = self._known_worker(request.path_params["name"])
+        self.app.control.broadcast("shutdown", destination=[name])
+        return {"message": "Shutting down!"}
 
-        return await self._answer(request, handle)
+    @endpoint
+    def pool_restart(self, request: Request, body: bytes) -> Any:
+        name = self._known_worker(request.path_params["name"])
+        raise HTTPError(403, f"Failed to restart the '{name}' pool: Pool restarts are not supported by Conveyor")
 
-    async def pool_restart(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            name = self._known_worker(request.path_params["name"])
-            raise HTTPError(403, f"Failed to restart the '{name}' pool: Pool restarts are not supported by Conveyor")
+    @endpoint
+    def pool_grow(self, request: Request, body: bytes) -> Any:
+        return self._resize(request, "pool_grow", "grow", "Growing")
 
-        return await self._answer(request, handle)
+    @endpoint
+    def pool_shrink(self, request: Request, body: bytes) -> Any:
+        return self._resize(request, "pool_shrink", "shrink", "Shrinking")
 
-    async def pool_grow(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            name, n = self._known_worker(request.path_params["name"]), self._int(request, "n", 1)
-            self._command(name, "pool_grow", {"n": n}, f"Failed to grow '{name}' worker's pool")
-            return {"message": f"Growing '{name}' worker's pool by {n}"}
+    def _resize(self, request: Request, command: str, verb: str, doing: str) -> Any:
+        name, n = self._known_worker(request.path_params["name"]), self._int(request, "n", 1)
+        self._command(name, command, {"n": n}, f"Failed to {verb} '{name}' worker's pool")
+        return {"message": f"{doing} '{name}' worker's pool by {n}"}
 
-        return await self._answer(request, handle)
+    @endpoint
+    def autoscale(self, request: Request, body: bytes) -> Any:
+        name = self._known_worker(request.path_params["name"])
+        low, high = self._int(request, "min"), self._int(request, "max")
+        self._command(name, "autoscale", {"min": low, "max": high}, f"Failed to autoscale '{name}' worker")
+        return {"message": f"Autoscaling '{name}' worker (min={low}, max={high})"}
 
-    async def pool_shrink(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            name, n = self._known_worker(request.path_params["name"]), self._int(request, "n", 1)
-            self._command(name, "pool_shrink", {"n": n}, f"Failed to shrink '{name}' worker's pool")
-            return {"message": f"Shrinking '{name}' worker's pool by {n}"}
+    @endpoint
+    def add_consumer(self, request: Request, body: bytes) -> Any:
+        return self._consumer(request, "add_consumer", "Failed to add '{q}' consumer to '{w}' worker")
 
-        return await self._answer(request, handle)
-
-    async def autoscale(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            name = self._known_worker(request.path_params["name"])
-            low, high = self._int(request, "min"), self._int(request, "max")
-            self._command(name, "autoscale", {"min": low, "max": high}, f"Failed to autoscale '{name}' worker")
-            return {"message": f"Autoscaling '{name}' worker (min={low}, max={high})"}
-
-        return await self._answer(request, handle)
-
-    async def add_consumer(self, request: Request) -> Response:
-        failed = "Failed to add '{q}' consumer to '{w}' worker"
-        return await self._answer(request, lambda r: self._consumer(r, "add_consumer", failed))
-
-    async def cancel_consumer(self, request: Request) -> Response:
-        return await self._answer(
-            request, lambda r: self._consumer(r, "cancel_consumer", "Failed to cancel '{q}' consumer from '{w}' worker")
-        )
+    @endpoint
+    def cancel_consumer(self, request: Request, body: bytes) -> Any:
+        return self._consumer(request, "cancel_consumer", "Failed to cancel '{q}' consumer from '{w}' worker")
 
     def _consumer(self, request: Request, command: str, failed: str) -> Any:
         name = self._known_worker(request.path_params["name"])
@@ -325,74 +326,62 @@ class FlowerAPI:
         return {"message": reply["ok"]}
 
     # -- tasks ---------------------------------------------------------------------------------
-    async def tasks(self, request: Request) -> Response:
-        """Tasks by id, newest first, filtered and paged with Flower's parameters."""
+    @endpoint
+    def tasks(self, request: Request, body: bytes) -> Any:
+        """Tasks by id, latest activity first, filtered and paged with Flower's parameters."""
+        params = request.query_params
 
-        def handle(request: Request) -> Any:
-            params = request.query_params
+        def chosen(name: str) -> str | None:
+            value = params.get(name)
+            return None if value in (None, "", "All") else value
 
-            def chosen(name: str) -> str | None:
-                value = params.get(name)
-                return None if value in (None, "", "All") else value
+        limit = params.get("limit")
+        try:
+            rows = select(
+                self._events(), worker=chosen("workername"), name=chosen("taskname"), state=chosen("state"),
+                received_start=chosen("received_start"), received_end=chosen("received_end"),
+                search=chosen("search"), sort_by=chosen("sort_by"), offset=max(0, self._int(request, "offset", 0)),
+                limit=int(limit) if limit else None,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise HTTPError(400, str(exc)) from None
+        return {row["uuid"]: row for row in rows}
 
-            limit = params.get("limit")
+    @endpoint
+    def task_types(self, request: Request, body: bytes) -> Any:
+        return {"task-types": sorted({task["name"] for task in self._events().values() if task.get("name")})}
+
+    @endpoint
+    def queue_lengths(self, request: Request, body: bytes) -> Any:
+        sizes = task_queues(self.app.broker.queue_sizes())
+        for queue in self.app.default_queues():
+            sizes.setdefault(queue, 0)
+        return {"active_queues": [{"name": name, "messages": size} for name, size in sorted(sizes.items())]}
+
+    @endpoint
+    def task_info(self, request: Request, body: bytes) -> Any:
+        task_id = request.path_params["task_id"]
+        task = self._events().get(task_id)
+        if task is None:
+            raise HTTPError(404, f"Unknown task '{task_id}'")
+        return {**{k: v for k, v in task.items() if k != "uuid"}, "task-id": task_id}
+
+    @endpoint
+    def task_result(self, request: Request, body: bytes) -> Any:
+        task_id = request.path_params["task_id"]
+        timeout = request.query_params.get("timeout")
+        result = self.app.AsyncResult(task_id)
+        if timeout:
             try:
-                rows = select(
-                    self._events(), worker=chosen("workername"), name=chosen("taskname"), state=chosen("state"),
-                    received_start=chosen("received_start"), received_end=chosen("received_end"),
-                    search=chosen("search"), sort_by=chosen("sort_by"), offset=max(0, self._int(request, "offset", 0)),
-                    limit=int(limit) if limit else None,
-                )  # fmt: skip
-            except ValueError as exc:
-                raise HTTPError(400, str(exc)) from None
-            return {row["uuid"]: row for row in rows}
-
-        return await self._answer(request, handle)
-
-    async def task_types(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            seen = {task["name"] for task in self._events().values() if task.get("name")}
-            return {"task-types": sorted(seen)}
-
-        return await self._answer(request, handle)
-
-    async def queue_lengths(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            sizes = task_queues(self.app.broker.queue_sizes())
-            for queue in self.app.default_queues():
-                sizes.setdefault(queue, 0)
-            return {"active_queues": [{"name": name, "messages": size} for name, size in sorted(sizes.items())]}
-
-        return await self._answer(request, handle)
-
-    async def task_info(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            task_id = request.path_params["task_id"]
-            task = self._events().get(task_id)
-            if task is None:
-                raise HTTPError(404, f"Unknown task '{task_id}'")
-            return {**{k: v for k, v in task.items() if k != "uuid"}, "task-id": task_id}
-
-        return await self._answer(request, handle)
-
-    async def task_result(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            task_id = request.path_params["task_id"]
-            timeout = request.query_params.get("timeout")
-            result = self.app.AsyncResult(task_id)
-            if timeout:
-                try:
-                    result.get(timeout=float(timeout), propagate=False)
-                except ConveyorError:
-                    pass  # not ready in time: its state says so
-                except ValueError:
-                    raise HTTPError(400, f"timeout must be a number, not {timeout!r}") from None
-            response: dict[str, Any] = {"task-id": task_id, "state": result.state}
-            if result.state in states.READY_STATES:
-                self._add_result(response, result)
-            return response
-
-        return await self._answer(request, handle)
+                result.get(timeout=float(timeout), propagate=False)
+            except ConveyorError:
+                pass  # not ready in time: its state says so
+            except ValueError:
+                raise HTTPError(400, f"timeout must be a number, not {timeout!r}") from None
+        response: dict[str, Any] = {"task-id": task_id, "state": result.state}
+        if result.state in states.READY_STATES:
+            self._add_result(response, result)
+        return response
 
     @staticmethod
     def _add_result(response: dict[str, Any], result: Any) -> None:
@@ -406,95 +395,70 @@ class FlowerAPI:
         except (KeyError, NotRegistered):
             raise HTTPError(404, f"Unknown task '{name}'") from None
 
-    async def apply(self, request: Request) -> Response:
+    @endpoint
+    def apply(self, request: Request, body: bytes) -> Any:
         """Run a task by name and wait for its result."""
-        body = await request.body()
+        task = self._task(request.path_params["name"])
+        args, kwargs, options = _json_body(body)
+        result = task.apply_async(args=args, kwargs=kwargs, **options)
+        result.get(propagate=False)
+        response = {"task-id": result.id, "state": result.state}
+        self._add_result(response, result)
+        return response
 
-        def handle(request: Request) -> Any:
-            task = self._task(request.path_params["name"])
-            args, kwargs, options = _json_body(body)
-            result = task.apply_async(args=args, kwargs=kwargs, **options)
-            result.get(propagate=False)
-            response = {"task-id": result.id, "state": result.state}
-            self._add_result(response, result)
-            return response
+    @endpoint
+    def async_apply(self, request: Request, body: bytes) -> Any:
+        task = self._task(request.path_params["name"])
+        args, kwargs, options = _json_body(body)
+        result = task.apply_async(args=args, kwargs=kwargs, **options)
+        return {"task-id": result.id, "state": result.state}
 
-        return await self._answer(request, handle)
-
-    async def async_apply(self, request: Request) -> Response:
-        body = await request.body()
-
-        def handle(request: Request) -> Any:
-            task = self._task(request.path_params["name"])
-            args, kwargs, options = _json_body(body)
-            result = task.apply_async(args=args, kwargs=kwargs, **options)
-            return {"task-id": result.id, "state": result.state}
-
-        return await self._answer(request, handle)
-
-    async def send_task(self, request: Request) -> Response:
+    @endpoint
+    def send_task(self, request: Request, body: bytes) -> Any:
         """Send a task by name; the dashboard needs none of its code."""
-        body = await request.body()
+        args, kwargs, options = _json_body(body)
+        result = self.app.send_task(request.path_params["name"], args=args, kwargs=kwargs, **options)
+        return {"task-id": result.id, "state": result.state}
 
-        def handle(request: Request) -> Any:
-            args, kwargs, options = _json_body(body)
-            result = self.app.send_task(request.path_params["name"], args=args, kwargs=kwargs, **options)
-            return {"task-id": result.id, "state": result.state}
-
-        return await self._answer(request, handle)
-
-    async def abort(self, request: Request) -> Response:
+    @endpoint
+    def abort(self, request: Request, body: bytes) -> Any:
         """Flower's abort: the task is revoked (not run if it has not started)."""
+        task_id = request.path_params["task_id"]
+        self.app.control.revoke(task_id)
+        return {"message": f"Aborted '{task_id}'"}
 
-        def handle(request: Request) -> Any:
-            task_id = request.path_params["task_id"]
-            self.app.control.revoke(task_id)
-            return {"message": f"Aborted '{task_id}'"}
+    @endpoint
+    def revoke(self, request: Request, body: bytes) -> Any:
+        task_id = request.path_params["task_id"]
+        signal = request.query_params.get("signal") or "SIGTERM"
+        try:
+            self.app.control.revoke(task_id, terminate=self._flag(request, "terminate"), signal=signal)
+        except ConveyorError as exc:
+            raise HTTPError(400, str(exc)) from None
+        return {"message": f"Revoked '{task_id}'"}
 
-        return await self._answer(request, handle)
-
-    async def revoke(self, request: Request) -> Response:
-        def handle(request: Request) -> Any:
-            task_id = request.path_params["task_id"]
-            signal = request.query_params.get("signal") or "SIGTERM"
-            try:
-                self.app.control.revoke(task_id, terminate=self._flag(request, "terminate"), signal=signal)
-            except ConveyorError as exc:
-                raise HTTPError(400, str(exc)) from None
-            return {"message": f"Revoked '{task_id}'"}
-
-        return await self._answer(request, handle)
-
-    async def timeout(self, request: Request) -> Response:
+    @endpoint
+    def timeout(self, request: Request, body: bytes) -> Any:
         """Set a task's soft and hard time limits on one worker (`workername`, `soft`, `hard`)."""
-        given = await _arguments(request)
+        name, given = request.path_params["name"], _arguments(request, body)
+        self._task(name)
+        worker = self._known_worker(given.get("workername", ""))
+        try:
+            limits = {k: float(given[k]) if given.get(k) else None for k in ("soft", "hard")}
+        except ValueError:
+            raise HTTPError(400, "soft and hard must be numbers of seconds") from None
+        reply = self._command(worker, "time_limit", {"task_name": name, **limits}, "Failed to set timeouts")
+        return {"message": reply["ok"]}
 
-        def handle(request: Request) -> Any:
-            name = request.path_params["name"]
-            self._task(name)
-            worker = self._known_worker(given.get("workername", ""))
-            try:
-                limits = {k: float(given[k]) if given.get(k) else None for k in ("soft", "hard")}
-            except ValueError:
-                raise HTTPError(400, "soft and hard must be numbers of seconds") from None
-            reply = self._command(worker, "time_limit", {"task_name": name, **limits}, "Failed to set timeouts")
-            return {"message": reply["ok"]}
-
-        return await self._answer(request, handle)
-
-    async def rate_limit(self, request: Request) -> Response:
+    @endpoint
+    def rate_limit(self, request: Request, body: bytes) -> Any:
         """Set a task's rate limit on one worker (`workername`, `ratelimit`)."""
-        given = await _arguments(request)
-
-        def handle(request: Request) -> Any:
-            name = request.path_params["name"]
-            self._task(name)
-            worker = self._known_worker(given.get("workername", ""))
-            arguments = {"task_name": name, "rate_limit": given.get("ratelimit", ""), "local": True}
-            reply = self._command(worker, "rate_limit", arguments, "Failed to set rate limit")
-            return {"message": reply["ok"]}
-
-        return await self._answer(request, handle)
+        name, given = request.path_params["name"], _arguments(request, body)
+        self._task(name)
+        worker = self._known_worker(given.get("workername", ""))
+        arguments = {"task_name": name, "rate_limit": given.get("ratelimit", ""), "local": True}
+        reply = self._command(worker, "rate_limit", arguments, "Failed to set rate limit")
+        return {"message": reply["ok"]}
 
     async def healthcheck(self, request: Request) -> Response:
         return PlainTextResponse("OK")

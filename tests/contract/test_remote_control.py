@@ -6,7 +6,6 @@ broker the test's app uses.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from conveyor.worker import Worker
 from conveyor.worker import autoscale as autoscale_module
 from conveyor.worker.control import COMMANDS, control_command, inspect_command
 from tests.conftest import BROKERS, contract_app, store_url
+from tests.contract.test_worker_contract import running as worker_running
 
 
 def make_app(store: tuple[str, dict[str, str]]) -> Celery:
@@ -53,18 +53,8 @@ def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: 
     application.close()
 
 
-@contextlib.contextmanager
-def running(app: Celery, hostname: str = "w1@ctl", pool: str = "threads", **options: Any) -> Iterator[Worker]:
-    worker = Worker(app, pool=pool, concurrency=options.pop("concurrency", 2), hostname=hostname, **options)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    assert worker.ready.wait(10), "worker did not start"
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "worker did not stop"
+def running(app: Celery, hostname: str = "w1@ctl", pool: str = "threads", **options: Any) -> Any:
+    return worker_running(app, pool, hostname, **options)
 
 
 def eventually(check: Any, timeout: float = 10.0) -> Any:

@@ -74,8 +74,9 @@ def make_app(store: tuple[str, dict[str, str]]) -> Celery:
 
 
 @contextlib.contextmanager
-def running(app: Celery, pool: str, **options: object) -> Iterator[Worker]:
-    worker = Worker(app, pool=pool, concurrency=options.pop("concurrency", 2), hostname="w1@test", **options)  # type: ignore[arg-type]
+def running(app: Celery, pool: str, hostname: str = "w1@test", **options: object) -> Iterator[Worker]:
+    """A worker of `app` on a thread for the block (stopped, warm, at its end)."""
+    worker = Worker(app, pool=pool, concurrency=options.pop("concurrency", 2), hostname=hostname, **options)  # type: ignore[arg-type]
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     assert worker.ready.wait(10), "worker did not start"
