@@ -160,7 +160,9 @@ def measure(
         p50 = statistics.median(latencies)
         p99 = latencies[int(len(latencies) * 0.99) - 1]
         rows.append(("round trip delay().get(), idle worker", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"))
-        rows.append(("control ping round trip, idle worker", f"p50 {control_ping(app):.2f} ms"))
+        control = app.conf.worker_enable_remote_control
+        if control:
+            rows.append(("control ping round trip, idle worker", f"p50 {control_ping(app):.2f} ms"))
 
         # Drains: publish in batches (milliseconds), then time until the worker is through.
         for ignore_result in (False, True):
@@ -169,7 +171,7 @@ def measure(
             started = time.perf_counter()
             for offset in range(0, tasks, 1000):
                 app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
-            if not ignore_result:
+            if not ignore_result and control:
                 # The control channel while the worker drains: it answers apart from the pool.
                 busy_ping = control_ping(app, 20)
             if ignore_result:
@@ -183,7 +185,7 @@ def measure(
                 assert all(app.AsyncResult(m.id).successful() for m in messages[:: max(1, tasks // 100)])
             label = "ignored" if ignore_result else "stored"
             rows.append((f"drain, one worker, results {label}", f"{rate:,.0f} tasks/s"))
-            if not ignore_result:
+            if not ignore_result and control:
                 rows.append(("control ping round trip, during the drain", f"p50 {busy_ping:.2f} ms"))
         rows.append(("worker RSS idle / after", f"{idle_rss:.0f} MiB / {rss_mib(process.pid):.0f} MiB"))
     app.close()

@@ -11,6 +11,8 @@ app.conf.broker_transport_options = {"polling_interval": 1.0, **_options}
 app.conf.result_backend_transport_options = _options
 if os.environ.get("CONVEYOR_BENCH_SIGNING"):
     app.conf.task_signing_key = os.environ["CONVEYOR_BENCH_SIGNING"]
+if os.environ.get("CONVEYOR_BENCH_CONTROL"):
+    app.conf.worker_enable_remote_control = os.environ["CONVEYOR_BENCH_CONTROL"] == "1"
 if os.environ.get("CONVEYOR_BENCH_EVENTS"):
     app.conf.worker_send_task_events = os.environ["CONVEYOR_BENCH_EVENTS"] == "1"
 

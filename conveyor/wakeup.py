@@ -80,6 +80,39 @@ class Listener:
         self.close()
 
 
+class Listeners:
+    """Several listeners waited on together (a consumer of several queues, each its own channel)."""
+
+    def __init__(self, listeners: list[Listener]) -> None:
+        self.listeners = listeners
+
+    def wait(self, timeout: float) -> bool:
+        socks = [listener.sock for listener in self.listeners if listener.sock is not None]
+        if not socks:
+            select.select([], [], [], max(0.0, timeout))
+            return False
+        readable, _, _ = select.select(socks, [], [], max(0.0, timeout))
+        if readable:
+            self.drain()
+        return bool(readable)
+
+    def drain(self) -> None:
+        for listener in self.listeners:
+            listener.drain()
+
+
+def poke(listeners: list[Listener]) -> None:
+    """Signal these listeners directly (to wake this process's own waits)."""
+    if not _HAVE_UNIX:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for listener in listeners:
+            if listener.path is not None:
+                with contextlib.suppress(OSError):
+                    sock.sendto(b"!", listener.path)
+
+
 class Notifier:
     """Signals every listener of a channel directory."""
 

@@ -15,11 +15,12 @@ falls due, and at worst every `polling_interval` seconds.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from conveyor import wakeup
@@ -36,20 +37,36 @@ class SQLiteBroker(Broker):
         super().__init__(url, options)
         self.db = Database(path_from_url(url), BrokerError)
         self.polling_interval = float(self.options.get("polling_interval", DEFAULT_POLLING_INTERVAL))
-        self._wake_dir = wakeup.channel_directory(self.db.path, "queues")
-        self._notifier = wakeup.Notifier(self._wake_dir)
+        # A wake-up channel per queue: a publish wakes the consumers of its queues only (not,
+        # say, every worker's control thread at each task).
+        self._notifiers: dict[str, wakeup.Notifier] = {}
         self._local = threading.local()
         self._listeners: list[wakeup.Listener] = []
         self._listeners_lock = threading.Lock()
 
-    def _listener(self) -> wakeup.Listener:
-        """This thread's wake-up socket (each consuming thread waits on its own)."""
-        listener: wakeup.Listener | None = getattr(self._local, "listener", None)
-        if listener is None:
-            listener = self._local.listener = wakeup.Listener(self._wake_dir)
-            with self._listeners_lock:
-                self._listeners.append(listener)
-        return listener
+    def _channel(self, queue: str) -> str:
+        return wakeup.channel_directory(self.db.path, "q-" + hashlib.sha1(queue.encode()).hexdigest()[:16])
+
+    def _notify(self, queues: Iterable[str]) -> None:
+        for queue in set(queues):
+            notifier = self._notifiers.get(queue)
+            if notifier is None:
+                notifier = self._notifiers.setdefault(queue, wakeup.Notifier(self._channel(queue)))
+            notifier.notify()
+
+    def _wake_signal(self, queues: Sequence[str]) -> wakeup.Listener | wakeup.Listeners:
+        """This thread's wake-up sockets for these queues (each consuming thread waits on its own)."""
+        mine: dict[str, wakeup.Listener] | None = getattr(self._local, "listeners", None)
+        if mine is None:
+            mine = self._local.listeners = {}
+        for queue in queues:
+            if queue not in mine:
+                listener = mine[queue] = wakeup.Listener(self._channel(queue))
+                with self._listeners_lock:
+                    self._listeners.append(listener)
+        if len(queues) == 1:
+            return mine[queues[0]]
+        return wakeup.Listeners([mine[queue] for queue in queues])
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now = time.time()
@@ -61,10 +78,11 @@ class SQLiteBroker(Broker):
                 "INSERT INTO conveyor_messages (queue, priority, body, ready, visible_at) VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-        self._notifier.notify()
+        self._notify(m.queue for m in messages)
 
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
-        return claim_or_wait(lambda: self._claim(queues, limit), self._listener(), timeout, self.polling_interval)
+        signal = self._wake_signal(queues)
+        return claim_or_wait(lambda: self._claim(queues, limit), signal, timeout, self.polling_interval)
 
     def _claim(self, queues: Sequence[str], limit: int) -> tuple[list[Delivery], float | None]:
         now = time.time()
@@ -121,7 +139,7 @@ class SQLiteBroker(Broker):
                 " WHERE id = ? AND lease = ?",
                 [(ready, visible_at, uncount, *d.tag) for d in deliveries],
             )
-        self._notifier.notify()
+        self._notify(d.queue for d in deliveries)
 
     def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
         with self.db.transaction() as db:
@@ -244,7 +262,7 @@ class SQLiteBroker(Broker):
             )
             db.executemany("DELETE FROM conveyor_dead_letters WHERE id = ?", [(row_id,) for row_id, _, _ in rows])
         if rows:
-            self._notifier.notify()
+            self._notify(queue for _, queue, _ in rows)
         return len(rows)
 
     def purge(self, queues: Sequence[str]) -> int:
@@ -288,7 +306,8 @@ class SQLiteBroker(Broker):
         return dict(rows)
 
     def interrupt(self) -> None:
-        self._notifier.notify()
+        with self._listeners_lock:
+            wakeup.poke(list(self._listeners))
 
     def close(self) -> None:
         with self._listeners_lock:
@@ -296,5 +315,7 @@ class SQLiteBroker(Broker):
                 listener.close()
             self._listeners.clear()
         self._local = threading.local()
-        self._notifier.close()
+        for notifier in self._notifiers.values():
+            notifier.close()
+        self._notifiers.clear()
         self.db.close()
