@@ -172,6 +172,11 @@ class Signature(dict[str, Any]):
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         return self.apply_async(args, kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here, now, with these arguments added (as calling the task does)."""
+        sig = self.clone(args, kwargs)
+        return self._app().tasks[sig.task](*sig.args, **sig.kwargs)
+
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]  # a signature, not a dict merge
         return chain(self, other)
 
@@ -261,6 +266,11 @@ class chain(_Composite):  # noqa: N801 - Celery's name
 
     def __repr__(self) -> str:
         return " | ".join(repr(task) for task in self.tasks)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:  # type: ignore[override]
+        """Send the chain (as Celery's `chain(...)()` does): the last step's result."""
+        result: AsyncResult[Any] = self.apply_async(args, kwargs)
+        return result
 
 
 class group(_Composite):  # noqa: N801 - Celery's name

@@ -83,3 +83,16 @@ def test_time_helpers():
     assert maybe_timedelta(timedelta(minutes=1)) == timedelta(minutes=1)
     assert humanize_seconds(3600) == "1.00 hour"
     assert humanize_seconds(0) == "now"
+
+
+def test_chains_called_directly_and_signatures_called_in_process(celery_app, celery_worker):
+    from conveyor import chain
+
+    @celery_app.task
+    def add(x, y):
+        return x + y
+
+    celery_worker.reload()
+    assert chain(add.s(1, 2), add.s(3))().get(timeout=10) == 6
+    assert add.s(2, 2)() == 4 and add.s(2)(5) == 7
+    assert add.apply((1, 2)).get() == 3
