@@ -25,7 +25,7 @@ from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
 from conveyor.canvas import Signature
 from conveyor.exceptions import ConveyorError, EncodeError, ExceptionInfo, Ignore, Reject, Retry
 from conveyor.result import in_task
-from conveyor.task import Context, LazyRequest, Task, _current_request, current_request, state_sink
+from conveyor.task import Context, LazyRequest, Task, _current_request, current_request, sent_children, state_sink
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -407,7 +407,7 @@ def result_updates(
     update = backend.make_update(
         job.message.id, state, value, traceback=tb,
         history=history_entry(job, runtime=round(runtime, 6), name=job.message.task),
-        extended=extended, reply_to=job.message.reply_to,
+        extended=extended, reply_to=job.message.reply_to, children=sent_children(),
     )  # fmt: skip
     return (update,)
 

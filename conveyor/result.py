@@ -197,6 +197,31 @@ class AsyncResult(Generic[R]):
                     board[key] = entry[key]
         return board
 
+    @property
+    def children(self) -> list[AsyncResult[Any]] | None:
+        """The tasks this task sent while it ran, once it has ended (None before)."""
+        meta = self._meta()
+        if meta.get("status") not in states.READY_STATES:
+            return None
+        found: list[AsyncResult[Any]] = []
+        for child in meta.get("children") or ():
+            try:
+                (task_id, _), _ = child
+            except (TypeError, ValueError):
+                continue  # not a child in Celery's form
+            found.append(AsyncResult(str(task_id), self.app))
+        return found
+
+    def collect(self, intermediate: bool = False, **options: Any) -> Iterator[tuple[AsyncResult[Any], Any]]:
+        """(result, value) for this task and then, depth first, every task it sent and they sent,
+        each waited for (`get(**options)`)."""
+        pending: list[AsyncResult[Any]] = [self]
+        while pending:
+            result = pending.pop(0)
+            value = result.get(**options)
+            yield result, value
+            pending[:0] = result.children or []
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, AsyncResult):
             return self.id == other.id

@@ -52,6 +52,8 @@ class Context:
     called_directly: bool = True
     ignore_result: bool = False
     headers: dict[str, Any] = field(default_factory=dict)
+    children: list[str] = field(default_factory=list)
+    """The ids of the tasks this run has sent so far (its result's `children`)."""
     callbacks: list[dict[str, Any]] | None = None
     errbacks: list[dict[str, Any]] | None = None
     chain: list[dict[str, Any]] | None = None
@@ -80,6 +82,13 @@ def current_request() -> Context | None:
     """The context of the task running in this thread, if any."""
     lazy = _current_request.get()
     return lazy.get() if lazy is not None else None
+
+
+def sent_children() -> list[str]:
+    """The ids of the tasks the running task has sent (without building a request nobody read:
+    sending a task reads it)."""
+    lazy = _current_request.get()
+    return lazy._context.children if lazy is not None and lazy._context is not None else []
 
 
 #: Set by the worker while a task runs: where `update_state` sends its updates.

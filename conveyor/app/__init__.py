@@ -436,10 +436,13 @@ class Conveyor:
         if ignore_result is None:
             ignore_result = task.ignore_result if task and task.ignore_result is not None else conf.task_ignore_result
         parent = current_request()
+        message_id = task_id or messages.new_id()
+        if parent is not None:
+            parent.children.append(message_id)
         message = messages.Message._of_fields(
             {
                 "task": name,
-                "id": task_id or messages.new_id(),
+                "id": message_id,
                 "args": tuple(args or ()),
                 "kwargs": dict(kwargs or {}),
                 "root_id": options.get("root_id") or (parent.root_id if parent else None),

@@ -195,8 +195,11 @@ class ResultBackend(ABC):
         extended: Mapping[str, Any] | None = None,
         now: float | None = None,
         reply_to: str | None = None,
+        children: Sequence[str] = (),
     ) -> StateUpdate:
-        """Encode one state change. Raises TypeError/ValueError when `result` cannot be serialized."""
+        """Encode one state change. Raises TypeError/ValueError when `result` cannot be serialized.
+
+        `children`: the ids of the tasks the run sent, kept as Celery keeps them."""
         now = time.time() if now is None else now
         if isinstance(result, BaseException):
             result = encode_exception(result)
@@ -204,7 +207,7 @@ class ResultBackend(ABC):
             "status": state,
             "result": result,
             "traceback": traceback,
-            "children": [],
+            "children": [[[child, None], None] for child in children],
             "date_done": isoformat(now) if state in states.READY_STATES else None,
             "task_id": task_id,
             **(extended or {}),

@@ -96,3 +96,19 @@ def test_chains_called_directly_and_signatures_called_in_process(celery_app, cel
     assert chain(add.s(1, 2), add.s(3))().get(timeout=10) == 6
     assert add.s(2, 2)() == 4 and add.s(2)(5) == 7
     assert add.apply((1, 2)).get() == 3
+
+
+def test_a_results_children_are_the_tasks_it_sent(celery_app, celery_worker):
+    @celery_app.task
+    def leaf(x):
+        return x * 10
+
+    @celery_app.task
+    def parent(n):
+        return [leaf.delay(i).id for i in range(n)]
+
+    celery_worker.reload()
+    result = parent.delay(2)
+    sent = result.get(timeout=10)
+    assert [child.id for child in result.children] == sent
+    assert [value for _, value in result.collect(timeout=10)] == [sent, 0, 10]
