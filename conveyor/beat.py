@@ -4,7 +4,7 @@ Entries come from `beat_schedule` (read at start) and from a runtime store in
 the broker (`ScheduleStore`: add, change, remove while running, e.g. from the
 dashboard). Each entry's last run time lives in the broker too, not in a local
 file, and a run is claimed by swapping that time atomically
-(`Broker.kv_swap`): of all the beats that see a run due, exactly one wins and
+(`StateStore.kv_swap`): of all the beats that see a run due, exactly one wins and
 submits it. Every beat checks at least once a second, so when the one that was
 submitting dies another takes over within about a second; a restarted beat
 neither repeats a run (the time is in the broker) nor skips one.
@@ -89,18 +89,18 @@ class ScheduleStore:
     ) -> Entry:
         """Add or replace an entry."""
         entry = Entry(name, task, maybe_schedule(schedule), tuple(args), dict(kwargs or {}), dict(options or {}))
-        self.app.broker.kv_put(ENTRIES, name, sealed(self.app, entry.to_json()))
+        self.app.state.kv_put(ENTRIES, name, sealed(self.app, entry.to_json()))
         return entry
 
     def remove(self, name: str) -> bool:
         """Remove an entry added at runtime; False if there was none."""
-        current = self.app.broker.kv_get(ENTRIES, name)
-        return current is not None and self.app.broker.kv_swap(ENTRIES, name, current, None)
+        current = self.app.state.kv_get(ENTRIES, name)
+        return current is not None and self.app.state.kv_swap(ENTRIES, name, current, None)
 
     def entries(self) -> dict[str, Entry]:
         """The entries added at run time (with signing on, those whose signature holds)."""
         entries = {}
-        for name, raw in self.app.broker.kv_items(ENTRIES).items():
+        for name, raw in self.app.state.kv_items(ENTRIES).items():
             opened = trusted(self.app, raw, f"the periodic task {name!r}")
             if opened is not None:
                 entries[name] = Entry.from_json(name, opened)
@@ -128,20 +128,20 @@ class Beat:
     def tick(self, now: datetime | None = None) -> float:
         """Submit every due entry this beat wins; seconds until the next check."""
         now = now or datetime.now(UTC)
-        broker = self.app.broker
-        last_runs = broker.kv_items(LAST_RUN)
+        state = self.app.state
+        last_runs = state.kv_items(LAST_RUN)
         wake = self.max_interval
         for name, entry in self.entries().items():
             raw = last_runs.get(name)
             if raw is None:
                 # A new entry starts counting now (as in Celery): due one period from now.
-                broker.kv_swap(LAST_RUN, name, None, _stamp(now))
+                state.kv_swap(LAST_RUN, name, None, _stamp(now))
                 continue
             last = _parse(raw)
             due = entry.schedule.next_run(last, self.tz)
             if due <= now:
                 ran_at = entry.schedule.latest_tick(last, now)
-                if broker.kv_swap(LAST_RUN, name, raw, _stamp(ran_at)):
+                if state.kv_swap(LAST_RUN, name, raw, _stamp(ran_at)):
                     self._submit(entry, (now - due).total_seconds())
                 due = entry.schedule.next_run(ran_at, self.tz)
             wake = min(wake, max(0.0, (due - now).total_seconds()))

@@ -10,7 +10,7 @@ the message body and cross the wire unchanged.
   up front, so `apply_async()` returns the last one's result at once, its
   `parent` the one before.
 - `group(...)`: every call built first and published in one broker call
-  (`Broker.publish` of the whole batch); a `GroupResult` in order.
+  (`Transport.publish` of the whole batch); a `GroupResult` in order.
 - `chord(header)(body)`: the chord's record (header ids, body) goes into the
   broker's key-value store, then the header group, each part carrying the
   chord's id. The worker that stores a part's result counts it (compare-and-
@@ -419,7 +419,7 @@ class chord(_Composite):  # noqa: N801 - Celery's name
         parts = self.header
         group_id = parts.freeze()
         ids = [task.frozen_result(app).id for task in parts.tasks]
-        app.broker.kv_put(CHORDS, group_id, app.backend.encode({"ids": ids, "body": _plain(body)}))
+        app.state.kv_put(CHORDS, group_id, app.backend.encode({"ids": ids, "body": _plain(body)}))
         every_part_counts = all([_mark(task, [group_id, len(ids)]) for task in parts.tasks])
         header = parts.apply_async(args, kwargs, **options)
         result.parent = header
@@ -522,9 +522,9 @@ def chord_part_done(app: Conveyor, group_id: str, size: int) -> None:
     small key per part: the record, with every id and the body, is read only to complete."""
     counter = f"{group_id}:done"
     while True:
-        current = app.broker.kv_get(CHORDS, counter)
+        current = app.state.kv_get(CHORDS, counter)
         count = int(current or 0) + 1
-        if app.broker.kv_swap(CHORDS, counter, current, str(count).encode()):
+        if app.state.kv_swap(CHORDS, counter, current, str(count).encode()):
             break
     if count >= size:
         complete_chord(app, group_id, hostname=None)
@@ -535,17 +535,17 @@ def complete_chord(app: Conveyor, group_id: str, hostname: str | None) -> bool:
     ChordError); False while one is not. Of the workers that may try at once (the last header
     tasks, the unlock task), exactly one sends it: the one whose compare-and-set removes the record."""
 
-    raw = app.broker.kv_get(CHORDS, group_id)
+    raw = app.state.kv_get(CHORDS, group_id)
     if raw is None:  # another worker completed it (a count made since, by a task run again, goes too)
-        app.broker.kv_put(CHORDS, f"{group_id}:done", None)
+        app.state.kv_put(CHORDS, f"{group_id}:done", None)
         return True
     record = app.backend.decode(raw)
     header = GroupResult(group_id, [app.AsyncResult(task_id) for task_id in record["ids"]], app)
     if not header.ready():  # one backend read; ready results are kept, so what follows reads nothing
         return False
-    if not app.broker.kv_swap(CHORDS, group_id, raw, None):
+    if not app.state.kv_swap(CHORDS, group_id, raw, None):
         return True
-    app.broker.kv_put(CHORDS, f"{group_id}:done", None)
+    app.state.kv_put(CHORDS, f"{group_id}:done", None)
     callback = Signature.from_dict(record["body"], app)
     failed = next((r for r in header.results if not r.successful()), None)
     if failed is None:

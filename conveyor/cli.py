@@ -546,7 +546,7 @@ def status(obj: _Context) -> None:
 
     app = obj.app
     console = Console()
-    workers = app.broker.workers()
+    workers = app.state.workers()
     table = Table(title=Text(f"Workers on {app.broker.display_url}"))
     for column in ("worker", "pool", "concurrency", "active", "processed", "queues"):
         table.add_column(column)

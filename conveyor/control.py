@@ -57,9 +57,9 @@ def signal_number(signal: str | int | None) -> int:
 
 logger = logging.getLogger("conveyor.control")
 
-#: Broker key-value namespace of the rate limits set at run time (task name -> rate).
+#: State store key-value namespace of the rate limits set at run time (task name -> rate).
 RATE_LIMITS = "rate_limits"
-#: Broker key-value namespace of control replies, by "<ticket> <hostname>".
+#: State store key-value namespace of control replies, by "<ticket> <hostname>".
 CONTROL_REPLIES = "control_replies"
 #: A caller looks for replies after this long, then twice as long each time, up to the most.
 FIRST_REPLY_POLL_SECONDS = 0.0005
@@ -134,8 +134,7 @@ class Control:
     ) -> list[dict[str, Reply]] | None:
         """Send `command` to the live workers (`destination`: only those hostnames); with `reply`,
         wait up to `timeout` seconds (or for `limit` replies) and return them as `[{hostname: reply}]`."""
-        broker = self.app.broker
-        hostnames = sorted(broker.workers())
+        hostnames = sorted(self.app.state.workers())
         if destination is not None:
             wanted = {destination} if isinstance(destination, str) else set(destination)
             hostnames = [h for h in hostnames if h in wanted]
@@ -143,7 +142,7 @@ class Control:
         deadline = time.time() + timeout
         body = sealed(self.app, encode_request(command, dict(arguments or {}), ticket, reply, deadline))
         if hostnames:
-            broker.publish([Outgoing(control_queue(h), body) for h in hostnames])
+            self.app.broker.publish([Outgoing(control_queue(h), body) for h in hostnames])
         if not reply:
             return None
         return self._replies(ticket, hostnames, deadline, limit, callback)
@@ -156,14 +155,14 @@ class Control:
         limit: int | None,
         callback: Callable[[dict[str, Reply]], None] | None,
     ) -> list[dict[str, Reply]]:
-        broker, waiting = self.app.broker, list(hostnames)
+        state, waiting = self.app.state, list(hostnames)
         replies: list[dict[str, Reply]] = []
         pause = FIRST_REPLY_POLL_SECONDS
         while waiting and time.time() < deadline:
             for hostname in list(waiting):
-                raw = broker.kv_get(CONTROL_REPLIES, reply_key(ticket, hostname))
+                raw = state.kv_get(CONTROL_REPLIES, reply_key(ticket, hostname))
                 if raw is not None:
-                    broker.kv_swap(CONTROL_REPLIES, reply_key(ticket, hostname), raw, None)
+                    state.kv_swap(CONTROL_REPLIES, reply_key(ticket, hostname), raw, None)
                     reply = trusted(self.app, raw, f"a reply from {hostname}")
                     if reply is None:
                         continue  # forged: the worker's own reply may still come
@@ -245,7 +244,7 @@ class Control:
                 raise ImproperlyConfigured(f"rate limit for {task_name}: {exc}") from None
             value = sealed(self.app, str(rate_limit).encode())
         if destination is None:
-            self.app.broker.kv_put(RATE_LIMITS, task_name, value)
+            self.app.state.kv_put(RATE_LIMITS, task_name, value)
             if not kwargs.get("reply"):
                 return None
         arguments = {"task_name": task_name, "rate_limit": rate_limit, "local": destination is not None}
@@ -254,7 +253,7 @@ class Control:
     def rate_limits(self) -> dict[str, str]:
         """The rate limits set at run time, by task name."""
         limits = {}
-        for name, raw in self.app.broker.kv_items(RATE_LIMITS).items():
+        for name, raw in self.app.state.kv_items(RATE_LIMITS).items():
             value = trusted(self.app, raw, f"the rate limit of {name}")
             if value is not None:
                 limits[name] = value.decode(errors="replace")
@@ -271,7 +270,7 @@ class Control:
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         info = json.dumps({"terminate": terminate, "signal": signal_number(signal), "at": time.time()}).encode()
         info = sealed(self.app, info)
-        self.app.broker.revoke(ids, info, time.time() + self.app.conf.worker_revoke_expires)
+        self.app.state.revoke(ids, info, time.time() + self.app.conf.worker_revoke_expires)
         # Callers waiting in get() learn at once; a task that already finished keeps its state.
         backend = self.app.backend
         stored = backend.read(ids)  # one round trip for all of them

@@ -42,14 +42,14 @@ def claim(app: Conveyor, key: str, task_id: str, ttl: float | None) -> tuple[str
     """Hold `key` for `task_id`: (None, the header to send) when it is ours, or (the holder's task id, {})."""
     until = time.time() + float(ttl if ttl is not None else app.conf.result_expires or LONGEST_HOLD_SECONDS)
     hold = json.dumps({"task_id": task_id, "until": round(until, 3), "release": ttl is None}).encode()
-    broker = app.broker
+    state = app.state
     while True:
-        current = broker.kv_get(NAMESPACE, key)
+        current = state.kv_get(NAMESPACE, key)
         if current is not None:
             holder = json.loads(current)
             if holder["until"] > time.time():
                 return holder["task_id"], {}
-        if broker.kv_swap(NAMESPACE, key, current, hold):
+        if state.kv_swap(NAMESPACE, key, current, hold):
             return None, {"id": key, "hold": hold.decode()}
         # Another producer took or released it meanwhile: look again.
 
@@ -57,7 +57,7 @@ def claim(app: Conveyor, key: str, task_id: str, ttl: float | None) -> tuple[str
 def release(app: Conveyor, header: Any) -> None:
     """Give back a hold (a no-op if it lapsed and was taken again since)."""
     try:
-        app.broker.kv_swap(NAMESPACE, header["id"], header["hold"].encode(), None)
+        app.state.kv_swap(NAMESPACE, header["id"], header["hold"].encode(), None)
     except (KeyError, TypeError, AttributeError) as exc:
         logger.warning("Ignoring a malformed %r header: %r (%s)", HEADER, header, exc)
     except BrokerError as exc:

@@ -2,5 +2,5 @@
 
 #: Single publishes a thread may have sent without their reply (Redis) or confirm (RabbitMQ)
 #: before the next one waits for the older half: also the most a lost connection can make it
-#: send twice (see `Broker.confirm`).
+#: send twice (see `Transport.confirm`).
 SEND_WINDOW = 64

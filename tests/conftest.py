@@ -79,6 +79,8 @@ def store_url(kind: str, tmp_path: os.PathLike[str]) -> tuple[str, dict[str, str
 STORES = ["memory", "sqlite"]
 #: Every broker the contract suite holds to the same behaviour.
 BROKERS = ["memory", "sqlite", "redis", "amqp"]
+#: Every state store (RabbitMQ keeps its shared state in one of these).
+STATE_STORES = ["memory", "sqlite", "redis"]
 #: Every result backend: the brokers' stores, and SQL databases through SQLAlchemy.
 BACKENDS = ["memory", "sqlite", "redis", "postgresql", "mysql", "sql-sqlite", "django", "django-pg"]
 

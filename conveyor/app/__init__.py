@@ -19,7 +19,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, over
 
 from conveyor import dedup, messages, signals
 from conveyor.backends import ResultBackend, backend_from_url
-from conveyor.brokers import AMQP_SCHEMES, Broker, broker_from_url
+from conveyor.brokers import AMQP_SCHEMES, Broker, StateStore, Transport, open_broker
 from conveyor.brokers.base import Outgoing, check_priority
 from conveyor.canvas import Signature, register_builtins
 from conveyor.config import Settings, settings_from_object
@@ -229,8 +229,18 @@ class Conveyor:
 
     # -- wiring --------------------------------------------------------------------------------
     @property
-    def broker(self) -> Broker:
-        """The broker, created from `broker_url` on first use."""
+    def broker(self) -> Transport:
+        """The broker's transport (the queues), opened from `broker_url` on first use."""
+        broker = self._broker
+        return (broker if broker is not None else self._opened_broker()).transport
+
+    @property
+    def state(self) -> StateStore:
+        """The state store workers share besides messages (revocations, rate limits, beat's
+        state, the worker registry), opened with the transport."""
+        return self._opened_broker().state
+
+    def _opened_broker(self) -> Broker:
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
@@ -238,15 +248,15 @@ class Conveyor:
         return self._broker
 
     def new_broker(self) -> Broker:
-        """A broker with connections of its own, for a thread that blocks in `fetch` beside the
-        worker's fetcher (remote control, the dashboard's live view)."""
+        """A transport and state store with connections of their own, for a thread that blocks
+        in `fetch` beside the worker's fetcher (remote control, the dashboard's live view)."""
         url, options = self.broker_url, self.conf.broker_transport_options
         if url.split(":", 1)[0] in AMQP_SCHEMES:
             from conveyor.brokers.amqp import with_state_defaults
 
             conf = self.conf
             options = with_state_defaults(options, conf.result_backend, conf.result_backend_transport_options)
-        return broker_from_url(url, options)
+        return open_broker(url, options)
 
     @property
     def broker_url(self) -> str:
@@ -371,7 +381,7 @@ class Conveyor:
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> tuple[Outgoing, AsyncResult[Any]]:
-        """The encoded message for one call, ready for `Broker.publish`, and its result handle.
+        """The encoded message for one call, ready for `Transport.publish`, and its result handle.
 
         `send_task` publishes one; `group` publishes many in one broker call.
         """
@@ -509,9 +519,9 @@ class Conveyor:
                     signals.after_task_publish.send(m.task, headers=headers, routing_key=sent.queue)
 
     def confirm_published(self) -> None:
-        """Wait until the broker has taken what this thread published (see `Broker.confirm`)."""
+        """Wait until the broker has taken what this thread published (see `Transport.confirm`)."""
         if self._broker is not None:
-            self._broker.confirm()
+            self._broker.transport.confirm()
 
     def signature(
         self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any

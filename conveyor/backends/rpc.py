@@ -42,9 +42,9 @@ class RPCBackend(ResultBackend):
         self, url: str, options: Mapping[str, Any] | None = None, *, broker: Any = None, **kwargs: Any
     ) -> None:
         super().__init__(url, options, **kwargs)
-        from conveyor.brokers.amqp import AMQPBroker
+        from conveyor.brokers.amqp import AMQPTransport
 
-        if not isinstance(broker, AMQPBroker):
+        if not isinstance(broker, AMQPTransport):
             raise ImproperlyConfigured(
                 f"result_backend {url!r} sends results through RabbitMQ: it needs an amqp:// broker, not {broker!r}"
             )

@@ -1,43 +1,63 @@
-"""Brokers by URL scheme. Each implementation is imported only when used."""
+"""Brokers by URL scheme: each opens a transport (the queues) and a state store (what workers
+share besides messages). Each implementation is imported only when used."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Outgoing
+from conveyor.brokers.base import DeadLetter, Delivery, Outgoing, Transport
+from conveyor.brokers.state import StateStore
 from conveyor.exceptions import ImproperlyConfigured
 from conveyor.extras import requires
 from conveyor.urls import checked
 
 
-def _memory(url: str, options: Mapping[str, Any]) -> Broker:
-    from conveyor.brokers.memory import MemoryBroker
+class Broker(NamedTuple):
+    """What a broker URL opens: the transport and the state store beside it."""
 
-    return MemoryBroker(url, options)
+    transport: Transport
+    state: StateStore
+
+    def close(self) -> None:
+        self.transport.close()
+        self.state.close()
+
+
+def _memory(url: str, options: Mapping[str, Any]) -> Broker:
+    from conveyor.brokers.memory import MemoryTransport
+    from conveyor.brokers.memory_state import MemoryStateStore
+
+    transport = MemoryTransport(url, options)
+    return Broker(transport, MemoryStateStore(transport.store))
 
 
 def _sqlite(url: str, options: Mapping[str, Any]) -> Broker:
-    from conveyor.brokers.sqlite import SQLiteBroker
+    from conveyor.brokers.sqlite import SQLiteTransport
+    from conveyor.brokers.sqlite_state import SQLiteStateStore
 
-    return SQLiteBroker(url, options)
+    transport = SQLiteTransport(url, options)
+    return Broker(transport, SQLiteStateStore(transport.db))
 
 
 def _redis(url: str, options: Mapping[str, Any]) -> Broker:
     with requires("redis", "the Redis broker"):
-        from conveyor.brokers.redis import RedisBroker
+        from conveyor.brokers.redis import RedisTransport
+        from conveyor.brokers.redis_state import RedisStateStore
 
-    return RedisBroker(url, options)
+    transport = RedisTransport(url, options)
+    return Broker(transport, RedisStateStore(transport.redis))
 
 
 def _amqp(url: str, options: Mapping[str, Any]) -> Broker:
     with requires("amqp", "the RabbitMQ broker"):
-        from conveyor.brokers.amqp import DEFAULT_STATE_URL, AMQPBroker
+        from conveyor.brokers.amqp import DEFAULT_STATE_URL, AMQPTransport
 
     # RabbitMQ keeps the messages; revocations, rate limits and the rest live in the store state_url names.
-    state = broker_from_url(str(options.get("state_url") or DEFAULT_STATE_URL), options.get("state_transport_options"))
-    return AMQPBroker(url, options, state)
+    state_url = str(options.get("state_url") or DEFAULT_STATE_URL)
+    state = open_broker(state_url, options.get("state_transport_options")).state
+    return Broker(AMQPTransport(url, options, state), state)
 
 
 #: RabbitMQ, as Celery users write it (kombu's transports by those names are all AMQP 0-9-1).
@@ -51,8 +71,8 @@ SCHEMES: dict[str, Callable[[str, Mapping[str, Any]], Broker]] = {
 }
 
 
-def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broker:
-    """Create the broker a URL names (`sqlite:///conveyor.db`, `memory://`, ...)."""
+def open_broker(url: str, options: Mapping[str, Any] | None = None) -> Broker:
+    """Open the transport and state store a URL names (`sqlite:///conveyor.db`, `memory://`, ...)."""
     scheme = urlsplit(checked(url, "broker_url")).scheme
     factory = SCHEMES.get(scheme)
     if factory is None:
@@ -61,4 +81,7 @@ def broker_from_url(url: str, options: Mapping[str, Any] | None = None) -> Broke
     return factory(url, options or {})
 
 
-__all__ = ["AMQP_SCHEMES", "SCHEMES", "Broker", "DeadLetter", "Delivery", "Outgoing", "broker_from_url"]
+__all__ = [
+    "AMQP_SCHEMES", "SCHEMES", "Broker", "DeadLetter", "Delivery", "Outgoing", "StateStore", "Transport",
+    "open_broker",
+]  # fmt: skip

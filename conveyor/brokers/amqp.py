@@ -1,11 +1,11 @@
-"""The RabbitMQ broker (AMQP 0-9-1): messages live in RabbitMQ, shared state beside it.
+"""The RabbitMQ transport (AMQP 0-9-1): messages live in RabbitMQ, shared state beside it.
 
 Each Conveyor queue is a durable RabbitMQ queue of the same name (after the
 transport option `global_keyprefix`), declared with `x-max-priority` so that
 RabbitMQ itself hands out the highest priority first. Messages are persistent
 and published with publisher confirms. A single `delay()` sends its message
 and returns; its confirm is awaited before anything acts on it
-(`Broker.confirm()`: `AsyncResult.get()`, a task's end in the worker, any
+(`Transport.confirm()`: `AsyncResult.get()`, a task's end in the worker, any
 other call of this broker on the same thread, the thread's end), as on Redis.
 A connection lost first makes the unconfirmed ones go again; a negative
 confirm is raised there. `confirm_publish: True` waits for each confirm in
@@ -30,13 +30,13 @@ confirm is raised there. `confirm_publish: True` waits for each confirm in
   count in the header `x-conveyor-attempts`.
 - **Shared state** (revocations, rate-limit buckets, the key-value namespaces
   of beat and deduplication, the worker registry, monitoring events) needs
-  compare-and-set and expiry, which AMQP does not offer. It lives in the store
-  named by the transport option `state_url` (a Redis or SQLite URL); by
+  compare-and-set and expiry, which AMQP does not offer. It lives in the state
+  store of the transport option `state_url` (a Redis or SQLite URL); by
   default the app's result backend when that is Redis or SQLite, else
   `sqlite:///conveyor-state.db`.
 
 Every AMQP call runs on one asyncio loop in a thread of its own (one
-connection per broker object, per process): other threads hand it
+connection per transport object, per process): other threads hand it
 coroutines, so channels are never shared between threads.
 """
 
@@ -57,7 +57,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from conveyor.brokers.base import MAX_PRIORITY, Broker, DeadLetter, Delivery, Outgoing
+from conveyor.brokers.base import MAX_PRIORITY, DeadLetter, Delivery, Outgoing, Transport
+from conveyor.brokers.state import StateStore
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 from conveyor.pipelining import SEND_WINDOW
 from conveyor.threadend import when_thread_ends
@@ -185,12 +186,12 @@ def _rung(level: int) -> str:
     return f"conveyor.delay.{level}"
 
 
-class AMQPBroker(Broker):
+class AMQPTransport(Transport):
     leases_lapse = False
     exact_priority_across_queues = False
     sizes_count_delayed = False
 
-    def __init__(self, url: str, options: Mapping[str, Any] | None, state: Broker) -> None:
+    def __init__(self, url: str, options: Mapping[str, Any] | None, state: StateStore) -> None:
         """`state` is the store that keeps what RabbitMQ cannot (see `state_url`)."""
         super().__init__(url, options)
         self.prefix = str(self.options.get("global_keyprefix", ""))
@@ -207,7 +208,7 @@ class AMQPBroker(Broker):
             self.queue_arguments["x-expires"] = int(float(expires) * 1000)
         self.connect_timeout = float(self.options.get("connect_timeout", 5.0))
         self.operation_timeout = float(self.options.get("operation_timeout", 30.0))
-        self.state_url = state.url
+        self.state_url = str(self.options.get("state_url") or DEFAULT_STATE_URL)
         self.state = state
         confirms = self.confirm_publish is not False
         self._link = _Link(connection_url(url), self.connect_timeout, self.operation_timeout, confirms)
@@ -530,40 +531,6 @@ class AMQPBroker(Broker):
         """Send (reply queue, task id, meta, state) to the callers waiting for them."""
         self._call("send_replies", lambda session: session.send_replies(replies, content_type))
 
-    # -- shared state, kept by the state store -------------------------------------------------
-    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
-        self.state.revoke(task_ids, info, expires_at)
-
-    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        return self.state.revoked(task_ids)
-
-    def take_token(self, key: str, rate: float) -> float:
-        return self.state.take_token(key, rate)
-
-    def kv_items(self, namespace: str) -> dict[str, bytes]:
-        return self.state.kv_items(namespace)
-
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
-        return self.state.kv_get(namespace, key)
-
-    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
-        return self.state.kv_swap(namespace, key, expected, new)
-
-    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
-        self.state.register_worker(hostname, info, ttl)
-
-    def unregister_worker(self, hostname: str) -> None:
-        self.state.unregister_worker(hostname)
-
-    def workers(self) -> dict[str, bytes]:
-        return self.state.workers()
-
-    def add_events(self, events: Sequence[bytes]) -> None:
-        self.state.add_events(events)
-
-    def recent_events(self, limit: int = 1000) -> list[bytes]:
-        return self.state.recent_events(limit)
-
     # -- lifecycle -----------------------------------------------------------------------------
     def interrupt(self) -> None:
         """Wake a blocked fetch, stop consuming and give back what was pushed but not fetched
@@ -593,7 +560,6 @@ class AMQPBroker(Broker):
         self.interrupt()
         if os.getpid() == self._pid:
             self._link.close()
-        self.state.close()
 
 
 class _Link:
@@ -712,7 +678,7 @@ class _Session:
         return channel
 
     # -- declaring ---------------------------------------------------------------------------
-    async def declare(self, name: str, broker: AMQPBroker) -> None:
+    async def declare(self, name: str, broker: AMQPTransport) -> None:
         if name in self.declared_queues:
             return
         channel = await self.channel("admin")
@@ -755,7 +721,7 @@ class _Session:
             self._ladder_bound.add(name)
 
     # -- publishing --------------------------------------------------------------------------
-    async def publish(self, sends: Sequence[_Send], broker: AMQPBroker) -> None:
+    async def publish(self, sends: Sequence[_Send], broker: AMQPTransport) -> None:
         """Publish (queue name, body, AMQP priority, attempts so far, delay ms) tuples; wait for the confirms."""
         from pamqp.commands import Basic
 
@@ -767,7 +733,7 @@ class _Session:
         if self.confirms and not all(isinstance(c, Basic.Ack) for c in confirms):
             raise BrokerError("RabbitMQ did not accept every message published (a negative confirm)")
 
-    async def _send(self, sends: Sequence[_Send], broker: AMQPBroker) -> list[asyncio.Future[Any]]:
+    async def _send(self, sends: Sequence[_Send], broker: AMQPTransport) -> list[asyncio.Future[Any]]:
         from pamqp.commands import Basic
 
         for name in dict.fromkeys(send[0] for send in sends):
@@ -795,17 +761,17 @@ class _Session:
         return pending
 
     async def publish_then_ack(
-        self, sends: Sequence[tuple[str, bytes, int, int, int]], tags: Sequence[int], broker: AMQPBroker
+        self, sends: Sequence[tuple[str, bytes, int, int, int]], tags: Sequence[int], broker: AMQPTransport
     ) -> None:
         await self.publish(sends, broker)
         await self.ack([(tag, False) for tag in tags])
 
     # -- consuming ---------------------------------------------------------------------------
-    async def consume(self, broker: AMQPBroker, names: Sequence[str], prefetch: int, count: bool) -> int:
+    async def consume(self, broker: AMQPTransport, names: Sequence[str], prefetch: int, count: bool) -> int:
         async with self._consuming:  # fetches from several threads share the one consuming channel
             return await self._consume(broker, names, prefetch, count)
 
-    async def _consume(self, broker: AMQPBroker, names: Sequence[str], prefetch: int, count: bool) -> int:
+    async def _consume(self, broker: AMQPTransport, names: Sequence[str], prefetch: int, count: bool) -> int:
         channel = self._channels.get("consume")
         if channel is None or channel.is_closed:
             # A new consuming channel: its deliveries carry a new generation, and its
@@ -855,7 +821,7 @@ class _Session:
         for tag, multiple in acks:
             await channel.basic_ack(tag, multiple=multiple)  # written before this returns: a process may exit
 
-    async def ready_counts(self, names: Sequence[str], declare: AMQPBroker | None = None) -> dict[str, int]:
+    async def ready_counts(self, names: Sequence[str], declare: AMQPTransport | None = None) -> dict[str, int]:
         counts = {}
         for name in names:
             if declare is not None:
@@ -873,7 +839,7 @@ class _Session:
                 counts[name] = ok.message_count
         return counts
 
-    async def purge(self, names: Sequence[str], broker: AMQPBroker) -> int:
+    async def purge(self, names: Sequence[str], broker: AMQPTransport) -> int:
         removed = 0
         for name in names:
             await self.declare(name, broker)
@@ -912,7 +878,7 @@ class _Session:
         await asyncio.gather(*sends)
 
     # -- dead letters ------------------------------------------------------------------------
-    async def _declare_dead_letters(self, broker: AMQPBroker) -> str:
+    async def _declare_dead_letters(self, broker: AMQPTransport) -> str:
         name = broker._dead_letter_queue
         if name not in self.declared_queues:
             arguments: dict[str, Any] = {"x-max-length": DEAD_LETTERS_KEPT}
@@ -922,7 +888,9 @@ class _Session:
             self.declared_queues.add(name)
         return name
 
-    async def dead_letter(self, body: bytes, headers: dict[str, Any], tags: Sequence[int], broker: AMQPBroker) -> None:
+    async def dead_letter(
+        self, body: bytes, headers: dict[str, Any], tags: Sequence[int], broker: AMQPTransport
+    ) -> None:
         from pamqp.commands import Basic
 
         name = await self._declare_dead_letters(broker)
@@ -932,7 +900,7 @@ class _Session:
         )
         await self.ack([(tag, False) for tag in tags])
 
-    async def read_dead_letters(self, broker: AMQPBroker) -> list[tuple[str, bytes, str, float]]:
+    async def read_dead_letters(self, broker: AMQPTransport) -> list[tuple[str, bytes, str, float]]:
         """Every dead letter, oldest first, read on a channel of its own and then left in place:
         closing that channel gives back what it took, in order."""
         name = await self._declare_dead_letters(broker)
@@ -952,7 +920,7 @@ class _Session:
             await channel.close()
         return letters
 
-    async def requeue_dead_letters(self, broker: AMQPBroker, limit: int) -> int:
+    async def requeue_dead_letters(self, broker: AMQPTransport, limit: int) -> int:
         name = await self._declare_dead_letters(broker)
         # Only those there now: one sent back that fails again joins the tail meanwhile.
         there = (await self.ready_counts([name]))[name]

@@ -1,6 +1,6 @@
-"""The broker interface: a few operations on opaque message bytes.
+"""The transport interface: a few operations on opaque message bytes.
 
-A broker holds messages in named queues and hands each out under a *lease*:
+A transport holds messages in named queues and hands each out under a *lease*:
 a delivery belongs to one consumer until it is acknowledged, given back, or
 its lease lapses without renewal, when it becomes deliverable again (at-least-
 once). Every delivery carries a token; acking or renewing with a token whose
@@ -8,7 +8,9 @@ lease was reclaimed does nothing (fencing), so a stale worker cannot complete
 work another worker now owns.
 
 Serialization, routing and task semantics live above this interface; each
-implementation uses its own store's native model below it.
+implementation uses its own store's native model below it. What workers share
+besides messages (revocations, rate limits, beat's state) is the state store's
+(`conveyor.brokers.state`): a broker URL opens both.
 """
 
 from __future__ import annotations
@@ -58,10 +60,6 @@ class Delivery:
         return self.attempts > 1
 
 
-#: How many monitoring events a broker keeps (the dashboard's recent tasks come from them).
-EVENTS_KEPT = 10_000
-
-
 @dataclass(frozen=True)
 class DeadLetter:
     queue: str
@@ -76,7 +74,7 @@ def check_priority(priority: int) -> int:
     return priority
 
 
-class Broker(ABC):
+class Transport(ABC):
     """Holds messages; leases them to consumers. Thread-safe."""
 
     #: A lease lapses after `lease_seconds` without renewal, and the delivery goes to the next
@@ -135,14 +133,6 @@ class Broker(ABC):
         """The most recent dead letters, newest first."""
 
     @abstractmethod
-    def add_events(self, events: Sequence[bytes]) -> None:
-        """Append monitoring events (the last EVENTS_KEPT are kept, older ones dropped)."""
-
-    @abstractmethod
-    def recent_events(self, limit: int = 1000) -> list[bytes]:
-        """The latest events, oldest first."""
-
-    @abstractmethod
     def requeue_dead_letters(self, limit: int) -> int:
         """Move up to `limit` dead letters, oldest first, back to their queues as new
         messages (default priority, attempts from zero), in one atomic step; return how many."""
@@ -154,56 +144,6 @@ class Broker(ABC):
     @abstractmethod
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
         """Messages held per queue (ready, delayed and leased); all queues when None."""
-
-    @abstractmethod
-    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
-        """Remember that these tasks are revoked (with `info`) until `expires_at`."""
-
-    @abstractmethod
-    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        """The revocations among these task ids still remembered, with their info."""
-
-    @abstractmethod
-    def take_token(self, key: str, rate: float) -> float:
-        """Take a token from the bucket `key` refilled at `rate` per second, shared by every worker.
-
-        Returns 0 when granted, else the seconds until a token is due (nothing
-        is taken). Tokens are spaced evenly (no bursts): `rate` per second
-        across all callers.
-        """
-
-    @abstractmethod
-    def kv_items(self, namespace: str) -> dict[str, bytes]:
-        """Every key and value of a small shared namespace (beat state, runtime schedule entries)."""
-
-    @abstractmethod
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
-        """The value of `key` (None: absent)."""
-
-    @abstractmethod
-    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
-        """Atomically set `key` to `new` (None deletes) if its value is still `expected` (None: absent).
-
-        The one primitive beat needs: of many processes swapping the same
-        expected value, exactly one succeeds.
-        """
-
-    def kv_put(self, namespace: str, key: str, value: bytes | None) -> None:
-        """Set `key` to `value` (None deletes) whatever it holds now: the last writer wins."""
-        while not self.kv_swap(namespace, key, self.kv_get(namespace, key), value):
-            pass  # changed between the read and the swap: again, on the fresh value
-
-    @abstractmethod
-    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
-        """Announce a live worker for `ttl` seconds (repeated as a heartbeat)."""
-
-    @abstractmethod
-    def unregister_worker(self, hostname: str) -> None:
-        """Remove a worker's announcement at shutdown."""
-
-    @abstractmethod
-    def workers(self) -> dict[str, bytes]:
-        """Live workers' announcements, by hostname."""
 
     def confirm(self) -> None:  # noqa: B027 - only for brokers whose publish returns before the store replied
         """Wait until the store has taken every message this thread published; raise if it refused one.
@@ -224,9 +164,6 @@ class Broker(ABC):
 
     def close(self) -> None:  # noqa: B027
         """Release connections."""
-
-    def publish_one(self, queue: str, body: bytes, priority: int = 0, not_before: float | None = None) -> None:
-        self.publish([Outgoing(queue, body, check_priority(priority), not_before)])
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.display_url}>"

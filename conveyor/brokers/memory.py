@@ -1,4 +1,4 @@
-"""An in-process broker with the same lease semantics as the real ones.
+"""An in-process transport with the same lease semantics as the real ones.
 
 Used by tests and `task_always_eager`; brokers with the same `memory://name`
 URL in one process share their queues, so a producer and a worker thread can
@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.brokers.base import EVENTS_KEPT, Broker, DeadLetter, Delivery, Outgoing, deadline_wait
+from conveyor.brokers.base import DeadLetter, Delivery, Outgoing, Transport, deadline_wait
+from conveyor.brokers.state import EVENTS_KEPT
 
 
 @dataclass
@@ -32,8 +33,8 @@ class _Record:
     attempts: int = 0
 
 
-class _Store:
-    """The queues behind every MemoryBroker of one URL."""
+class MemoryStore:
+    """The queues and the shared state behind every memory broker of one URL."""
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
@@ -49,52 +50,52 @@ class _Store:
         self.seq = itertools.count()
 
 
-_STORES: weakref.WeakValueDictionary[str, _Store] = weakref.WeakValueDictionary()
+_STORES: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
 _STORES_LOCK = threading.Lock()
 
 
-class MemoryBroker(Broker):
+class MemoryTransport(Transport):
     def __init__(self, url: str = "memory://", options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
         with _STORES_LOCK:
             store = _STORES.get(url)
             if store is None:
-                store = _STORES[url] = _Store()
-        self._store = store
+                store = _STORES[url] = MemoryStore()
+        self.store = store
 
     def _make_ready(self, record: _Record) -> None:
         record.lease, record.visible_at = None, 0.0
-        heapq.heappush(self._store.ready.setdefault(record.queue, []), (record.priority, record.seq))
+        heapq.heappush(self.store.ready.setdefault(record.queue, []), (record.priority, record.seq))
 
     def _promote_due(self, now: float) -> None:
-        waiting = self._store.waiting
+        waiting = self.store.waiting
         while waiting and waiting[0][0] <= now:
             visible_at, seq, lease = heapq.heappop(waiting)
-            record = self._store.records.get(seq)
+            record = self.store.records.get(seq)
             # Skip entries made stale by an ack, a renewal or a requeue.
             if record and record.lease == lease and record.visible_at == visible_at:
                 self._make_ready(record)
 
     def _hold(self, record: _Record, until: float, lease: str | None) -> None:
         record.visible_at, record.lease = until, lease
-        heapq.heappush(self._store.waiting, (until, record.seq, lease))
+        heapq.heappush(self.store.waiting, (until, record.seq, lease))
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now = time.time()
-        with self._store.lock:
+        with self.store.lock:
             for out in messages:
-                seq = next(self._store.seq)
+                seq = next(self.store.seq)
                 record = _Record(out.queue, out.priority, seq, out.body)
-                self._store.records[seq] = record
+                self.store.records[seq] = record
                 if out.not_before is not None and out.not_before > now:
                     self._hold(record, out.not_before, None)
                 else:
                     self._make_ready(record)
-            self._store.lock.notify_all()
+            self.store.lock.notify_all()
 
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
-        store = self._store
+        store = self.store
         with store.lock:
             while True:
                 now = time.time()
@@ -108,7 +109,7 @@ class MemoryBroker(Broker):
                 store.lock.wait(wait)
 
     def _take(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
-        heaps = [(q, self._store.ready.get(q)) for q in queues]
+        heaps = [(q, self.store.ready.get(q)) for q in queues]
         lease = uuid.uuid4().hex
         taken: list[Delivery] = []
         while len(taken) < limit:
@@ -117,8 +118,8 @@ class MemoryBroker(Broker):
             if best is None:
                 break
             (_, seq), queue = best
-            heapq.heappop(self._store.ready[queue])
-            record = self._store.records[seq]
+            heapq.heappop(self.store.ready[queue])
+            record = self.store.records[seq]
             record.attempts += 1
             self._hold(record, now + self.lease_seconds, lease)
             taken.append(Delivery(queue, record.body, (seq, lease), record.attempts))
@@ -126,17 +127,17 @@ class MemoryBroker(Broker):
 
     def _owned(self, delivery: Delivery) -> _Record | None:
         seq, lease = delivery.tag
-        record = self._store.records.get(seq)
+        record = self.store.records.get(seq)
         return record if record is not None and record.lease == lease else None
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        with self._store.lock:
+        with self.store.lock:
             for delivery in deliveries:
                 if self._owned(delivery):
-                    del self._store.records[delivery.tag[0]]
+                    del self.store.records[delivery.tag[0]]
 
     def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
-        with self._store.lock:
+        with self.store.lock:
             for delivery in deliveries:
                 record = self._owned(delivery)
                 if record:
@@ -145,50 +146,11 @@ class MemoryBroker(Broker):
                         self._hold(record, time.time() + delay, None)
                     else:
                         self._make_ready(record)
-            self._store.lock.notify_all()
-
-    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
-        with self._store.lock:
-            for task_id in task_ids:
-                self._store.revoked[task_id] = (expires_at, info)
-
-    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        now = time.time()
-        with self._store.lock:
-            found = {t: self._store.revoked.get(t) for t in task_ids}
-            return {t: entry[1] for t, entry in found.items() if entry is not None and entry[0] > now}
-
-    def kv_items(self, namespace: str) -> dict[str, bytes]:
-        with self._store.lock:
-            return dict(self._store.kv.get(namespace, {}))
-
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
-        with self._store.lock:
-            return self._store.kv.get(namespace, {}).get(key)
-
-    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
-        with self._store.lock:
-            space = self._store.kv.setdefault(namespace, {})
-            if space.get(key) != expected:
-                return False
-            if new is None:
-                space.pop(key, None)
-            else:
-                space[key] = new
-            return True
-
-    def take_token(self, key: str, rate: float) -> float:
-        with self._store.lock:
-            now = time.time()
-            due = max(now, self._store.buckets.get(key, 0.0))
-            if due > now:
-                return due - now
-            self._store.buckets[key] = due + 1.0 / rate
-            return 0.0
+            self.store.lock.notify_all()
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         lost = []
-        with self._store.lock:
+        with self.store.lock:
             until = time.time() + self.lease_seconds
             for delivery in deliveries:
                 record = self._owned(delivery)
@@ -199,60 +161,39 @@ class MemoryBroker(Broker):
         return lost
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        with self._store.lock:
+        with self.store.lock:
             if self._owned(delivery):
-                del self._store.records[delivery.tag[0]]
-                self._store.dead.append(DeadLetter(delivery.queue, delivery.body, reason, time.time()))
+                del self.store.records[delivery.tag[0]]
+                self.store.dead.append(DeadLetter(delivery.queue, delivery.body, reason, time.time()))
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        with self._store.lock:
-            return list(reversed(self._store.dead[-limit:]))
-
-    def add_events(self, events: Sequence[bytes]) -> None:
-        with self._store.lock:
-            self._store.events.extend(events)
-
-    def recent_events(self, limit: int = 1000) -> list[bytes]:
-        with self._store.lock:
-            return list(self._store.events)[-limit:]
+        with self.store.lock:
+            return list(reversed(self.store.dead[-limit:]))
 
     def requeue_dead_letters(self, limit: int) -> int:
-        with self._store.lock:  # re-entrant: publish takes it again
-            taken = self._store.dead[:limit]
-            del self._store.dead[:limit]
+        with self.store.lock:  # re-entrant: publish takes it again
+            taken = self.store.dead[:limit]
+            del self.store.dead[:limit]
             self.publish([Outgoing(letter.queue, letter.body) for letter in taken])
         return len(taken)
 
     def purge(self, queues: Sequence[str]) -> int:
-        with self._store.lock:
-            doomed = [s for s, r in self._store.records.items() if r.queue in queues and r.lease is None]
+        with self.store.lock:
+            doomed = [s for s, r in self.store.records.items() if r.queue in queues and r.lease is None]
             for seq in doomed:
-                del self._store.records[seq]
+                del self.store.records[seq]
             for queue in queues:
-                self._store.ready.pop(queue, None)
+                self.store.ready.pop(queue, None)
             return len(doomed)
 
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
-        with self._store.lock:
+        with self.store.lock:
             sizes = dict.fromkeys(queues or (), 0)
-            for record in self._store.records.values():
+            for record in self.store.records.values():
                 if queues is None or record.queue in sizes:
                     sizes[record.queue] = sizes.get(record.queue, 0) + 1
             return sizes
 
-    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
-        with self._store.lock:
-            self._store.workers[hostname] = (time.time() + ttl, info)
-
-    def unregister_worker(self, hostname: str) -> None:
-        with self._store.lock:
-            self._store.workers.pop(hostname, None)
-
-    def workers(self) -> dict[str, bytes]:
-        now = time.time()
-        with self._store.lock:
-            return {h: info for h, (until, info) in self._store.workers.items() if until > now}
-
     def interrupt(self) -> None:
-        with self._store.lock:
-            self._store.lock.notify_all()
+        with self.store.lock:
+            self.store.lock.notify_all()

@@ -1,4 +1,4 @@
-"""The Redis broker: leases, delays and exact priorities, each transition one Lua script.
+"""The Redis transport: leases, delays and exact priorities, each transition one Lua script.
 
 Keys of queue `q` (prefix `P` = transport option `global_keyprefix` + `conveyor`),
 all with the hash tag `{q}` so one queue lives in one cluster slot:
@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor import redisdb
-from conveyor.brokers.base import EVENTS_KEPT, Broker, DeadLetter, Delivery, Outgoing, claim_or_wait
+from conveyor.brokers.base import DeadLetter, Delivery, Outgoing, Transport, claim_or_wait
 from conveyor.exceptions import BrokerConnectionError, BrokerError
 from conveyor.lua import script
 
@@ -93,20 +93,20 @@ class _PubSubSignal:
         self.pubsub.get_message(timeout=timeout)
 
 
-class _Inbox:
+class _Waiter:
     """The wake-up signal of an idle consumer of one queue: its registration as a waiter
     (made by the claim that found nothing ready) and the thread's subscription to the queue's
     notify channel and to its own inbox channel, on which a publish sends it a message leased
     to it. The message is also kept in the inbox list, for the end of a registration that
     raced a hand-off: the consumer then finds it there instead."""
 
-    def __init__(self, broker: RedisBroker, queue: str) -> None:
-        self.broker = broker
+    def __init__(self, transport: RedisTransport, queue: str) -> None:
+        self.transport = transport
         self.queue = queue
-        consumer = f"{broker._consumer}-{threading.get_ident()}"
-        self.inbox = f"{broker.prefix}:{{{queue}}}:inbox:{consumer}"  # a list, and a channel
+        consumer = f"{transport._consumer}-{threading.get_ident()}"
+        self.inbox = f"{transport.redis.prefix}:{{{queue}}}:inbox:{consumer}"  # a list, and a channel
         self.consumer = consumer
-        self.pubsub = broker._pubsub([queue], self.inbox)
+        self.pubsub = transport._pubsub([queue], self.inbox)
         self.member: str | None = None  # "consumer:token:lease_ms": the last claim's registration, until it ends
         self.handed: list[Delivery] = []
 
@@ -147,7 +147,7 @@ class _Inbox:
         """End the registration, if any; what was handed to it meanwhile."""
         if self.member is None:
             return []
-        items = self.broker._scripts.run("unwait", self.broker._keys(self.queue)[:1], [self.member])
+        items = self.transport.redis.scripts.run("unwait", self.transport._keys(self.queue)[:1], [self.member])
         handed = [d for d in map(self._delivery, items) if self._registered(d)]
         self.member = None
         return handed
@@ -162,16 +162,15 @@ class _Inbox:
         return handed
 
 
-class RedisBroker(Broker):
-    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
-        super().__init__(url, options)
-        self.prefix = f"{self.options.get('global_keyprefix', '')}conveyor"
-        self.polling_interval = float(self.options.get("polling_interval", 5.0))
-        #: Whether each publish waits for Redis's reply (else it is read by a later call or confirm()).
-        self.confirm_publish = bool(self.options.get("confirm_publish", False))
-        self.client = redisdb.connect(url, self.options)
+class RedisConnection:
+    """One Redis deployment as the transport and the state store share it: the client, the
+    scripts (one pipeline per thread, so a thread reads its own writes), the key prefix."""
+
+    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+        self.prefix = f"{options.get('global_keyprefix', '')}conveyor"
+        self.client = redisdb.connect(url, options)
         self.cluster = redisdb.is_cluster(self.client)
-        self._scripts = redisdb.Scripts(
+        self.scripts = redisdb.Scripts(
             self.client,
             {
                 "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
@@ -180,6 +179,34 @@ class RedisBroker(Broker):
                 "kv_swap": KV_SWAP, "mark_revoked": MARK_REVOKED,
             },
         )  # fmt: skip
+
+    def translate(self, where: str) -> Any:
+        return redisdb.translate(BrokerError, BrokerConnectionError, f"Redis broker {where}")
+
+    @property
+    def direct(self) -> Any:
+        """The client, for commands other than scripts, once this thread's publishes are confirmed:
+        they went out on another connection, and a read must see them (read your own writes)."""
+        self.scripts.confirm()
+        return self.client
+
+    @property
+    def revocations_key(self) -> str:
+        """Exists while any revocation does: a fetch that finds it absent needs no revoked() call."""
+        return f"{self.prefix}:revocations"
+
+    def close(self) -> None:
+        self.scripts.close()
+        self.client.close()
+
+
+class RedisTransport(Transport):
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        self.redis = RedisConnection(url, self.options)
+        self.polling_interval = float(self.options.get("polling_interval", 5.0))
+        #: Whether each publish waits for Redis's reply (else it is read by a later call or confirm()).
+        self.confirm_publish = bool(self.options.get("confirm_publish", False))
         self._known_queues: set[str] = set()
         self._queue_keys: dict[str, list[str]] = {}
         self._local = threading.local()
@@ -187,11 +214,10 @@ class RedisBroker(Broker):
         self._consumer = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
 
-    # -- keys ----------------------------------------------------------------------------
     def _keys(self, queue: str) -> list[str]:
         keys = self._queue_keys.get(queue)
         if keys is None:
-            base = f"{self.prefix}:{{{queue}}}"
+            base = f"{self.redis.prefix}:{{{queue}}}"
             keys = [f"{base}:ready", f"{base}:waiting", f"{base}:msgs", f"{base}:state", f"{base}:seq"]
             self._queue_keys[queue] = keys
         return keys
@@ -199,34 +225,15 @@ class RedisBroker(Broker):
     def _publish_keys(self, queue: str) -> list[str]:
         # A message handed to a waiter says whether a revocation was live (spares it a revoked()
         # call); on a cluster that key is in another slot, so the waiter asks.
-        return self._keys(queue) if self.cluster else [*self._keys(queue), self._revocations_key]
+        return self._keys(queue) if self.redis.cluster else [*self._keys(queue), self.redis.revocations_key]
 
     def _channel(self, queue: str) -> str:
-        return f"{self.prefix}:{{{queue}}}:notify"
+        return f"{self.redis.prefix}:{{{queue}}}:notify"
 
     @property
     def _queues_key(self) -> str:
-        return f"{self.prefix}:queues"
+        return f"{self.redis.prefix}:queues"
 
-    @property
-    def _workers_key(self) -> str:
-        return f"{{{self.prefix}:workers}}:expiry"
-
-    @property
-    def _workers_info_key(self) -> str:
-        return f"{{{self.prefix}:workers}}:info"
-
-    def _translate(self, where: str) -> Any:
-        return redisdb.translate(BrokerError, BrokerConnectionError, f"Redis broker {where}")
-
-    @property
-    def _direct(self) -> Any:
-        """The client, for commands other than scripts, once this thread's publishes are confirmed:
-        they went out on another connection, and a read must see them (read your own writes)."""
-        self._scripts.confirm()
-        return self.client
-
-    # -- Broker ----------------------------------------------------------------------------
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now_ms = int(time.time() * 1000)
         by_queue: dict[str, list[Any]] = {}
@@ -237,17 +244,17 @@ class RedisBroker(Broker):
             args += (m.priority, int(m.not_before * 1000) if m.not_before else 0, m.body)
         calls = [("publish", self._publish_keys(queue), args) for queue, args in by_queue.items()]
         new_queues = sorted(by_queue.keys() - self._known_queues)
-        with self._translate("publish"):
+        with self.redis.translate("publish"):
             if len(calls) == 1 and not new_queues:
                 # The common case, one queue already known: sent without waiting for the reply
                 # unless confirm_publish is set (Scripts.send; the reply is read by confirm()).
                 name, keys, args = calls[0]
                 if self.confirm_publish:
-                    self._scripts.run(name, keys, args)
+                    self.redis.scripts.run(name, keys, args)
                 else:
-                    self._scripts.send(("EVALSHA", self._scripts.shas[name], len(keys), *keys, *args))
+                    self.redis.scripts.send(("EVALSHA", self.redis.scripts.shas[name], len(keys), *keys, *args))
                 return
-            batch = self._scripts.batch()
+            batch = self.redis.scripts.batch()
             for call in calls:
                 batch.script(*call)
             if new_queues:
@@ -256,8 +263,8 @@ class RedisBroker(Broker):
             self._known_queues.update(new_queues)
 
     def confirm(self) -> None:
-        with self._translate("publish"):
-            self._scripts.confirm()
+        with self.redis.translate("publish"):
+            self.redis.scripts.confirm()
 
     def _pubsub(self, queues: Sequence[str], *others: str) -> Any:
         """This thread's subscription to the queues' notify channels (and `others`)."""
@@ -267,7 +274,7 @@ class RedisBroker(Broker):
             return current
         if current is not None:
             current.close()
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.redis.client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(*channels)
         self._local.pubsub, self._local.channels = pubsub, channels
         with self._lock:
@@ -284,7 +291,7 @@ class RedisBroker(Broker):
             self._local.pubsub = None
 
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
-        with self._translate("fetch"):
+        with self.redis.translate("fetch"):
             try:
                 if timeout > 0 and len(queues) == 1:
                     return self._wait_as_waiter(queues[0], limit, timeout)
@@ -298,7 +305,7 @@ class RedisBroker(Broker):
 
     def _wait_as_waiter(self, queue: str, limit: int, timeout: float) -> list[Delivery]:
         """One queue: wait registered as a waiter, to be handed the next message published."""
-        inbox = _Inbox(self, queue)
+        inbox = _Waiter(self, queue)
 
         def claim() -> tuple[list[Delivery], float | None]:
             handed = inbox.take()
@@ -308,7 +315,7 @@ class RedisBroker(Broker):
         return taken + inbox.end()  # a message handed over as the wait ended is this fetch's
 
     def _claim(
-        self, queues: Sequence[str], limit: int, inbox: _Inbox | None = None, wait: float = 0.0
+        self, queues: Sequence[str], limit: int, inbox: _Waiter | None = None, wait: float = 0.0
     ) -> tuple[list[Delivery], float | None]:
         now_ms = int(time.time() * 1000)
         token = uuid.uuid4().hex
@@ -316,12 +323,12 @@ class RedisBroker(Broker):
         if len(queues) > 1:
             return self._claim_many(queues, limit, now_ms, token, lease_ms)
         [queue] = queues
-        batch = self._scripts.batch()
+        batch = self.redis.scripts.batch()
         args = [now_ms, lease_ms, limit, token]
         if inbox is not None:
             args += inbox.register(token, lease_ms, min(wait, self.polling_interval))
         batch.script("fetch", self._keys(queue)[:4], args)
-        batch.command("EXISTS", self._revocations_key)  # same round trip: spares the worker a revoked() call
+        batch.command("EXISTS", self.redis.revocations_key)  # same round trip: spares the worker a revoked() call
         reply, revocations = batch.execute()
         taken, next_due = self._deliveries(queue, reply, token, not revocations)
         if taken and inbox is not None:
@@ -332,17 +339,17 @@ class RedisBroker(Broker):
         self, queues: Sequence[str], limit: int, now_ms: int, token: str, lease_ms: int
     ) -> tuple[list[Delivery], float | None]:
         # Exact priority across queues: peek each queue's best, then claim the merged top `limit`.
-        pipe = self._direct.pipeline(transaction=False)
+        pipe = self.redis.direct.pipeline(transaction=False)
         for queue in queues:
             pipe.zrange(self._keys(queue)[0], 0, limit - 1, withscores=True)
         peeked = pipe.execute()
         best = sorted(((score, queue) for queue, rows in zip(queues, peeked) for _, score in rows))[:limit]
         wanted = {queue: sum(1 for _, q in best if q == queue) for queue in queues}
         # Queues with nothing ready still get a claim of 1: it promotes their due waiting entries.
-        batch = self._scripts.batch()
+        batch = self.redis.scripts.batch()
         for queue in queues:
             batch.script("fetch", self._keys(queue)[:4], [now_ms, lease_ms, max(1, wanted[queue]), token])
-        batch.command("EXISTS", self._revocations_key)
+        batch.command("EXISTS", self.redis.revocations_key)
         *replies, revocations = batch.execute()
         taken: list[Delivery] = []
         next_due: float | None = None
@@ -375,7 +382,7 @@ class RedisBroker(Broker):
         return grouped
 
     def _run_per_queue(self, script: str, deliveries: Sequence[Delivery], head: Sequence[Any] = ()) -> list[Any]:
-        batch = self._scripts.batch()
+        batch = self.redis.scripts.batch()
         grouped = self._by_queue(deliveries)
         for queue, items in grouped.items():
             batch.script(script, self._keys(queue)[:4], [*head, *(part for d in items for part in d.tag[1:])])
@@ -383,13 +390,13 @@ class RedisBroker(Broker):
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
-            sha = self._scripts.shas["ack"]
-            with self._translate("ack"):
+            sha = self.redis.scripts.shas["ack"]
+            with self.redis.translate("ack"):
                 # Sent without waiting, like a single publish (Scripts.send): a result written
                 # next need not wait behind an early ack's round trip. An ack only removes, so
                 # Redis refuses none; one on a lost connection is sent again.
                 for queue, items in self._by_queue(deliveries).items():
-                    self._scripts.send(
+                    self.redis.scripts.send(
                         ("EVALSHA", sha, 4, *self._keys(queue)[:4], *(p for d in items for p in d.tag[1:]))
                     )
 
@@ -397,113 +404,43 @@ class RedisBroker(Broker):
         if not deliveries:
             return
         visible_at = int((time.time() + delay) * 1000) if delay > 0 else 0
-        with self._translate("requeue"):
+        with self.redis.translate("requeue"):
             self._run_per_queue("requeue", deliveries, head=[visible_at, 0 if redelivery else 1])
-
-    @property
-    def _revoked_key(self) -> str:
-        return f"{self.prefix}:revoked"
-
-    @property
-    def _revocations_key(self) -> str:
-        """Exists while any revocation does: a fetch that finds it absent needs no revoked() call."""
-        return f"{self.prefix}:revocations"
-
-    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
-        # One key per revocation, with its own expiry: Redis forgets them for us.
-        ttl_ms = max(1, int((expires_at - time.time()) * 1000))
-        with self._translate("revoke"):
-            batch = self._scripts.batch()
-            for task_id in task_ids:
-                batch.command("SET", f"{self._revoked_key}:{{{task_id}}}", info, "PX", ttl_ms)
-            batch.script("mark_revoked", [self._revocations_key], [ttl_ms])
-            batch.execute()
-
-    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        if not task_ids:
-            return {}
-        keys = [f"{self._revoked_key}:{{{task_id}}}" for task_id in task_ids]
-        with self._translate("revoked"):
-            if self.cluster:  # one slot per key: MGET would be CROSSSLOT
-                values = self._scripts.execute([("GET", key) for key in keys])
-            else:
-                values = self._scripts.execute([("MGET", *keys)])[0]
-        return {task_id: value for task_id, value in zip(task_ids, values) if value is not None}
-
-    def _kv_key(self, namespace: str) -> str:
-        return f"{self.prefix}:kv:{{{namespace}}}"
-
-    def kv_items(self, namespace: str) -> dict[str, bytes]:
-        with self._translate("kv_items"):
-            return {k.decode(): v for k, v in self._direct.hgetall(self._kv_key(namespace)).items()}
-
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
-        with self._translate("kv_get"):
-            return self._direct.hget(self._kv_key(namespace), key)  # type: ignore[no-any-return]
-
-    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
-        args = [key, expected or b"", new or b"", "1" if expected is not None else "0", "1" if new is not None else "0"]
-        with self._translate("kv_swap"):
-            return bool(self._scripts.run("kv_swap", [self._kv_key(namespace)], args))
-
-    def take_token(self, key: str, rate: float) -> float:
-        with self._translate("take_token"):
-            wait_ms = self._scripts.run(
-                "take_token", [f"{self.prefix}:bucket:{{{key}}}"], [int(time.time() * 1000), max(1, int(1000 / rate))]
-            )
-        return float(wait_ms) / 1000
 
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         if not deliveries:
             return []
         until_ms = int((time.time() + self.lease_seconds) * 1000)
-        with self._translate("renew"):
+        with self.redis.translate("renew"):
             replies = self._run_per_queue("renew", deliveries, head=[until_ms])
         lost = {(queue, raw.decode()) for queue, ids in replies for raw in ids}
         return [d for d in deliveries if (d.tag[0], d.tag[1]) in lost]
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         queue, message_id, token = delivery.tag
-        keys = [*self._keys(queue)[:4], f"{self.prefix}:{{{queue}}}:dead"]
-        with self._translate("dead_letter"):
-            self._scripts.run("dead_letter", keys, [message_id, token, reason, queue, time.time()])
+        keys = [*self._keys(queue)[:4], f"{self.redis.prefix}:{{{queue}}}:dead"]
+        with self.redis.translate("dead_letter"):
+            self.redis.scripts.run("dead_letter", keys, [message_id, token, reason, queue, time.time()])
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         letters: list[DeadLetter] = []
-        with self._translate("dead_letters"):
-            for raw_queue in self._direct.smembers(self._queues_key):
+        with self.redis.translate("dead_letters"):
+            for raw_queue in self.redis.direct.smembers(self._queues_key):
                 queue = raw_queue.decode()
-                items = self._direct.lrange(f"{self.prefix}:{{{queue}}}:dead", 0, 2 * limit - 1)
+                items = self.redis.direct.lrange(f"{self.redis.prefix}:{{{queue}}}:dead", 0, 2 * limit - 1)
                 for i in range(0, len(items) - 1, 2):
                     info = json.loads(items[i])
                     letters.append(DeadLetter(info["queue"], items[i + 1], info["reason"], info["at"]))
         letters.sort(key=lambda letter: letter.failed_at, reverse=True)
         return letters[:limit]
 
-    @property
-    def _events_key(self) -> str:
-        return f"{self.prefix}:events"
-
-    def add_events(self, events: Sequence[bytes]) -> None:
-        if not events:
-            return
-        with self._translate("add_events"):
-            # Sent without waiting, like acks (Scripts.send): events are best effort, and the
-            # writer goes on to the next batch a round trip sooner.
-            self._scripts.send(("RPUSH", self._events_key, *events))
-            self._scripts.send(("LTRIM", self._events_key, -EVENTS_KEPT, -1))
-
-    def recent_events(self, limit: int = 1000) -> list[bytes]:
-        with self._translate("recent_events"):
-            return list(self._direct.lrange(self._events_key, -limit, -1))
-
     def requeue_dead_letters(self, limit: int) -> int:
-        with self._translate("requeue_dead_letters"):
+        with self.redis.translate("requeue_dead_letters"):
             # Oldest first across queues: each queue's oldest `limit` (its list's tail), merged by time.
-            queues = [raw.decode() for raw in self._direct.smembers(self._queues_key)]
-            pipe = self._direct.pipeline(transaction=False)
+            queues = [raw.decode() for raw in self.redis.direct.smembers(self._queues_key)]
+            pipe = self.redis.direct.pipeline(transaction=False)
             for queue in queues:
-                pipe.lrange(f"{self.prefix}:{{{queue}}}:dead", -2 * limit, -1)
+                pipe.lrange(f"{self.redis.prefix}:{{{queue}}}:dead", -2 * limit, -1)
             oldest = sorted(
                 (json.loads(items[i])["at"], queue)
                 for queue, items in zip(queues, pipe.execute())
@@ -512,44 +449,22 @@ class RedisBroker(Broker):
             moved = 0
             for queue in {queue for _, queue in oldest}:
                 count = sum(1 for _, q in oldest if q == queue)
-                keys = [*self._keys(queue), f"{self.prefix}:{{{queue}}}:dead"]
-                moved += int(self._scripts.run("requeue_dead", keys, [count, self._channel(queue)]))
+                keys = [*self._keys(queue), f"{self.redis.prefix}:{{{queue}}}:dead"]
+                moved += int(self.redis.scripts.run("requeue_dead", keys, [count, self._channel(queue)]))
         return moved
 
     def purge(self, queues: Sequence[str]) -> int:
-        with self._translate("purge"):
-            return sum(int(self._scripts.run("purge", self._keys(queue)[:4], [])) for queue in queues)
+        with self.redis.translate("purge"):
+            return sum(int(self.redis.scripts.run("purge", self._keys(queue)[:4], [])) for queue in queues)
 
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
-        with self._translate("queue_sizes"):
+        with self.redis.translate("queue_sizes"):
             if queues is None:
-                queues = sorted(q.decode() for q in self._direct.smembers(self._queues_key))
-            pipe = self._direct.pipeline(transaction=False)
+                queues = sorted(q.decode() for q in self.redis.direct.smembers(self._queues_key))
+            pipe = self.redis.direct.pipeline(transaction=False)
             for queue in queues:
                 pipe.hlen(self._keys(queue)[2])
             return dict(zip(queues, (int(n) for n in pipe.execute())))
-
-    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
-        with self._translate("register_worker"):
-            pipe = self._direct.pipeline(transaction=False)
-            pipe.zadd(self._workers_key, {hostname: time.time() + ttl})
-            pipe.hset(self._workers_info_key, hostname, info)
-            pipe.execute()
-
-    def unregister_worker(self, hostname: str) -> None:
-        with self._translate("unregister_worker"):
-            pipe = self._direct.pipeline(transaction=False)
-            pipe.zrem(self._workers_key, hostname)
-            pipe.hdel(self._workers_info_key, hostname)
-            pipe.execute()
-
-    def workers(self) -> dict[str, bytes]:
-        with self._translate("workers"):
-            live = [h.decode() for h in self._direct.zrangebyscore(self._workers_key, time.time(), "+inf")]
-            if not live:
-                return {}
-            infos = self._direct.hmget(self._workers_info_key, live)
-        return {hostname: info for hostname, info in zip(live, infos) if info is not None}
 
     def interrupt(self) -> None:
         # Wake this process's blocked fetches (and, harmlessly, other consumers of those queues).
@@ -557,7 +472,7 @@ class RedisBroker(Broker):
             channels = {channel for pubsub in self._pubsubs for channel in pubsub.channels}
         try:
             for channel in channels:
-                self._direct.publish(channel, b"1")
+                self.redis.direct.publish(channel, b"1")
         except Exception:  # shutting down with Redis unreachable: the fetch times out anyway
             pass
 
@@ -570,5 +485,4 @@ class RedisBroker(Broker):
                     pass
             self._pubsubs.clear()
         self._local = threading.local()
-        self._scripts.close()
-        self.client.close()
+        self.redis.close()

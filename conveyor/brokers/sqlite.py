@@ -1,4 +1,4 @@
-"""The embedded SQLite broker: the default, no server needed.
+"""The embedded SQLite transport: the default, no server needed.
 
 One row per message (see `conveyor.sqlitedb.SCHEMA`). A row is *ready*
 (deliverable now) or *waiting* until `visible_at`: a delayed message waits for
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from conveyor import wakeup
-from conveyor.brokers.base import EVENTS_KEPT, Broker, DeadLetter, Delivery, Outgoing, claim_or_wait
+from conveyor.brokers.base import DeadLetter, Delivery, Outgoing, Transport, claim_or_wait
 from conveyor.exceptions import BrokerError
 from conveyor.sqlitedb import Database, path_from_url
 
@@ -32,7 +32,7 @@ from conveyor.sqlitedb import Database, path_from_url
 DEFAULT_POLLING_INTERVAL = 1.0
 
 
-class SQLiteBroker(Broker):
+class SQLiteTransport(Transport):
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
         self.db = Database(path_from_url(url), BrokerError)
@@ -141,65 +141,6 @@ class SQLiteBroker(Broker):
             )
         self._notify(d.queue for d in deliveries)
 
-    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
-        with self.db.transaction() as db:
-            db.execute("DELETE FROM conveyor_revoked WHERE expires_at <= ?", (time.time(),))
-            db.executemany(
-                "INSERT OR REPLACE INTO conveyor_revoked (task_id, info, expires_at) VALUES (?, ?, ?)",
-                [(task_id, info, expires_at) for task_id in task_ids],
-            )
-
-    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
-        rows = self.db.select_in(
-            "SELECT task_id, info FROM conveyor_revoked WHERE task_id IN ({values}) AND expires_at > ?",
-            task_ids,
-            time.time(),
-        )
-        return dict(rows)
-
-    def kv_items(self, namespace: str) -> dict[str, bytes]:
-        with self.db.translate():
-            rows = (
-                self.db.connection()
-                .execute("SELECT key, value FROM conveyor_kv WHERE namespace = ?", (namespace,))
-                .fetchall()
-            )
-        return dict(rows)
-
-    def kv_get(self, namespace: str, key: str) -> bytes | None:
-        with self.db.translate():
-            row = (
-                self.db.connection()
-                .execute("SELECT value FROM conveyor_kv WHERE namespace = ? AND key = ?", (namespace, key))
-                .fetchone()
-            )
-        return row[0] if row else None
-
-    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
-        with self.db.transaction() as db:
-            row = db.execute(
-                "SELECT value FROM conveyor_kv WHERE namespace = ? AND key = ?", (namespace, key)
-            ).fetchone()
-            if (row[0] if row else None) != expected:
-                return False
-            if new is None:
-                db.execute("DELETE FROM conveyor_kv WHERE namespace = ? AND key = ?", (namespace, key))
-            else:
-                db.execute(
-                    "INSERT OR REPLACE INTO conveyor_kv (namespace, key, value) VALUES (?, ?, ?)", (namespace, key, new)
-                )
-            return True
-
-    def take_token(self, key: str, rate: float) -> float:
-        with self.db.transaction() as db:
-            now = time.time()
-            row = db.execute("SELECT next_at FROM conveyor_buckets WHERE key = ?", (key,)).fetchone()
-            due = max(now, row[0] if row else 0.0)
-            if due > now:
-                return due - now
-            db.execute("INSERT OR REPLACE INTO conveyor_buckets (key, next_at) VALUES (?, ?)", (key, due + 1.0 / rate))
-            return 0.0
-
     def renew(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         lost = []
         until = time.time() + self.lease_seconds
@@ -234,23 +175,6 @@ class SQLiteBroker(Broker):
             )
         return [DeadLetter(*row) for row in rows]
 
-    def add_events(self, events: Sequence[bytes]) -> None:
-        if not events:
-            return
-        with self.db.transaction() as db:
-            db.executemany("INSERT INTO conveyor_events (event) VALUES (?)", [(e,) for e in events])
-            newest = db.execute("SELECT MAX(id) FROM conveyor_events").fetchone()[0]
-            db.execute("DELETE FROM conveyor_events WHERE id <= ?", (newest - EVENTS_KEPT,))
-
-    def recent_events(self, limit: int = 1000) -> list[bytes]:
-        with self.db.translate():
-            rows = (
-                self.db.connection()
-                .execute("SELECT event FROM conveyor_events ORDER BY id DESC LIMIT ?", (limit,))
-                .fetchall()
-            )
-        return [row[0] for row in reversed(rows)]
-
     def requeue_dead_letters(self, limit: int) -> int:
         with self.db.transaction() as db:
             rows = db.execute(
@@ -284,26 +208,6 @@ class SQLiteBroker(Broker):
         if queues is None:
             return sizes
         return {queue: sizes.get(queue, 0) for queue in queues}
-
-    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
-        with self.db.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO conveyor_workers (hostname, expires_at, info) VALUES (?, ?, ?)",
-                (hostname, time.time() + ttl, info),
-            )
-
-    def unregister_worker(self, hostname: str) -> None:
-        with self.db.transaction() as db:
-            db.execute("DELETE FROM conveyor_workers WHERE hostname = ?", (hostname,))
-
-    def workers(self) -> dict[str, bytes]:
-        with self.db.translate():
-            rows = (
-                self.db.connection()
-                .execute("SELECT hostname, info FROM conveyor_workers WHERE expires_at > ?", (time.time(),))
-                .fetchall()
-            )
-        return dict(rows)
 
     def interrupt(self) -> None:
         with self._listeners_lock:

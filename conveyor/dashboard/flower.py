@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 #: Inspect calls that make up a worker's record in `/api/workers`, as Flower makes it.
 INSPECT_METHODS = ("stats", "active_queues", "registered", "scheduled", "active", "reserved", "revoked", "conf")
-#: Events folded into the task list (the broker keeps the latest EVENTS_KEPT).
+#: Events folded into the task list (the state store keeps the latest EVENTS_KEPT).
 EVENTS_READ = 10_000
 #: Flower's format for `eta` and `expires` given as strings.
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -222,7 +222,7 @@ class FlowerAPI:
 
     # -- plumbing ------------------------------------------------------------------------------
     def _live(self) -> set[str]:
-        return set(self.app.broker.workers())
+        return set(self.app.state.workers())
 
     def _known_worker(self, name: str) -> str:
         if name not in self._live():
@@ -255,7 +255,7 @@ class FlowerAPI:
         return request.query_params.get(name, "").lower() in ("1", "true", "yes", "on")
 
     def _events(self) -> dict[str, dict[str, Any]]:
-        return fold(self.app.broker.recent_events(EVENTS_READ))
+        return fold(self.app.state.recent_events(EVENTS_READ))
 
     # -- workers -------------------------------------------------------------------------------
     @endpoint

@@ -1,7 +1,7 @@
 """Task history from the workers' monitoring events: one record per task, in Flower's fields.
 
 Workers write Celery's task-* events to the broker (`worker_send_task_events`,
-`-E`); the broker keeps the latest `EVENTS_KEPT`. Folding them, oldest first,
+`-E`); the state store keeps the latest `EVENTS_KEPT`. Folding them, oldest first,
 gives each task its latest state and the time of each step (`received`,
 `started`, `succeeded`, ...), which is what Flower's task list and task page
 show and what its API returns.

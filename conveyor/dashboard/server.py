@@ -121,7 +121,7 @@ class Dashboard:
             await asyncio.sleep(self.sample_seconds)
 
     def _count_events(self, overview: dict[str, Any]) -> None:
-        events = self.app.broker.recent_events(EVENTS_READ)
+        events = self.app.state.recent_events(EVENTS_READ)
         self.flower.count(events)
         self.flower.update_workers(overview["workers"], fold(events))
 
@@ -143,7 +143,7 @@ class Dashboard:
 
     def _overview(self) -> dict[str, Any]:
         broker = self.app.broker
-        workers = [{"hostname": name, **json.loads(raw)} for name, raw in sorted(broker.workers().items())]
+        workers = [{"hostname": name, **json.loads(raw)} for name, raw in sorted(self.app.state.workers().items())]
         sizes = task_queues(broker.queue_sizes())
         for queue in self.app.default_queues():
             sizes.setdefault(queue, 0)
@@ -169,7 +169,7 @@ class Dashboard:
         """Recent tasks, newest first, from the workers' events (workers started with -E)."""
         limit = min(int(request.query_params.get("limit") or 100), 1000)
         try:
-            events = self.app.broker.recent_events(EVENTS_READ)
+            events = self.app.state.recent_events(EVENTS_READ)
         except ConveyorError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         return JSONResponse(recent_tasks(events, limit))

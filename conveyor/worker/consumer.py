@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from conveyor.brokers.base import Broker, Delivery
+from conveyor.brokers.base import Delivery, Transport
 from conveyor.exceptions import BrokerError
 
 logger = logging.getLogger("conveyor.worker")
@@ -27,7 +27,7 @@ MAX_BACKOFF = 10.0
 class Fetcher:
     def __init__(
         self,
-        broker: Broker,
+        broker: Transport,
         queues: Sequence[str],
         window: int,
         deliver: Callable[[list[Delivery]], None],

@@ -136,16 +136,16 @@ class RemoteControl(Hook):
         self._stopped.set()
         if self._thread.is_alive():
             with contextlib.suppress(Exception):  # it may have closed its connection meanwhile
-                self.broker.interrupt()
+                self.broker.transport.interrupt()
 
     def _serve(self) -> None:
         failures = 0
         try:
             while not self._stopped.is_set():
                 try:
-                    deliveries = self.broker.fetch([self.queue], 10, 1.0)
+                    deliveries = self.broker.transport.fetch([self.queue], 10, 1.0)
                     if deliveries:
-                        self.broker.ack(deliveries)
+                        self.broker.transport.ack(deliveries)
                 except BrokerError as exc:
                     failures += 1
                     if failures == 1:
@@ -178,7 +178,7 @@ class RemoteControl(Hook):
         if request.get("reply") and time.time() <= expires:
             try:
                 value = sealed(self.state.app, json.dumps(reply, default=repr).encode())
-                self.broker.kv_put(CONTROL_REPLIES, reply_key(ticket, self.state.hostname), value)
+                self.broker.state.kv_put(CONTROL_REPLIES, reply_key(ticket, self.state.hostname), value)
             except BrokerError as exc:
                 logger.warning("Could not reply to %s: %s", command, exc)
 

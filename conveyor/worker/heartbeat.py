@@ -43,7 +43,7 @@ class Heartbeat(Hook):
             "tasks": sorted(name for name in worker.app.tasks if not name.startswith("conveyor.")),
         }  # fmt: skip
         try:
-            worker.app.broker.register_worker(worker.hostname, json.dumps(info).encode(), HEARTBEAT_SECONDS * 3)
+            worker.app.state.register_worker(worker.hostname, json.dumps(info).encode(), HEARTBEAT_SECONDS * 3)
         except BrokerError as exc:
             logger.error("Could not send heartbeat: %s", exc)
         else:
@@ -51,6 +51,6 @@ class Heartbeat(Hook):
 
     def stop(self) -> None:
         try:
-            self.worker.app.broker.unregister_worker(self.worker.hostname)
+            self.worker.app.state.unregister_worker(self.worker.hostname)
         except BrokerError:
             pass  # its announcement lapses on its own

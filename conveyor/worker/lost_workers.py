@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conveyor.worker")
 
-#: Broker key-value namespace of the claims on a lost worker's tasks.
+#: State store key-value namespace of the claims on a lost worker's tasks.
 CLAIMS = "lost_tasks"
 
 
@@ -46,7 +46,7 @@ class LostWorkers(Hook):
             return
         self._next = now + HEARTBEAT_SECONDS
         try:
-            live = self.worker.app.broker.workers()
+            live = self.worker.app.state.workers()
         except BrokerError:
             return  # the fetcher reports a lost broker; a lapse is looked for once it is back
         for hostname in [h for h in self._peers if h not in live]:
@@ -70,16 +70,16 @@ class LostWorkers(Hook):
         if not task_ids:
             return
         app = self.worker.app
-        backend, broker = app.backend, app.broker
+        backend, state = app.backend, app.state
         try:
             unfinished = self._unfinished(task_ids)
-            mine = [t for t in unfinished if broker.kv_swap(CLAIMS, t, None, hostname.encode())]
+            mine = [t for t in unfinished if state.kv_swap(CLAIMS, t, None, hostname.encode())]
             still = self._unfinished(mine)  # again, now that they are ours: one may have finished meanwhile
             error = WorkerLostError(f"worker {hostname} stopped sending heartbeats while running the task")
             backend.write([backend.make_update(t, states.FAILURE, error, history={"lost_worker": hostname})
                            for t in still])  # fmt: skip
             for task_id in mine:
-                broker.kv_swap(CLAIMS, task_id, hostname.encode(), None)
+                state.kv_swap(CLAIMS, task_id, hostname.encode(), None)
         except (BackendError, BrokerError) as exc:
             logger.error("Could not mark the tasks of lost worker %s: %s", hostname, exc)
             return

@@ -54,7 +54,7 @@ class RateLimits(Hook):
         if rate is None:
             return 0.0
         try:
-            return self.worker.app.broker.take_token(f"rate:{name}", rate)
+            return self.worker.app.state.take_token(f"rate:{name}", rate)
         except BrokerError as exc:
             logger.error("Could not take a rate-limit token for %s (running it anyway): %s", name, exc)
             return 0.0

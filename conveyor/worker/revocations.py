@@ -42,7 +42,7 @@ class Revocations(Hook):
         if not ids:
             return arrivals
         try:
-            revoked = self._trusted(self.worker.app.broker.revoked(ids))
+            revoked = self._trusted(self.worker.app.state.revoked(ids))
         except BrokerError as exc:
             logger.error("Could not check revocations (the tasks are given back): %s", exc)
             self.worker.ledger.give_back([h.delivery for h in arrivals])
@@ -76,7 +76,7 @@ class Revocations(Hook):
         if not running:
             return
         try:
-            revoked = self._trusted(self.worker.app.broker.revoked(list(running)))
+            revoked = self._trusted(self.worker.app.state.revoked(list(running)))
         except BrokerError as exc:
             logger.error("Could not check revocations: %s", exc)
             return

@@ -176,7 +176,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         broker, backend = app.broker, app.backend
-        self.writer = Writer(backend, broker, written=self.hooks.stored if self.hooks.storing else None)
+        self.writer = Writer(backend, broker, app.state, written=self.hooks.stored if self.hooks.storing else None)
         self.writer.start()
         self.pool = create_pool(self.pool_name, app, self.concurrency)
         self.pool.start(self._from_pool if self.pool.inline_reports else self.inbox.post)
@@ -285,7 +285,7 @@ class Worker:
 
     def _confirm_when_idle(self) -> None:
         """Idle for a while: check that what this loop sent without waiting (acks it wrote itself,
-        a chord's body) landed; a lost connection sends it again (Broker.confirm)."""
+        a chord's body) landed; a lost connection sends it again (Transport.confirm)."""
         try:
             self.app.confirm_published()
         except BrokerError as exc:  # the fetcher and writer report an unreachable broker

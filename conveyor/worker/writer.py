@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from conveyor.backends.base import ResultBackend, StateUpdate, coalesce
-from conveyor.brokers.base import Broker, Delivery
+from conveyor.brokers.base import Delivery, Transport
+from conveyor.brokers.state import StateStore
 from conveyor.exceptions import BackendError, BrokerError
 
 logger = logging.getLogger("conveyor.worker")
@@ -36,12 +37,14 @@ class Writer:
     def __init__(
         self,
         backend: ResultBackend,
-        broker: Broker,
+        broker: Transport,
+        state: StateStore,
         written: Callable[[Sequence[StateUpdate]], None] | None = None,
     ) -> None:
         """`written` is called (on the writer's thread) with each batch of updates once stored."""
         self.backend = backend
         self.broker = broker
+        self.state = state
         self.written = written
         self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="conveyor-writer", daemon=True)
@@ -87,7 +90,7 @@ class Writer:
 
     def send_inline_acks(self, confirm: bool = True) -> None:
         """Acknowledge the deliveries whose results this thread stored inline, and read the
-        replies (`Broker.confirm`); if that fails, the writer's thread sends them again.
+        replies (`Transport.confirm`); if that fails, the writer's thread sends them again.
         Without `confirm` the replies are left for this thread's next broker call.
 
         Call after `submit(inline=True)` once nothing waits on this thread: the
@@ -150,7 +153,7 @@ class Writer:
 
     def _record(self, events: list[bytes]) -> None:
         try:
-            self.broker.add_events(events)
+            self.state.add_events(events)
         except BrokerError as exc:
             logger.warning("Dropped %d task events: %s", len(events), exc)
 

@@ -81,7 +81,7 @@ def test_group_is_published_in_one_broker_call_and_keeps_order(app: Celery, monk
     revoke = app.broker.revoke
     monkeypatch.setattr(app.broker, "revoke", lambda ids, *a: (revokes.append(len(ids)), revoke(ids, *a))[1])
     later.revoke()
-    assert revokes == [3] and set(app.broker.revoked([r.id for r in later])) == {r.id for r in later}
+    assert revokes == [3] and set(app.state.revoked([r.id for r in later])) == {r.id for r in later}
 
 
 def test_group_arguments_are_checked_before_anything_is_sent(app: Celery) -> None:
@@ -115,7 +115,7 @@ def test_the_last_header_task_to_end_sends_the_body_once(app: Celery, monkeypatc
         assert chord(parts, tally.s(key=key)).apply_async().get(timeout=30) == 40
         time.sleep(0.5)
     assert BODY_RUNS.count(key) == 1
-    assert app.broker.kv_items(canvas.CHORDS) == {}  # the record and its count are gone
+    assert app.state.kv_items(canvas.CHORDS) == {}  # the record and its count are gone
 
 
 def test_chord_with_a_failed_header_task_fails_its_body(app: Celery) -> None:

@@ -11,6 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from conveyor import Celery, states
+from conveyor.brokers import Outgoing
 from conveyor.dashboard import create_app
 from conveyor.worker import heartbeat
 from tests.conftest import BROKERS, contract_app, store_url
@@ -36,7 +37,7 @@ def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: 
 def test_overview_shows_workers_queues_and_dead_letters(app: Celery) -> None:
     client = TestClient(create_app(app))
     app.tasks["d.add"].apply_async((1, 1), queue="later")
-    app.broker.publish_one("celery", b"{not json")
+    app.broker.publish([Outgoing("celery", b"{not json")])
     with running(app, "threads"):
         deadline = time.monotonic() + 10
         while not app.broker.dead_letters() and time.monotonic() < deadline:
@@ -58,7 +59,7 @@ def test_task_scoreboard_and_revoke(app: Celery) -> None:
         assert [h["state"] for h in board["history"]] == [states.STARTED, states.SUCCESS]
         waiting = app.tasks["d.add"].apply_async((1, 1), countdown=60)
         assert client.post(f"/api/tasks/{waiting.id}/revoke").json() == {"revoked": waiting.id, "terminate": False}
-        assert app.broker.revoked([waiting.id])
+        assert app.state.revoked([waiting.id])
     assert client.get("/api/tasks/never-sent").json()["state"] == states.PENDING
 
 

@@ -56,18 +56,18 @@ def test_a_pending_key_returns_the_first_task_and_sends_nothing(app: Celery) -> 
         other.get(timeout=10)
         later = add.apply_async((1, 2), deduplication_id="sum:1:2")  # the first one ended: free again
         assert later.id != first.id and later.get(timeout=10) == 3
-    assert app.broker.kv_items(NAMESPACE) == {}  # every hold given back
+    assert app.state.kv_items(NAMESPACE) == {}  # every hold given back
 
 
 def test_a_call_that_sends_nothing_leaves_the_key_free(app: Celery) -> None:
     add = app.tasks["dd.add"]
     with pytest.raises(TypeError, match="not JSON serializable"):  # nothing is sent
         add.apply_async((object(), 1), deduplication_id="unsent")
-    assert app.broker.kv_get(NAMESPACE, "unsent") is None
+    assert app.state.kv_get(NAMESPACE, "unsent") is None
     with pytest.raises(TypeError, match="not JSON serializable"):  # the same for a throttle's hold
         add.apply_async((object(), 1), deduplication_id="unsent", deduplication_ttl=60)
     sent = add.apply_async((1, 1), deduplication_id="unsent")
-    assert queued(app) == 1 and json.loads(app.broker.kv_get(NAMESPACE, "unsent") or b"")["task_id"] == sent.id
+    assert queued(app) == 1 and json.loads(app.state.kv_get(NAMESPACE, "unsent") or b"")["task_id"] == sent.id
 
 
 def test_concurrent_callers_get_one_task(app: Celery) -> None:
@@ -111,6 +111,6 @@ def test_failure_and_revocation_free_the_key_and_a_retry_keeps_it(app: Celery) -
         assert retrying.get(timeout=10) == 1
 
         # The worker fetches it, ends it REVOKED and gives its key back.
-        wait_for(lambda: app.broker.kv_get(NAMESPACE, "revoked") is None)
+        wait_for(lambda: app.state.kv_get(NAMESPACE, "revoked") is None)
         assert revoked.state == states.REVOKED
         assert add.apply_async((0, 0), deduplication_id="revoked").id != revoked.id

@@ -200,7 +200,7 @@ def test_a_long_task_shows_as_started_while_it_runs_and_a_short_one_costs_one_ev
         app.tasks["f.add"].delay(1, 1).get(timeout=10)
 
         def add_events() -> list[bytes]:
-            return [e for e in app.broker.recent_events(100) if b"f.add" in e]
+            return [e for e in app.state.recent_events(100) if b"f.add" in e]
 
         events = eventually(add_events)
         time.sleep(0.3)  # nothing more comes

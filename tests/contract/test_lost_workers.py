@@ -17,10 +17,10 @@ def test_the_unfinished_tasks_of_a_vanished_peer_fail_and_the_finished_keep_thei
     backend.write([backend.make_update("was-running", states.STARTED, {"pid": 1}),
                    backend.make_update("had-finished", states.SUCCESS, 42)])  # fmt: skip
     info = {"hostname": "ghost@ctl", "acked_running": ["was-running", "had-finished", "never-stored"]}
-    app.broker.register_worker("ghost@ctl", json.dumps(info).encode(), 60)
+    app.state.register_worker("ghost@ctl", json.dumps(info).encode(), 60)
     with running(app):
         time.sleep(2.5)  # the worker has seen the ghost's heartbeat
-        app.broker.unregister_worker("ghost@ctl")
+        app.state.unregister_worker("ghost@ctl")
         with pytest.raises(WorkerLostError, match="ghost@ctl"):
             app.AsyncResult("was-running").get(timeout=10)
         with pytest.raises(WorkerLostError):

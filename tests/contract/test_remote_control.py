@@ -101,7 +101,7 @@ def test_inspect_answers_in_celerys_shapes_while_tasks_run(app: Celery) -> None:
         assert inspect.stats()["w1@ctl"]["total"] == {"t.sleep": 3}
         assert inspect.active() == {"w1@ctl": []}
     # The caller read and removed every reply: nothing of them stays in the broker.
-    assert app.broker.kv_items(CONTROL_REPLIES) == {}
+    assert app.state.kv_items(CONTROL_REPLIES) == {}
 
 
 def test_conf_shows_the_settings_with_passwords_hidden(app: Celery) -> None:
@@ -143,7 +143,7 @@ def test_replies_reach_only_the_caller_that_asked(app: Celery) -> None:
             caller.join(10)
         assert sorted(n for n, _ in replies) == list(range(6))
         assert all(reply == {"w1@ctl": {}} for _, reply in replies)
-    assert app.broker.kv_items(CONTROL_REPLIES) == {}
+    assert app.state.kv_items(CONTROL_REPLIES) == {}
 
 
 @pytest.mark.parametrize("pool", ["threads", "prefork"])

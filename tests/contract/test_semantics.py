@@ -236,11 +236,11 @@ def test_rate_limit_set_at_run_time_reaches_running_workers(app: Celery) -> None
 
     with pytest.raises(ImproperlyConfigured, match="s.limited"):
         app.control.rate_limit("s.limited", "fast")
-    app.broker.kv_swap("rate_limits", "s.noop", None, b"fast")  # not through control: ignored, logged
+    app.state.kv_swap("rate_limits", "s.noop", None, b"fast")  # not through control: ignored, logged
     with running(app, "threads"):
         assert span(5) < 1.0  # configured: 10/s
         assert app.tasks["s.noop"].delay(1).get(timeout=10) == 1
-        app.broker.kv_swap("rate_limits", "s.noop", b"fast", None)
+        app.state.kv_swap("rate_limits", "s.noop", b"fast", None)
         app.control.rate_limit("s.limited", "2/s")
         assert app.control.rate_limits() == {"s.limited": "2/s"}
         time.sleep(1.2)

@@ -86,8 +86,8 @@ def test_forged_revocations_and_rate_limits_are_ignored(apps: tuple[Celery, Cele
     with running(holder):
         task_id = "forged-revoke"
         # Keys written straight to the broker: an unsigned revocation and an unsigned rate limit.
-        keyless.broker.revoke([task_id], json.dumps({"terminate": False}).encode(), time.time() + 60)
-        keyless.broker.kv_put(RATE_LIMITS, "s.add", b"1/m")
+        keyless.state.revoke([task_id], json.dumps({"terminate": False}).encode(), time.time() + 60)
+        keyless.state.kv_put(RATE_LIMITS, "s.add", b"1/m")
         result = holder.tasks["s.add"].apply_async((1, 2), task_id=task_id)
         deadline = time.monotonic() + 10
         while result.state != states.SUCCESS and time.monotonic() < deadline:
@@ -105,9 +105,9 @@ def test_revocation_info_and_rate_limits_are_stored_sealed(apps: tuple[Celery, C
     holder, _, _ = apps
     holder.control.revoke("some-task")
     holder.control.rate_limit("s.add", "10/s")
-    (info,) = holder.broker.revoked(["some-task"]).values()
+    (info,) = holder.state.revoked(["some-task"]).values()
     assert info.startswith(b"\x00conveyor-signed")
-    assert holder.broker.kv_get(
+    assert holder.state.kv_get(
         RATE_LIMITS,
         "s.add",
     ).startswith(b"\x00conveyor-signed")  # type: ignore[union-attr]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from conveyor import Celery, states
+from conveyor.brokers import Outgoing
 from conveyor.exceptions import (
     ContentDisallowed,
     EncodeError,
@@ -133,7 +134,7 @@ def test_bad_input_ends_failure_and_the_worker_goes_on(app: Celery, pool: str) -
 
 def test_undecodable_message_goes_to_dead_letters(app: Celery) -> None:
     with running(app, "threads"):
-        app.broker.publish_one("celery", b"\x00 this is not a message")
+        app.broker.publish([Outgoing("celery", b"\x00 this is not a message")])
         deadline = time.monotonic() + 10
         while not app.broker.dead_letters() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -78,9 +78,9 @@ def test_a_page_of_another_site_cannot_revoke_through_the_dashboard(e2e: E2E) ->
         server.terminate()
         server.wait(10)
     assert "sent" in page  # the browser did send it
-    assert e2e.app.broker.revoked(["victim"]) == {}
+    assert e2e.app.state.revoked(["victim"]) == {}
     # The same request from a script (no Origin) is allowed, as --unauthenticated-api says.
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks/other/revoke", method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
-    assert set(e2e.app.broker.revoked(["other"])) == {"other"}
+    assert set(e2e.app.state.revoked(["other"])) == {"other"}

@@ -28,7 +28,7 @@ def test_a_task_of_a_worker_that_vanished_ends_failure_naming_it(e2e: E2E, broke
     result = app.tasks["e2e.sleep"].apply_async((60,), queue="doomed")
 
     def listed() -> bool:
-        info = app.broker.workers().get("doomed@e2e")
+        info = app.state.workers().get("doomed@e2e")
         return info is not None and result.id in json.loads(info).get("acked_running", [])
 
     deadline = time.monotonic() + 15

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor import states
+from conveyor.brokers import Outgoing
 from tests.contract.test_semantics import wait_for
 from tests.processes import E2E, alive, children_of, wait_for_state
 
@@ -101,7 +102,7 @@ def test_bad_input_is_reported_and_the_worker_keeps_running(e2e: E2E, broker: st
     task_id = e2e.cli("-A", "e2eapp", "call", "e2e.missing", "--args", "[1]").stdout.strip()
     shown = e2e.cli("-A", "e2eapp", "result", task_id, "--wait", "--timeout", "20").stdout
     assert shown.startswith("FAILURE") and "e2e.missing" in shown and "not registered" in shown
-    e2e.app.broker.publish_one("celery", b"{not json")
+    e2e.app.broker.publish([Outgoing("celery", b"{not json")])
     worker.wait_for_log("dead-letter")
     wait_for(lambda: e2e.app.broker.dead_letters() != [])  # the log line comes just before the move
     [letter] = e2e.app.broker.dead_letters()

@@ -1,7 +1,7 @@
 """Single publishes on RabbitMQ not waited for, and confirmed before anything acts on them.
 
 A `delay()` to a queue the connection has declared sends its message and
-returns; its publisher confirm is awaited by `Broker.confirm()` (which
+returns; its publisher confirm is awaited by `Transport.confirm()` (which
 `AsyncResult.get()` and a worker's task end call), by the thread's next call
 of the broker, once SEND_WINDOW are owed, or when the thread ends. These
 tests show that nothing is lost on the way (a connection lost with confirms
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor import Celery
-from conveyor.brokers.amqp import AMQPBroker
+from conveyor.brokers.amqp import AMQPTransport
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import BrokerError
 from conveyor.pipelining import SEND_WINDOW
@@ -47,13 +47,13 @@ def app(tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
     app.close()
 
 
-def unconfirmed(broker: AMQPBroker) -> int:
+def unconfirmed(broker: AMQPTransport) -> int:
     return len(getattr(broker._local, "unconfirmed", ()))
 
 
 def test_single_publishes_return_before_their_confirm_and_are_all_taken(app: Celery) -> None:
     broker = app.broker
-    assert isinstance(broker, AMQPBroker)
+    assert isinstance(broker, AMQPTransport)
     add = app.tasks["t.add"]
     add.delay(0, 0)  # the first to a queue waits: it declares the queue
     most = 0
@@ -82,7 +82,7 @@ def test_a_thread_that_ends_has_its_publishes_confirmed(app: Celery) -> None:
     assert app.broker.queue_sizes(["celery"]) == {"celery": 901}
 
 
-def _abort_connection(broker: AMQPBroker) -> None:
+def _abort_connection(broker: AMQPTransport) -> None:
     """Drop the broker's TCP connection as a network failure would (no AMQP close)."""
 
     async def abort() -> None:
@@ -101,7 +101,7 @@ def test_a_connection_lost_with_confirms_outstanding_publishes_them_again(
     app: Celery, caplog: pytest.LogCaptureFixture
 ) -> None:
     broker = app.broker
-    assert isinstance(broker, AMQPBroker)
+    assert isinstance(broker, AMQPTransport)
     add = app.tasks["t.add"]
     add.delay(0, 0)
     sent = [add.delay(i, i).id for i in range(1, SEND_WINDOW // 2)]
@@ -118,7 +118,7 @@ def test_a_negative_confirm_is_raised_by_confirm(app: Celery) -> None:
             pytest.fail("rabbitmqctl is not installed (CONVEYOR_REQUIRE_SERVICES=1)")
         pytest.skip("rabbitmqctl is not installed")
     broker = app.broker
-    assert isinstance(broker, AMQPBroker)
+    assert isinstance(broker, AMQPTransport)
     name = broker._name("capped")
     policy = f"conveyor-test-{uuid.uuid4().hex[:8]}"
     # RabbitMQ refuses (basic.nack) what a full queue with overflow=reject-publish cannot hold.
@@ -143,7 +143,7 @@ def test_rabbitmq_pushes_the_whole_prefetch_window_while_a_fetch_asks_for_half(a
     """A worker's fetcher asks for half its window at a time (the other half runs meanwhile):
     RabbitMQ must still be let push the whole window (qos), and no more."""
     broker = app.broker
-    assert isinstance(broker, AMQPBroker)
+    assert isinstance(broker, AMQPTransport)
     add = app.tasks["t.add"]
     add.delay(0, 0)
     for i in range(1, 20):

@@ -63,13 +63,13 @@ def test_a_thread_that_ends_gives_its_connection_back(redis_store) -> None:  # t
 
     url, options = redis_store
     app = Celery("threads", broker=url, broker_transport_options=options)
-    broker = app.broker
+    state = app.state
     for _ in range(20):
-        thread = threading.Thread(target=broker.revoked, args=(["some-task"],))
+        thread = threading.Thread(target=state.revoked, args=(["some-task"],))
         thread.start()
         thread.join()
     gc.collect()
-    pool = broker.client.connection_pool
+    pool = state.redis.client.connection_pool
     assert len(pool._in_use_connections) == 0  # every thread's connection is back in the pool
     assert len(pool._available_connections) <= 1  # and reused by the next thread, not one each
     app.close()

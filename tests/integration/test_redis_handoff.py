@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from conveyor.brokers.base import Delivery, Outgoing
-from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis import RedisTransport
 from tests.contract.test_semantics import wait_for
 from tests.processes import RedisServer
 
@@ -28,8 +28,8 @@ WAITERS = "conveyor:{q}:waiters"
 
 
 @pytest.fixture
-def broker(server: RedisServer) -> Iterator[RedisBroker]:
-    broker = RedisBroker(server.url, {"polling_interval": 30, "lease_timeout": 1.5})
+def broker(server: RedisServer) -> Iterator[RedisTransport]:
+    broker = RedisTransport(server.url, {"polling_interval": 30, "lease_timeout": 1.5})
     yield broker
     broker.close()
 
@@ -37,7 +37,7 @@ def broker(server: RedisServer) -> Iterator[RedisBroker]:
 class Consumer(threading.Thread):
     """One blocked fetch on a thread of its own."""
 
-    def __init__(self, broker: RedisBroker, timeout: float = 20.0) -> None:
+    def __init__(self, broker: RedisTransport, timeout: float = 20.0) -> None:
         super().__init__(daemon=True)
         self.broker, self.timeout = broker, timeout
         self.got: list[Delivery] = []
@@ -53,13 +53,13 @@ def zpopmin_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_zpopmin", {}).get("calls", 0))
 
 
-def test_an_idle_consumer_is_handed_the_message_without_claiming(broker: RedisBroker, server: RedisServer) -> None:
+def test_an_idle_consumer_is_handed_the_message_without_claiming(broker: RedisTransport, server: RedisServer) -> None:
     client = redis.Redis.from_url(server.url)
     consumer = Consumer(broker)
     consumer.start()
     wait_for(lambda: client.zcard(WAITERS) == 1)
     claims = zpopmin_calls(client)
-    broker.publish_one("q", b"handed")
+    broker.publish([Outgoing("q", b"handed")])
     consumer.join(10)
     assert [d.body for d in consumer.got] == [b"handed"]
     assert zpopmin_calls(client) == claims, "the consumer claimed instead of taking what it was handed"
@@ -74,7 +74,7 @@ def test_an_idle_consumer_is_handed_the_message_without_claiming(broker: RedisBr
     client.close()
 
 
-def test_a_waiter_is_handed_the_batchs_best_priority(broker: RedisBroker, server: RedisServer) -> None:
+def test_a_waiter_is_handed_the_batchs_best_priority(broker: RedisTransport, server: RedisServer) -> None:
     """A batch meeting one waiter: the waiter gets its priority-0 message, the rest stay in order."""
     consumer = Consumer(broker)
     consumer.start()
@@ -85,12 +85,12 @@ def test_a_waiter_is_handed_the_batchs_best_priority(broker: RedisBroker, server
     assert [d.body for d in broker.fetch(["q"], 4, 0)] == [b"five", b"nine"]
 
 
-def test_a_handed_delivery_is_fenced_like_a_claimed_one(broker: RedisBroker, server: RedisServer) -> None:
+def test_a_handed_delivery_is_fenced_like_a_claimed_one(broker: RedisTransport, server: RedisServer) -> None:
     """A stale holder (its lease lapsed and the message went to another) cannot ack it."""
     consumer = Consumer(broker)
     consumer.start()
     wait_for(lambda: redis.Redis.from_url(server.url).zcard(WAITERS) == 1)
-    broker.publish_one("q", b"m")
+    broker.publish([Outgoing("q", b"m")])
     consumer.join(10)
     [stale] = consumer.got
     time.sleep(1.7)  # the lease (1.5 s) lapses unrenewed
@@ -104,22 +104,22 @@ def test_a_handed_delivery_is_fenced_like_a_claimed_one(broker: RedisBroker, ser
     assert broker.queue_sizes(["q"]) == {"q": 0}
 
 
-def test_a_dead_waiters_registration_lapses(broker: RedisBroker, server: RedisServer) -> None:
+def test_a_dead_waiters_registration_lapses(broker: RedisTransport, server: RedisServer) -> None:
     """A consumer killed while registered is handed nothing once its wait plus a second passed;
     one message handed to it before that comes back when its lease lapses."""
     token = uuid.uuid4().hex
     keys = broker._keys("q")[:4]
-    broker._scripts.run("fetch", keys, [int(time.time() * 1000), 1500, 4, token, f"dead:{token}:1500", 1200])
-    broker.publish_one("q", b"to the dead one")
+    broker.redis.scripts.run("fetch", keys, [int(time.time() * 1000), 1500, 4, token, f"dead:{token}:1500", 1200])
+    broker.publish([Outgoing("q", b"to the dead one")])
     assert broker.fetch(["q"], 1, 0) == []
     time.sleep(1.7)  # its registration (1.2 s) has lapsed, and the lease (1.5 s) too
-    broker.publish_one("q", b"after")
+    broker.publish([Outgoing("q", b"after")])
     got = broker.fetch(["q"], 4, 0)
     assert sorted(d.body for d in got) == [b"after", b"to the dead one"]
     assert redis.Redis.from_url(server.url).zcard(WAITERS) == 0
 
 
-def test_no_message_is_stranded_or_doubled_as_waits_begin_and_end(broker: RedisBroker) -> None:
+def test_no_message_is_stranded_or_doubled_as_waits_begin_and_end(broker: RedisTransport) -> None:
     """Consumers whose short waits keep timing out while messages arrive at random moments:
     each message is delivered exactly once, at its first attempt (a hand-off racing the end of a
     wait is found by it, not left to come back when its lease lapses)."""
@@ -140,7 +140,7 @@ def test_no_message_is_stranded_or_doubled_as_waits_begin_and_end(broker: RedisB
     for thread in consumers:
         thread.start()
     for i in range(total):
-        broker.publish_one("q", str(i).encode())
+        broker.publish([Outgoing("q", str(i).encode())])
         if i % 7 == 0:
             time.sleep(random.random() * 0.004)
     broker.confirm()
@@ -153,7 +153,7 @@ def test_no_message_is_stranded_or_doubled_as_waits_begin_and_end(broker: RedisB
     assert broker.queue_sizes(["q"]) == {"q": 0}
 
 
-def test_a_delayed_publish_wakes_a_waiter_to_wait_for_its_due_time(broker: RedisBroker) -> None:
+def test_a_delayed_publish_wakes_a_waiter_to_wait_for_its_due_time(broker: RedisTransport) -> None:
     consumer = Consumer(broker, timeout=15)
     consumer.start()
     time.sleep(0.3)
@@ -164,8 +164,8 @@ def test_a_delayed_publish_wakes_a_waiter_to_wait_for_its_due_time(broker: Redis
     assert consumer.returned_at - published < 2, "the waiter slept past the due time (until its polling interval)"
 
 
-def test_a_requeue_wakes_a_waiter(broker: RedisBroker) -> None:
-    broker.publish_one("q", b"m")
+def test_a_requeue_wakes_a_waiter(broker: RedisTransport) -> None:
+    broker.publish([Outgoing("q", b"m")])
     [held] = broker.fetch(["q"], 1, 0)
     consumer = Consumer(broker, timeout=15)
     consumer.start()
@@ -177,7 +177,7 @@ def test_a_requeue_wakes_a_waiter(broker: RedisBroker) -> None:
     assert consumer.returned_at - requeued < 0.8, "the waiter slept until the lease's end, not woken"
 
 
-def test_a_fetch_that_ends_leaves_no_registration(broker: RedisBroker) -> None:
+def test_a_fetch_that_ends_leaves_no_registration(broker: RedisTransport) -> None:
     """Woken by interrupt() (a stopping worker's) or timed out, a fetch ends its registration."""
     consumer = Consumer(broker, timeout=0.8)
     consumer.start()

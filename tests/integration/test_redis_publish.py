@@ -2,7 +2,7 @@
 
 A `delay()` on Redis sends its message and returns; the reply is read by a
 later call of the same thread (after a pause or once SEND_WINDOW are owed),
-by `Broker.confirm()`, by `AsyncResult.get()`, by a worker before a task that
+by `Transport.confirm()`, by `AsyncResult.get()`, by a worker before a task that
 published counts as done, or when the thread ends. These tests show that no
 message is lost on the way: a killed connection, a restart while idle, a
 script cache flushed; and that a refusal is raised, not waited for in vain.
@@ -53,7 +53,7 @@ def set_maxmemory(server: RedisServer, limit: int) -> None:
 
 
 def unconfirmed(app: Celery) -> int:
-    return len(app.broker._scripts._link().unconfirmed)  # type: ignore[attr-defined]
+    return len(app.broker.redis.scripts._link().unconfirmed)  # type: ignore[attr-defined]
 
 
 def test_single_publishes_are_pipelined_and_a_read_sees_them_all(server: RedisServer) -> None:
@@ -187,7 +187,7 @@ def test_a_thread_that_ends_confirms_what_it_sent(server: RedisServer, caplog: p
 
         gc.collect()  # the thread's local data goes with it
     assert any("unconfirmed" in r.getMessage() and "maxmemory" in r.getMessage() for r in caplog.records)
-    pool = app.broker.client.connection_pool  # type: ignore[attr-defined]
+    pool = app.broker.redis.client.connection_pool  # type: ignore[attr-defined]
     assert len(pool._in_use_connections) == 0
     app.close()
 

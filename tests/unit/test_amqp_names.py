@@ -9,7 +9,7 @@ from conveyor import Celery
 from conveyor.brokers.amqp import (
     DEFAULT_STATE_URL,
     DELAY_LEVELS,
-    AMQPBroker,
+    AMQPTransport,
     connection_url,
     delay_ladder_key,
     with_state_defaults,
@@ -40,10 +40,10 @@ def test_the_ladder_key_spells_the_delay_in_binary_then_the_queue() -> None:
 
 
 def test_priorities_map_onto_rabbitmq_highest_first() -> None:
-    exact = AMQPBroker.__new__(AMQPBroker)
+    exact = AMQPTransport.__new__(AMQPTransport)
     exact.max_priority = 255
     assert [exact._amqp_priority(p) for p in (0, 1, 9, 255)] == [255, 254, 246, 0]
-    folded = AMQPBroker.__new__(AMQPBroker)
+    folded = AMQPTransport.__new__(AMQPTransport)
     folded.max_priority = 10  # exact for Celery's usual 0-9, the rest folded into RabbitMQ's lowest
     assert [folded._amqp_priority(p) for p in range(12)] == [10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0]
     assert folded._amqp_priority(255) == 0
@@ -61,5 +61,5 @@ def test_shared_state_defaults_to_the_result_backend_when_it_can_keep_it() -> No
 def test_the_app_builds_the_amqp_broker_with_its_state_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
     app = Celery("names", broker="amqp://guest:guest@127.0.0.1:1//", result_backend=f"sqlite:///{tmp_path}/r.db")
     broker = app.broker  # connects only on first use
-    assert isinstance(broker, AMQPBroker) and broker.state_url == f"sqlite:///{tmp_path}/r.db"
+    assert isinstance(broker, AMQPTransport) and broker.state_url == f"sqlite:///{tmp_path}/r.db"
     app.close()

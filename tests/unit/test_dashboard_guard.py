@@ -31,14 +31,14 @@ def test_without_credentials_the_dashboard_reads_but_refuses_every_action(app: C
         response = client.request(method, path)
         assert response.status_code == 403, path
         assert "read-only" in response.json()["error"]
-    assert app.broker.revoked(["t1"]) == {}
+    assert app.state.revoked(["t1"]) == {}
     assert app.control.rate_limits() == {}
 
 
 def test_unauthenticated_actions_only_when_explicitly_allowed(app: Celery) -> None:
     client = TestClient(create_app(app, unauthenticated_api=True))
     assert client.post("/api/tasks/t1/revoke").status_code == 200
-    assert app.broker.revoked(["t1"])
+    assert app.state.revoked(["t1"])
 
 
 def test_an_action_from_a_foreign_page_is_refused_even_with_credentials(app: Celery) -> None:
@@ -53,12 +53,12 @@ def test_an_action_from_a_foreign_page_is_refused_even_with_credentials(app: Cel
         "/api/tasks/t1/revoke", auth=("admin", "s3cret"), headers={"Referer": "http://evil.example/page"}
     )
     assert by_referer.status_code == 403
-    assert app.broker.revoked(["t1"]) == {}
+    assert app.state.revoked(["t1"]) == {}
     own = client.post("/api/tasks/t1/revoke", auth=("admin", "s3cret"), headers={"Origin": "http://dash.local:5555"})
     assert own.status_code == 200
     script = client.post("/api/tasks/t2/revoke", auth=("admin", "s3cret"))  # no Origin: curl, a script
     assert script.status_code == 200
-    assert set(app.broker.revoked(["t1", "t2"])) == {"t1", "t2"}
+    assert set(app.state.revoked(["t1", "t2"])) == {"t1", "t2"}
 
 
 def test_the_broker_password_is_never_shown(app: Celery) -> None:

@@ -86,7 +86,7 @@ def test_apply_async_options(memory_app: Celery) -> None:
 
 def _peek(app: Celery, eta: datetime) -> bytes:
     # The message is delayed until eta: read it straight from the store.
-    store = app.broker._store  # type: ignore[attr-defined]
+    store = app.broker.store  # type: ignore[attr-defined]
     [record] = list(store.records.values())
     assert record.visible_at == pytest.approx(eta.timestamp())
     return record.body  # type: ignore[no-any-return]

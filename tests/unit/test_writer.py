@@ -12,7 +12,8 @@ from conveyor import states
 from conveyor.backends.base import StateUpdate
 from conveyor.backends.memory import MemoryBackend
 from conveyor.brokers.base import Outgoing
-from conveyor.brokers.memory import MemoryBroker
+from conveyor.brokers.memory import MemoryTransport
+from conveyor.brokers.memory_state import MemoryStateStore
 from conveyor.exceptions import BackendConnectionError, BrokerConnectionError
 from conveyor.worker import writer
 from conveyor.worker.writer import Writer
@@ -34,7 +35,7 @@ class FlakyBackend(MemoryBackend):
         super().write(updates)
 
 
-class RecordingBroker(MemoryBroker):
+class RecordingBroker(MemoryTransport):
     def __init__(self, events: list[str]) -> None:
         super().__init__("memory://writer-test")
         self.events = events
@@ -57,7 +58,7 @@ def write_once(failures: int, caplog: pytest.LogCaptureFixture) -> tuple[list[st
     backend, broker = FlakyBackend(failures, events), RecordingBroker(events)
     broker.publish([Outgoing("q", b"m")])
     [delivery] = broker.fetch(["q"], 1, 0)
-    w = Writer(backend, broker)
+    w = Writer(backend, broker, MemoryStateStore(broker.store))
     w.start()
     with caplog.at_level(logging.WARNING, "conveyor.worker"):
         w.submit([backend.make_update("t1", states.SUCCESS, 3)], [delivery], inline=True)
@@ -95,7 +96,7 @@ def test_an_idle_writer_lets_the_caller_write_and_a_busy_one_keeps_the_order() -
     backend, broker = FlakyBackend(0, events), RecordingBroker(events)
     broker.publish([Outgoing("q", b"m")] * 3)
     first, second, third = broker.fetch(["q"], 3, 0)
-    w = Writer(backend, broker)
+    w = Writer(backend, broker, MemoryStateStore(broker.store))
     w.start()
     w.submit([backend.make_update("t1", states.SUCCESS, 1)], [first], inline=True)
     assert events == ["write"]  # its ack waits until the caller has let go of what it holds
@@ -111,7 +112,7 @@ def test_an_idle_writer_lets_the_caller_write_and_a_busy_one_keeps_the_order() -
 
     broker.publish([Outgoing("q", b"m")])
     [fourth] = broker.fetch(["q"], 1, 0)
-    w = Writer(backend, broker)
+    w = Writer(backend, broker, MemoryStateStore(broker.store))
     w.start()
     w.submit([backend.make_update("t4", states.SUCCESS, 4)], [fourth])  # busy: not inline
     w.close(timeout=10)
@@ -138,7 +139,7 @@ def test_an_inline_ack_that_fails_is_sent_again_by_the_writers_thread() -> None:
     backend, broker = FlakyBackend(0, events), FailingAckBroker(events)
     broker.publish([Outgoing("q", b"m")])
     [delivery] = broker.fetch(["q"], 1, 0)
-    w = Writer(backend, broker)
+    w = Writer(backend, broker, MemoryStateStore(broker.store))
     w.start()
     w.submit([backend.make_update("t1", states.SUCCESS, 1)], [delivery], inline=True)
     w.send_inline_acks()

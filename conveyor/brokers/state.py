@@ -1,0 +1,82 @@
+"""The state store interface: what workers, beat and clients share besides messages.
+
+Revocations, rate-limit buckets, a small key-value store with compare-and-set
+(chords, beat, deduplication, control replies), the registry of live workers
+and the recent monitoring events. A broker URL opens a transport and a state
+store together (`conveyor.brokers.open_broker`): Redis, SQLite and memory keep
+both in one store; RabbitMQ keeps messages only and takes the state store its
+`state_url` names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+#: How many monitoring events a store keeps (the dashboard's recent tasks come from them).
+EVENTS_KEPT = 10_000
+
+
+class StateStore(ABC):
+    """Shared state of a fleet. Thread-safe."""
+
+    @abstractmethod
+    def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
+        """Remember that these tasks are revoked (with `info`) until `expires_at`."""
+
+    @abstractmethod
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        """The revocations among these task ids still remembered, with their info."""
+
+    @abstractmethod
+    def take_token(self, key: str, rate: float) -> float:
+        """Take a token from the bucket `key` refilled at `rate` per second, shared by every worker.
+
+        Returns 0 when granted, else the seconds until a token is due (nothing
+        is taken). Tokens are spaced evenly (no bursts): `rate` per second
+        across all callers.
+        """
+
+    @abstractmethod
+    def kv_items(self, namespace: str) -> dict[str, bytes]:
+        """Every key and value of a small shared namespace (beat state, runtime schedule entries)."""
+
+    @abstractmethod
+    def kv_get(self, namespace: str, key: str) -> bytes | None:
+        """The value of `key` (None: absent)."""
+
+    @abstractmethod
+    def kv_swap(self, namespace: str, key: str, expected: bytes | None, new: bytes | None) -> bool:
+        """Atomically set `key` to `new` (None deletes) if its value is still `expected` (None: absent).
+
+        The one primitive beat needs: of many processes swapping the same
+        expected value, exactly one succeeds.
+        """
+
+    def kv_put(self, namespace: str, key: str, value: bytes | None) -> None:
+        """Set `key` to `value` (None deletes) whatever it holds now: the last writer wins."""
+        while not self.kv_swap(namespace, key, self.kv_get(namespace, key), value):
+            pass  # changed between the read and the swap: again, on the fresh value
+
+    @abstractmethod
+    def register_worker(self, hostname: str, info: bytes, ttl: float) -> None:
+        """Announce a live worker for `ttl` seconds (repeated as a heartbeat)."""
+
+    @abstractmethod
+    def unregister_worker(self, hostname: str) -> None:
+        """Remove a worker's announcement at shutdown."""
+
+    @abstractmethod
+    def workers(self) -> dict[str, bytes]:
+        """Live workers' announcements, by hostname."""
+
+    @abstractmethod
+    def add_events(self, events: Sequence[bytes]) -> None:
+        """Append monitoring events (the last EVENTS_KEPT are kept, older ones dropped)."""
+
+    @abstractmethod
+    def recent_events(self, limit: int = 1000) -> list[bytes]:
+        """The latest events, oldest first."""
+
+    def close(self) -> None:  # noqa: B027 - a store that borrows the transport's connection has none of its own
+        """Release connections."""
