@@ -19,11 +19,7 @@ caller translates them with `translate()` into its own Conveyor error.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,8 +33,7 @@ except ImportError:  # redis-py works without it, only slower
 from redis.exceptions import NoScriptError
 
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
-from conveyor.pipelining import SEND_WINDOW
-from conveyor.threadend import when_thread_ends
+from conveyor.pipelining import Pipelined, Window
 from conveyor.urls import redacted
 
 logger = logging.getLogger("conveyor.redis")
@@ -131,7 +126,7 @@ class translate:  # noqa: N801 - used as a function: `with translate(...)`
             raise self.error(f"{self.where}: {exc}") from exc
 
 
-class Scripts:
+class Scripts(Pipelined["_Link"]):
     """Lua scripts run by EVALSHA, loaded on demand (after a restart or SCRIPT FLUSH too).
 
     The hot paths (publish, fetch, ack, result writes) go straight to a
@@ -145,18 +140,24 @@ class Scripts:
     `send` pipelines across calls: a command goes out and the call returns; its
     reply is read by a later call of the same thread, by `confirm`, or when the
     thread ends. A single-message publish then costs one socket write instead
-    of a round trip (see `confirm` for what that changes).
+    of a round trip.
+
+    Until a send is confirmed, Redis may not have run it: a lost connection
+    sends every unconfirmed command again on a new one (at-least-once: one
+    that Redis ran before the loss runs twice). Confirm (`confirm`) before
+    acting on a send's effect: a worker confirms a task's publishes before the
+    task counts as done, `AsyncResult.get()` before it waits, and a thread's
+    sends are confirmed when it ends (and the main thread's at exit).
     """
 
     def __init__(self, client: Any, sources: Mapping[str, str]) -> None:
         import hashlib
 
+        super().__init__()
         self.client = client
         self.sources = dict(sources)
         self.shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in sources.items()}
         self.cluster = is_cluster(client)
-        self._local = threading.local()
-        self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
 
     def load(self) -> None:
         for source in self.sources.values():
@@ -169,22 +170,17 @@ class Scripts:
     def batch(self) -> Batch:
         return Batch(self)
 
-    def _link(self) -> _Link:
-        """This thread's link (a new one in a forked child: sockets are not shared)."""
-        link: _Link | None = getattr(self._local, "link", None)
-        if link is None or link.pid != os.getpid():
-            link = self._local.link = _Link(self)
-            self._links.add(link)
-        return link
+    def new_window(self) -> _Link:
+        return _Link(self.client.connection_pool)
 
     def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send raw commands in one round trip; replies in order. A NOSCRIPT reply reloads and retries."""
         if self.cluster:
             send = self._each_on_cluster
         else:
-            link = self._link()
+            link = self.window()
             if link.unconfirmed:
-                self._settle(link, 0)  # their replies come first on the connection
+                self.settle(link, 0)  # their replies come first on the connection
             else:
                 self._drop_if_closed(link)
 
@@ -214,15 +210,13 @@ class Scripts:
         if self.cluster:
             self.execute([command])
             return
-        link = self._link()
+        link = self.window()
         if link.unconfirmed:
             if time.monotonic() - link.last_sent > PAUSE_SECONDS:
-                self._settle(link, 0)
-            elif len(link.unconfirmed) >= SEND_WINDOW:
-                self._settle(link, SEND_WINDOW // 2)
-            elif len(link.unconfirmed) % READ_EVERY == 0 or link.lost_connection:
+                self.settle(link, 0)
+            elif not self.make_room(link) and (len(link.unconfirmed) % READ_EVERY == 0 or link.lost_connection):
                 # What has arrived, without waiting: a lost connection then sends few again.
-                self._settle(link, None)
+                self.settle(link, None)
         if not link.unconfirmed:
             self._drop_if_closed(link)
         connection = link.connect()
@@ -243,21 +237,7 @@ class Scripts:
         if link.connection is not None and not _usable(link.connection):
             link.drop()
 
-    def confirm(self) -> None:
-        """Wait for the replies to this thread's `send`s; raise the first error among them.
-
-        Until a send is confirmed, Redis may not have run it: a lost connection
-        sends every unconfirmed command again on a new one (at-least-once: one
-        that Redis ran before the loss runs twice). Confirm before acting on a
-        send's effect: a worker confirms a task's publishes before the task
-        counts as done, `AsyncResult.get()` before it waits, and a thread's
-        sends are confirmed when it ends (and the main thread's at exit).
-        """
-        link: _Link | None = getattr(self._local, "link", None)
-        if link is not None and link.unconfirmed and link.pid == os.getpid():
-            self._settle(link, 0)
-
-    def _settle(self, link: _Link, leave: int | None) -> None:
+    def settle(self, link: _Link, leave: int | None) -> None:
         """Read the replies owed until `leave` remain (None: those already here), after sending the
         commands again if their connection was lost; raise the first refusal among them."""
         connection = link.connect()
@@ -292,20 +272,14 @@ class Scripts:
                 errors.append(reply)
         return errors
 
-    def _end_link(self, link: _Link) -> None:
-        """A thread ended (or the process exits): confirm its sends, give its connection back."""
+    def settle_at_end(self, link: _Link) -> None:
         try:
-            if link.unconfirmed:
-                try:
-                    self._settle(link, 0)
-                except redis.ConnectionError:
-                    self._settle(link, 0)  # once more, on a new connection
-        except Exception as exc:
-            logger.error(
-                "%d commands sent to Redis by a thread that ended are unconfirmed: %s", len(link.unconfirmed), exc
-            )
-        finally:
-            link.release()
+            self.settle(link, 0)
+        except redis.ConnectionError:
+            self.settle(link, 0)  # once more, on a new connection
+
+    def release(self, link: _Link) -> None:
+        link.release()
 
     def _pipeline(self, link: _Link, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         connection = link.connect()
@@ -339,9 +313,7 @@ class Scripts:
         return replies
 
     def close(self) -> None:
-        for link in list(self._links):
-            link.end()
-        self._local = threading.local()
+        self.end_all()
 
 
 #: A thread sending back to back reads the replies that have arrived after every this many sends.
@@ -365,22 +337,20 @@ def _raise_refused(errors: list[Exception]) -> None:
         ) from errors[0]
 
 
-class _Link:
+class _Link(Window):
     """One thread's connection, checked out of the pool, and its unconfirmed sends.
 
-    Ended with its thread (`threadend`): the sends are confirmed and the
+    Ended with its thread (`Pipelined`): the sends are confirmed and the
     connection goes back, so short-lived producer threads neither lose a
     message nor each keep a connection open.
     """
 
-    def __init__(self, scripts: Scripts) -> None:
-        self.pid = os.getpid()
-        self.pool = scripts.client.connection_pool
+    def __init__(self, pool: Any) -> None:
+        super().__init__()
+        self.pool = pool
         self.connection: Any = None
-        self.unconfirmed: deque[tuple[Any, ...]] = deque()
         self.sent_on: Any = None  # the connection the unconfirmed commands went out on
         self.last_sent = 0.0
-        self.end = when_thread_ends(scripts._end_link, self)
 
     @property
     def lost_connection(self) -> bool:

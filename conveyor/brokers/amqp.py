@@ -60,8 +60,7 @@ from urllib.parse import urlsplit, urlunsplit
 from conveyor.brokers.base import MAX_PRIORITY, DeadLetter, Delivery, Outgoing, Transport
 from conveyor.brokers.state import StateStore
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
-from conveyor.pipelining import SEND_WINDOW
-from conveyor.threadend import when_thread_ends
+from conveyor.pipelining import Pipelined, Window
 
 logger = logging.getLogger("conveyor.broker")
 if logging.getLogger("aiormq").level == logging.NOTSET:
@@ -223,7 +222,7 @@ class AMQPTransport(Transport):
         self._widest = 0  # the consumer's window (qos), or the most one fetch has asked for
         self._subscription: tuple[tuple[str, ...], int, int] | None = None  # what consume() last set up
         self._interrupted = False
-        self._local = threading.local()  # a thread's publishes whose confirm is not yet awaited
+        self._confirms = _PublisherConfirms(self)  # each thread's publishes whose confirm is awaited later
 
     # -- names and plumbing ------------------------------------------------------------------
     def _name(self, queue: str) -> str:
@@ -276,52 +275,17 @@ class AMQPTransport(Transport):
     def _send(self, sends: list[_Send]) -> None:
         """Publish without waiting for the confirm: it is awaited by `confirm()`, by this
         thread's next broker call, or once SEND_WINDOW are owed (the older half, then)."""
-        unconfirmed = self._unconfirmed()
-        if len(unconfirmed) >= SEND_WINDOW:
-            self._await_confirms(unconfirmed, SEND_WINDOW // 2)
-        elif unconfirmed and unconfirmed[0][1].done():
-            self._await_confirms(unconfirmed, None)  # what has come back, without waiting
+        confirms = self._confirms
+        window = confirms.window()
+        if not confirms.make_room(window) and window.unconfirmed and window.unconfirmed[0][1].done():
+            confirms.settle(window, None)  # what has come back, without waiting
         link = self._current_link()
-        unconfirmed.append((sends, link.submit(lambda session: session.publish(sends, self))))
+        window.unconfirmed.append((sends, link.submit(lambda session: session.publish(sends, self))))
 
     def confirm(self) -> None:
         """Wait for the confirms of this thread's publishes: a negative one raises BrokerError;
         those a lost connection left unanswered are published again (and waited for)."""
-        unconfirmed: deque[tuple[list[_Send], Future[None]]] | None = getattr(self._local, "unconfirmed", None)
-        if unconfirmed and self._local.pid == os.getpid():
-            self._await_confirms(unconfirmed, 0)
-
-    def _unconfirmed(self) -> deque[tuple[list[_Send], Future[None]]]:
-        unconfirmed = getattr(self._local, "unconfirmed", None)
-        if unconfirmed is None or self._local.pid != os.getpid():  # a forked child starts afresh
-            unconfirmed = self._local.unconfirmed = deque()
-            self._local.pid = os.getpid()
-            when_thread_ends(self._confirm_at_thread_end, unconfirmed)
-        return unconfirmed
-
-    def _await_confirms(self, unconfirmed: deque[tuple[list[_Send], Future[None]]], leave: int | None) -> None:
-        """Await confirms until `leave` remain (None: those already in), in the order sent."""
-        again: list[_Send] = []
-        refused: list[BrokerError] = []
-        while unconfirmed and (len(unconfirmed) > leave if leave is not None else unconfirmed[0][1].done()):
-            sends, future = unconfirmed.popleft()
-            try:
-                self._link.result("publish", future)
-            except BrokerConnectionError:
-                again += sends  # RabbitMQ may or may not have it: at least once
-            except BrokerError as exc:
-                refused.append(exc)
-        if again:
-            logger.warning("Publishing %d messages again: the connection was lost before their confirms", len(again))
-            self._current_link().call("publish", lambda session: session.publish(again, self))
-        if refused:
-            raise BrokerError(f"RabbitMQ refused {len(refused)} message(s) published without waiting: {refused[0]}")
-
-    def _confirm_at_thread_end(self, unconfirmed: deque[tuple[list[_Send], Future[None]]]) -> None:
-        try:
-            self._await_confirms(unconfirmed, 0)
-        except BrokerError as exc:
-            logger.error("Messages published by a thread that ended were not taken by RabbitMQ: %s", exc)
+        self._confirms.confirm()
 
     # -- consuming ---------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
@@ -560,6 +524,37 @@ class AMQPTransport(Transport):
         self.interrupt()
         if os.getpid() == self._pid:
             self._link.close()
+
+
+class _PublisherConfirms(Pipelined[Window]):
+    """A transport's publishes whose confirms are awaited later: (sends, future) per publish."""
+
+    def __init__(self, transport: AMQPTransport) -> None:
+        super().__init__()
+        self.transport = transport
+
+    def new_window(self) -> Window:
+        return Window()
+
+    def settle(self, window: Window, leave: int | None) -> None:
+        """Await confirms, in the order sent, until `leave` remain (None: those already in)."""
+        unconfirmed: deque[tuple[list[_Send], Future[None]]] = window.unconfirmed
+        transport = self.transport
+        again: list[_Send] = []
+        refused: list[BrokerError] = []
+        while unconfirmed and (len(unconfirmed) > leave if leave is not None else unconfirmed[0][1].done()):
+            sends, future = unconfirmed.popleft()
+            try:
+                transport._link.result("publish", future)
+            except BrokerConnectionError:
+                again += sends  # RabbitMQ may or may not have it: at least once
+            except BrokerError as exc:
+                refused.append(exc)
+        if again:
+            logger.warning("Publishing %d messages again: the connection was lost before their confirms", len(again))
+            transport._current_link().call("publish", lambda session: session.publish(again, transport))
+        if refused:
+            raise BrokerError(f"RabbitMQ refused {len(refused)} message(s) published without waiting: {refused[0]}")
 
 
 class _Link:

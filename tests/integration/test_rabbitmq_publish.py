@@ -48,7 +48,7 @@ def app(tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
 
 
 def unconfirmed(broker: AMQPTransport) -> int:
-    return len(getattr(broker._local, "unconfirmed", ()))
+    return len(broker._confirms.window().unconfirmed)
 
 
 def test_single_publishes_return_before_their_confirm_and_are_all_taken(app: Celery) -> None:

@@ -53,7 +53,7 @@ def set_maxmemory(server: RedisServer, limit: int) -> None:
 
 
 def unconfirmed(app: Celery) -> int:
-    return len(app.broker.redis.scripts._link().unconfirmed)  # type: ignore[attr-defined]
+    return len(app.broker.redis.scripts.window().unconfirmed)  # type: ignore[attr-defined]
 
 
 def test_single_publishes_are_pipelined_and_a_read_sees_them_all(server: RedisServer) -> None:
