@@ -131,7 +131,7 @@ def measure(
 
     from conveyor.brokers.base import Outgoing
 
-    bodies = [app.build_message(name, (i,))[0].encode(format=app.conf.task_message_format) for i in range(tasks)]
+    bodies = [app.producer.message(name, (i,))[0].encode(format=app.conf.task_message_format) for i in range(tasks)]
     started = time.perf_counter()
     for offset in range(0, tasks, 1000):
         app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
@@ -166,7 +166,8 @@ def measure(
 
         # Drains: publish in batches (milliseconds), then time until the worker is through.
         for ignore_result in (False, True):
-            messages = [app.build_message(name, (i,), ignore_result=ignore_result)[0] for i in range(tasks)]
+            call = app.producer.options({"ignore_result": ignore_result})
+            messages = [app.producer.message(name, (i,), call=call)[0] for i in range(tasks)]
             bodies = [m.encode(format=app.conf.task_message_format) for m in messages]
             started = time.perf_counter()
             for offset in range(0, tasks, 1000):

@@ -325,11 +325,14 @@ class group(_Composite):  # noqa: N801 - Celery's name
             registered = app.tasks.get(sig.task)
             if registered is not None and registered.typing:
                 registered.check_arguments(sig.args, sig.kwargs)
-            message, result = app.prepare_message(sig.task, sig.args, sig.kwargs, task=registered, **sig.options)
+            producer = app.producer
+            message, result = producer.prepare(
+                sig.task, sig.args, sig.kwargs, producer.options(sig.options, registered)
+            )
             outgoing.append(message)
             results.append(result)
         if outgoing:
-            app.publish_with_retry(outgoing, *app._retry_policy(options))
+            app.producer.publish(outgoing, app.producer.options(options))
         return GroupResult(group_id, results, app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:  # type: ignore[override]

@@ -19,10 +19,10 @@ def run_eagerly(
 ) -> AsyncResult[Any]:
     """`Task.apply`: run in this process with the arguments round-tripped through the serializer."""
     app = task.app
-    options = {k: v for k, v in options.items() if k not in ("retry", "retry_policy")}
-    message, queue = app.build_message(task.name, args, kwargs, task_id=task_id, task=task, **options)
-    serializer = options.get("serializer") or task.serializer or app.conf.task_serializer
-    message = messages.decode(message.encode(serializer), None)
+    call = app.producer.options(options, task)
+    call.task_id = task_id
+    message, queue = app.producer.message(task.name, args, kwargs, call)
+    message = messages.decode(message.encode(call.serializer), None)
     job = Job(0, message, queue, hostname="eager", redelivered=False)
     # Eager results are encoded as a worker would, but kept in the result object only.
     backend = MemoryBackend(

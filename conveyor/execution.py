@@ -25,7 +25,7 @@ from conveyor.backends.base import ResultBackend, StateUpdate, encode_exception
 from conveyor.canvas import Signature
 from conveyor.exceptions import ConveyorError, EncodeError, ExceptionInfo, Ignore, Reject, Retry
 from conveyor.result import in_task
-from conveyor.task import Context, LazyRequest, Task, _current_request, current_request, sent_children, state_sink
+from conveyor.task import Context, LazyRequest, Task, current_request, running_request, sent_children, state_sink
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -246,7 +246,7 @@ class _Running:
     def __enter__(self) -> None:
         job, eager = self._job, self._eager
         self._tokens = (
-            _current_request.set(LazyRequest(lambda: context_for(job, eager=eager))),
+            running_request.set(LazyRequest(lambda: context_for(job, eager=eager))),
             in_task.set(True),
             state_sink.set(self._on_update),
         )
@@ -257,7 +257,7 @@ class _Running:
     def __exit__(self, *exc: object) -> None:
         request_token, in_task_token, sink_token = self._tokens
         in_task.reset(in_task_token)
-        _current_request.reset(request_token)
+        running_request.reset(request_token)
         state_sink.reset(sink_token)
 
 
@@ -453,7 +453,7 @@ def _positional_arity(task: Task[Any, Any]) -> int:
     import inspect
 
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    count = sum(1 for p in task._signature.parameters.values() if p.kind in kinds)
+    count = sum(1 for p in task.call_signature.parameters.values() if p.kind in kinds)
     return count - 1 if task.bind else count
 
 

@@ -16,10 +16,13 @@ import socket
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from reprlib import Repr
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor import serialization
 from conveyor.exceptions import DecodeError
+
+if TYPE_CHECKING:
+    from conveyor.calls import CallOptions
 
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 _REPR = Repr()
@@ -201,6 +204,49 @@ class Message:
 
 #: Field defaults for `Message._of_fields` (the factories' fields, id, kwargs and headers, are always given).
 _DEFAULTS = {f.name: f.default for f in fields(Message) if f.default is not MISSING}
+
+
+def build_message(
+    name: str,
+    args: Any,
+    kwargs: Any,
+    call: CallOptions,
+    *,
+    message_id: str,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+    reply_to: str | None = None,
+) -> Message:
+    """The message for one call of task `name`: a pure function of its arguments.
+
+    `parent_id`, `root_id` and `reply_to` apply where the call did not set its own (a task
+    sent from a running one is its child, and reports where its parent does).
+    """
+    return Message._of_fields(
+        {
+            "task": name,
+            "id": message_id,
+            "args": tuple(args or ()),
+            "kwargs": dict(kwargs or {}),
+            "root_id": call.root_id or root_id,
+            "parent_id": call.parent_id or parent_id,
+            "group": call.group_id,
+            "group_index": call.group_index,
+            "shadow": call.shadow,
+            "eta": call.eta,
+            "expires": call.expires,
+            "retries": call.retries,
+            "time_limit": call.time_limit,
+            "soft_time_limit": call.soft_time_limit,
+            "ignore_result": call.ignore_result,
+            "callbacks": call.link,
+            "errbacks": call.link_error,
+            "chain": call.chain,
+            "headers": dict(call.headers),
+            "priority": call.priority,
+            "reply_to": call.reply_to or reply_to,
+        }
+    )
 
 
 def _pack_id(value: str | None) -> str | bytes | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from conveyor.calls import CALL_OPTIONS, signature_dicts
 from conveyor.canvas import Signature, chunks, xmap, xstarmap
 from conveyor.exceptions import ExceptionInfo, MaxRetriesExceededError, Retry
 from conveyor.result import AsyncResult
@@ -75,36 +76,28 @@ class LazyRequest:
         return self._context
 
 
-_current_request: ContextVar[LazyRequest | None] = ContextVar("conveyor_request", default=None)
+#: The request of the task running in this context (set by `execution` around each run).
+running_request: ContextVar[LazyRequest | None] = ContextVar("conveyor_request", default=None)
 
 
 def current_request() -> Context | None:
     """The context of the task running in this thread, if any."""
-    lazy = _current_request.get()
+    lazy = running_request.get()
     return lazy.get() if lazy is not None else None
 
 
 def sent_children() -> list[str]:
     """The ids of the tasks the running task has sent (without building a request nobody read:
     sending a task reads it)."""
-    lazy = _current_request.get()
+    lazy = running_request.get()
     return lazy._context.children if lazy is not None and lazy._context is not None else []
 
 
 #: Set by the worker while a task runs: where `update_state` sends its updates.
 state_sink: ContextVar[Callable[[StateUpdate], None] | None] = ContextVar("conveyor_state_sink", default=None)
 
+
 #: The options `apply_async` understands (beyond args, kwargs, task_id, link, link_error, shadow).
-CALL_OPTIONS = frozenset(
-    {
-        "countdown", "eta", "expires", "queue", "exchange", "routing_key", "priority",
-        "serializer", "compression", "ignore_result", "headers", "time_limit",
-        "soft_time_limit", "retry", "retry_policy", "parent_id", "root_id", "group_id",
-        "group_index", "retries", "reply_to", "chain", "deduplication_id", "deduplication_ttl",
-    }
-)  # fmt: skip
-
-
 class Task(Generic[P, R]):
     """A task type. Attributes are the task's options, with Celery's defaults."""
 
@@ -151,8 +144,9 @@ class Task(Generic[P, R]):
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
         self.__module__ = fun.__module__
-        self._signature = inspect.signature(fun)
-        self._positional = _positional_range(self._signature, self.bind)
+        #: The function's signature, which arguments are checked against (`typing`).
+        self.call_signature = inspect.signature(fun)
+        self._positional = _positional_range(self.call_signature, self.bind)
         #: An `async def` task: its worker awaits it (see `AsyncTask`).
         self.is_async = inspect.iscoroutinefunction(fun)
         #: A subclass that overrides a run hook (before_start, on_success, ...): the worker calls them.
@@ -210,9 +204,9 @@ class Task(Generic[P, R]):
             return  # the common call, `add.delay(1, 2)`: a count is the whole check
         bound_args = (None, *args) if self.bind else tuple(args)
         try:
-            self._signature.bind(*bound_args, **kwargs)
+            self.call_signature.bind(*bound_args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f"{self.name}{self._signature}: {exc}") from None
+            raise TypeError(f"{self.name}{self.call_signature}: {exc}") from None
 
     # -- sending -----------------------------------------------------------------------
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
@@ -246,10 +240,14 @@ class Task(Generic[P, R]):
             self.check_arguments(args, kwargs)
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error, shadow=shadow, **options)
-        return self.app.send_task(
-            self.name, args, kwargs, task_id=task_id, link=link, link_error=link_error,
-            shadow=shadow, task=self, **options,
-        )  # fmt: skip
+        producer = self.app.producer
+        call = producer.options(options, self)
+        call.task_id, call.shadow = task_id, shadow
+        if link is not None:
+            call.link = signature_dicts(link)
+        if link_error is not None:
+            call.link_error = signature_dicts(link_error)
+        return producer.send(self.name, args, kwargs, call)
 
     def apply(
         self,
@@ -384,12 +382,6 @@ class AsyncTask(Task[P, R]):
 
 #: The run hooks a Task subclass may override.
 HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _positional_range(signature: inspect.Signature, bound: bool) -> tuple[int, float] | None:

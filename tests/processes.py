@@ -358,7 +358,7 @@ def flow_through_restart(e2e: E2E, server: RedisServer | RabbitMQServer, tasks: 
     from conveyor.brokers import Outgoing
 
     app = e2e.app
-    messages = [app.build_message("e2e.add", (i, i))[0] for i in range(tasks)]
+    messages = [app.producer.message("e2e.add", (i, i))[0] for i in range(tasks)]
     for offset in range(0, len(messages), 500):
         app.broker.publish([Outgoing("celery", m.encode()) for m in messages[offset : offset + 500]])
     deadline = time.monotonic() + 60

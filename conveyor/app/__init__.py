@@ -12,21 +12,19 @@ import importlib
 import inspect
 import os
 import threading
-import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from conveyor import dedup, messages, signals
+from conveyor import signals
 from conveyor.backends import ResultBackend, backend_from_url
 from conveyor.brokers import AMQP_SCHEMES, Broker, StateStore, Transport, open_broker
-from conveyor.brokers.base import Outgoing, check_priority
 from conveyor.canvas import Signature, register_builtins
 from conveyor.config import Settings, settings_from_object
 from conveyor.control import Control
 from conveyor.current import set_current_app, set_default_app_factory
 from conveyor.eager import run_eagerly
-from conveyor.exceptions import BrokerConnectionError, ConveyorError, EncodeError, ImproperlyConfigured
+from conveyor.exceptions import ImproperlyConfigured
+from conveyor.producer import Producer
 from conveyor.result import AsyncResult
 from conveyor.routing import Router
 from conveyor.shared import bind_shared_tasks
@@ -34,7 +32,7 @@ from conveyor.signals import Signal
 from conveyor.signing import Signing
 from conveyor.signing import from_settings as signing_from_settings
 from conveyor.sqlitedb import DEFAULT_URL
-from conveyor.task import AsyncTask, Task, _as_list, current_request
+from conveyor.task import AsyncTask, Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +78,7 @@ class Conveyor:
         self.conf = Settings()
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: Broker | None = None
+        self._producer: Producer | None = None
         self._backend: ResultBackend | None = None
         self._router: tuple[tuple[int, ...], Router] | None = None
         self._signing: tuple[tuple[Any, ...], Signing | None] | None = None
@@ -346,6 +345,14 @@ class Conveyor:
             self._broker = self._backend = None
 
     # -- sending -------------------------------------------------------------------------------
+    @property
+    def producer(self) -> Producer:
+        """What sends this app's messages (see `conveyor.producer`)."""
+        producer = self._producer
+        if producer is None:
+            producer = self._producer = Producer(self)
+        return producer
+
     def send_task(
         self,
         name: str,
@@ -355,168 +362,10 @@ class Conveyor:
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be registered here); an AsyncResult.
 
-        Takes the options of `Task.apply_async` (see `build_message`).
+        Takes the options of `Task.apply_async`, and `task_id`, `link`, `link_error`, `shadow`.
         """
-        dedup_key, dedup_ttl = options.pop("deduplication_id", None), options.pop("deduplication_ttl", None)
-        dedup_header: dict[str, Any] = {}
-        if dedup_key is not None:
-            options["task_id"] = options.get("task_id") or messages.new_id()
-            holder, dedup_header = dedup.claim(self, str(dedup_key), options["task_id"], dedup_ttl)
-            if holder is not None:  # a task with this key is pending: that one is the result
-                return AsyncResult(holder, self, task_name=name)
-            options["headers"] = {**(options.get("headers") or {}), dedup.HEADER: dedup_header}
-        try:
-            outgoing, result = self.prepare_message(name, args, kwargs, **options)
-            self.publish_with_retry([outgoing], *self._retry_policy(options))
-        except BaseException:
-            if dedup_header:
-                dedup.release(self, dedup_header)  # nothing was sent: the key is free again
-            raise
-        return result
-
-    def prepare_message(
-        self,
-        name: str,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> tuple[Outgoing, AsyncResult[Any]]:
-        """The encoded message for one call, ready for `Transport.publish`, and its result handle.
-
-        `send_task` publishes one; `group` publishes many in one broker call.
-        """
-        message, queue = self.build_message(name, args, kwargs, **options)
-        if signals.before_task_publish.receivers:
-            self._before_publish(message, queue)
-        task: Task[Any, Any] | None = options.get("task")
-        conf = self.conf
-        serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
-        compression = options.get("compression") or (task and task.compression) or conf.task_compression
-        try:
-            body = message.encode(serializer, compression, conf.task_message_format)
-        except ConveyorError:
-            raise
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise EncodeError(
-                f"cannot serialize the arguments of {name}[{message.id}] with {serializer}: {exc}"
-            ) from exc
-        signing = self.signing
-        if signing is not None:
-            body = signing.seal(body)
-        outgoing = Outgoing(queue, body, message.priority, message.eta.timestamp() if message.eta else None, message)
-        return outgoing, AsyncResult(message.id, self, task_name=name, ignored=message.ignore_result)
-
-    def _retry_policy(self, options: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
-        retry = bool(options.get("retry", self.conf.task_publish_retry))
-        return retry, {**self.conf.task_publish_retry_policy, **(options.get("retry_policy") or {})}
-
-    def build_message(
-        self,
-        name: str,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        *,
-        task_id: str | None = None,
-        link: Signature | Sequence[Signature] | None = None,
-        link_error: Signature | Sequence[Signature] | None = None,
-        shadow: str | None = None,
-        task: Task[Any, Any] | None = None,
-        **options: Any,
-    ) -> tuple[messages.Message, str]:
-        """The message for one call and the queue it goes to (options as in apply_async)."""
-        conf = self.conf
-        eta = options.get("eta")
-        countdown = options.get("countdown")
-        expires = options.get("expires", task.expires if task else None)
-        if countdown is not None or isinstance(expires, (int, float)):  # the clock is read only when needed
-            now = messages.utcnow()
-            if countdown is not None:
-                # As in Celery, countdown wins when both are given.
-                eta = now + timedelta(seconds=float(countdown))
-            if isinstance(expires, (int, float)):
-                expires = now + timedelta(seconds=float(expires))
-        hard = options.get("time_limit", task.time_limit if task else None)
-        soft = options.get("soft_time_limit", task.soft_time_limit if task else None)
-        if hard is not None and soft is not None and soft > hard:
-            raise ValueError(f"soft_time_limit ({soft}) must not be greater than time_limit ({hard})")
-        priority = options.get("priority")
-        if priority is None:
-            priority = task.priority if task and task.priority is not None else conf.task_default_priority
-        ignore_result = options.get("ignore_result")
-        if ignore_result is None:
-            ignore_result = task.ignore_result if task and task.ignore_result is not None else conf.task_ignore_result
-        parent = current_request()
-        message_id = task_id or messages.new_id()
-        if parent is not None:
-            parent.children.append(message_id)
-        message = messages.Message._of_fields(
-            {
-                "task": name,
-                "id": message_id,
-                "args": tuple(args or ()),
-                "kwargs": dict(kwargs or {}),
-                "root_id": options.get("root_id") or (parent.root_id if parent else None),
-                "parent_id": options.get("parent_id") or (parent.id if parent else None),
-                "group": options.get("group_id"),
-                "group_index": options.get("group_index"),
-                "shadow": shadow,
-                "eta": _aware(eta),
-                "expires": _aware(expires),
-                "retries": int(options.get("retries") or 0),
-                "time_limit": hard,
-                "soft_time_limit": soft,
-                "ignore_result": bool(ignore_result),
-                "callbacks": [dict(s) for s in _as_list(link)] or None,
-                "errbacks": [dict(s) for s in _as_list(link_error)] or None,
-                "chain": [dict(s) for s in options.get("chain") or ()] or None,
-                "headers": dict(options.get("headers") or {}),
-                "priority": check_priority(int(priority or 0)),
-                # A task sent from a running one reports where that one does (a chain to its caller).
-                "reply_to": options.get("reply_to") or (parent.reply_to if parent else None) or self.backend.reply_to(),
-            }
-        )
-        queue = self._checked_queue(self.router.route(
-            name, message.args, message.kwargs,
-            queue=options.get("queue"), exchange=options.get("exchange"),
-            routing_key=options.get("routing_key"), task_queue=task.queue if task else None,
-        ))  # fmt: skip
-        return message, queue
-
-    def _checked_queue(self, queue: str) -> str:
-        """With task_create_missing_queues off, only queues in task_queues (or the default) are allowed."""
-        conf = self.conf
-        if not conf.task_create_missing_queues and conf.task_queues:
-            known = {q.name for q in conf.task_queues} | {conf.task_default_queue}
-            if queue not in known:
-                raise ImproperlyConfigured(
-                    f"queue {queue!r} is not in task_queues ({', '.join(sorted(known))}) "
-                    "and task_create_missing_queues is off"
-                )
-        return queue
-
-    def publish_with_retry(self, outgoing: Sequence[Outgoing], retry: bool, policy: Mapping[str, Any]) -> None:
-        """Publish; on connection errors retry per `policy`, then raise BrokerConnectionError."""
-        max_retries = policy.get("max_retries", 3)
-        interval = float(policy.get("interval_start", 0))
-        attempt = 0
-        while True:
-            try:
-                self.broker.publish(outgoing)
-                break
-            except BrokerConnectionError as exc:
-                if not retry or (max_retries is not None and attempt >= max_retries):
-                    raise BrokerConnectionError(
-                        f"cannot publish to {self.broker.display_url} after {attempt + 1} attempt(s): {exc}"
-                    ) from exc
-                time.sleep(min(interval, float(policy.get("interval_max", 1))))
-                interval += float(policy.get("interval_step", 0.2))
-                attempt += 1
-        if signals.after_task_publish.receivers:
-            for sent in outgoing:
-                if sent.message is not None:
-                    m = sent.message
-                    headers = {**m.headers, "id": m.id, "task": m.task}
-                    signals.after_task_publish.send(m.task, headers=headers, routing_key=sent.queue)
+        producer = self.producer
+        return producer.send(name, args, kwargs, producer.options(options))
 
     def confirm_published(self) -> None:
         """Wait until the broker has taken what this thread published (see `Transport.confirm`)."""
@@ -527,24 +376,6 @@ class Conveyor:
         self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> Signature:
         return Signature(name, args, kwargs, options, app=self)
-
-    def _before_publish(self, message: messages.Message, queue: str) -> None:
-        """`before_task_publish` with Celery's shapes: protocol 2 headers (`task`, `id`, ...) and a
-        body of `(args, kwargs, embed)`; headers a receiver adds travel with the message."""
-        m = message
-        headers: dict[str, Any] = {
-            **m.headers, "lang": "py", "task": m.task, "id": m.id, "shadow": m.shadow, "eta": m.eta,
-            "expires": m.expires, "group": m.group, "retries": m.retries, "root_id": m.root_id,
-            "parent_id": m.parent_id, "timelimit": [m.time_limit, m.soft_time_limit], "origin": m.origin,
-        }  # fmt: skip
-        known = set(headers) - set(m.headers)
-        embed = {"callbacks": m.callbacks, "errbacks": m.errbacks, "chain": m.chain, "chord": m.chord}
-        signals.before_task_publish.send(
-            m.task, headers=headers, routing_key=queue, body=(m.args, m.kwargs, embed), exchange="",
-            properties={"correlation_id": m.id, "priority": m.priority, "reply_to": m.reply_to},
-            declare=[], retry_policy=None,
-        )  # fmt: skip
-        m.headers.update({key: value for key, value in headers.items() if key not in known})
 
     def run_eagerly(
         self, task: Task[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str | None,
@@ -610,16 +441,6 @@ def _django_apps() -> list[str]:
     if not apps.ready:
         django.setup()
     return [config.name for config in apps.get_app_configs()]
-
-
-def _aware(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a datetime, seconds or an ISO string, not {value!r}")
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 set_default_app_factory(Conveyor)

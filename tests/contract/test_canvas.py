@@ -78,8 +78,8 @@ def test_group_is_published_in_one_broker_call_and_keeps_order(app: Celery, monk
         assert where.get(timeout=20) == [[where.id, 0], [where.id, 1], [where.id, 2]]
     later = group(add.s(1, 1).set(countdown=60) for _ in range(3)).apply_async()
     revokes: list[int] = []
-    revoke = app.broker.revoke
-    monkeypatch.setattr(app.broker, "revoke", lambda ids, *a: (revokes.append(len(ids)), revoke(ids, *a))[1])
+    revoke = app.state.revoke
+    monkeypatch.setattr(app.state, "revoke", lambda ids, *a: (revokes.append(len(ids)), revoke(ids, *a))[1])
     later.revoke()
     assert revokes == [3] and set(app.state.revoked([r.id for r in later])) == {r.id for r in later}
 

@@ -35,7 +35,7 @@ def app(tmp_path) -> Iterator[Celery]:  # type: ignore[no-untyped-def]
 
 def test_a_message_delivered_before_its_eta_runs_at_its_eta(app: Celery) -> None:
     eta = messages.utcnow() + timedelta(seconds=1.5)
-    message, queue = app.build_message("e.stamp", ("early",), eta=eta)
+    message, queue = app.producer.message("e.stamp", ("early",), call=app.producer.options({"eta": eta}))
     body = message.encode("json", None, app.conf.task_message_format)
     with running(app, "threads"):
         app.broker.publish([Outgoing(queue, body)])  # no not_before: the broker hands it out at once

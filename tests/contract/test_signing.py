@@ -116,10 +116,10 @@ def test_revocation_info_and_rate_limits_are_stored_sealed(apps: tuple[Celery, C
 
 def test_a_raw_message_published_by_hand_is_refused(apps: tuple[Celery, Celery, Celery]) -> None:
     holder, keyless, _ = apps
-    outgoing, result = keyless.prepare_message("s.add", (5, 5))
+    outgoing, result = keyless.producer.prepare("s.add", (5, 5))
     with running(holder):
         holder.broker.publish([Outgoing("celery", outgoing.body)])
-        sealed, good = holder.prepare_message("s.add", (6, 6))
+        sealed, good = holder.producer.prepare("s.add", (6, 6))
         holder.broker.publish([sealed])
         assert good.get(timeout=10) == 12
         assert "bad signature: unsigned" in dead_letter_reasons(holder)

@@ -101,7 +101,7 @@ def test_delayed_tasks_wait_in_redis_and_worker_memory_stays_flat(e2e: E2E, redi
     idle = rss_kib(worker.process.pid)
     app = e2e.app
     eta = time.time() + 3600
-    body = app.build_message("e2e.add", (1, 2))[0].encode()
+    body = app.producer.message("e2e.add", (1, 2))[0].encode()
     for _ in range(100):
         app.broker.publish([Outgoing("celery", body, 0, eta)] * 1000)
     assert app.broker.queue_sizes(["celery"]) == {"celery": 100_000}

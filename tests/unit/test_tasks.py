@@ -97,7 +97,8 @@ def test_countdown_wins_over_eta(memory_app: Celery) -> None:
     def noop() -> None:
         return None
 
-    message, _ = memory_app.build_message(noop.name, eta=datetime(2000, 1, 1, tzinfo=UTC), countdown=30)
+    call = memory_app.producer.options({"eta": datetime(2000, 1, 1, tzinfo=UTC), "countdown": 30})
+    message, _ = memory_app.producer.message(noop.name, call=call)
     assert message.eta is not None and message.eta > datetime.now(UTC)
 
 
