@@ -100,10 +100,11 @@ class CallOptions:
             ignore_result = task.ignore_result if task and task.ignore_result is not None else conf.task_ignore_result
         policy = get("retry_policy")
         dedup_id = get("deduplication_id")
+        link, link_error, chain, headers = get("link"), get("link_error"), get("chain"), get("headers")
         return cls(
             task_id=get("task_id"),
-            eta=aware(eta),
-            expires=aware(expires),
+            eta=None if eta is None else aware(eta),
+            expires=None if expires is None else aware(expires),
             time_limit=hard,
             soft_time_limit=soft,
             priority=check_priority(int(priority or 0)),
@@ -114,7 +115,7 @@ class CallOptions:
             exchange=get("exchange"),
             routing_key=get("routing_key"),
             task_queue=task.queue if task else None,
-            headers=dict(get("headers") or {}),
+            headers=dict(headers) if headers else {},
             shadow=get("shadow"),
             root_id=get("root_id"),
             parent_id=get("parent_id"),
@@ -122,9 +123,9 @@ class CallOptions:
             group_index=get("group_index"),
             retries=int(get("retries") or 0),
             reply_to=get("reply_to"),
-            link=signature_dicts(get("link")),
-            link_error=signature_dicts(get("link_error")),
-            chain=[dict(s) for s in get("chain") or ()] or None,
+            link=None if link is None else signature_dicts(link),
+            link_error=None if link_error is None else signature_dicts(link_error),
+            chain=[dict(s) for s in chain] or None if chain else None,
             retry=bool(get("retry", conf.task_publish_retry)),
             retry_policy={**conf.task_publish_retry_policy, **policy} if policy else conf.task_publish_retry_policy,
             deduplication_id=None if dedup_id is None else str(dedup_id),
