@@ -12,6 +12,10 @@ neither repeats a run (the time is in the broker) nor skips one.
 Runs missed while no beat was up: one catch-up run at start (missed interval
 ticks collapse into one), unless `beat_cron_starting_deadline` is set and a
 crontab or solar run is later than that many seconds: then it is skipped.
+
+A project with a Celery scheduler of its own (`Scheduler`, `PersistentScheduler`,
+`ScheduleEntry`, here at Celery's path) names it in `beat_scheduler`, and beat runs
+that instead (`conveyor.schedulers`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 from conveyor.control import sealed, trusted
 from conveyor.exceptions import BrokerError, ConveyorError, ImproperlyConfigured
+from conveyor.schedulers import PersistentScheduler, ScheduleEntry, Scheduler, SchedulingError
 from conveyor.schedules import BaseSchedule, maybe_schedule, schedule, schedule_from_dict
 
 if TYPE_CHECKING:
@@ -190,3 +195,9 @@ def _stamp(moment: datetime) -> bytes:
 
 def _parse(raw: bytes) -> datetime:
     return datetime.fromtimestamp(float(raw), UTC)
+
+
+__all__ = [
+    "Beat", "Entry", "PersistentScheduler", "ScheduleEntry", "ScheduleStore", "Scheduler", "SchedulingError",
+    "app_timezone",
+]  # fmt: skip

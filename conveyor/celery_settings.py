@@ -437,8 +437,6 @@ _STATE_STORE = (
     " broker's state store: no AMQP exchanges"
 )
 _RESULT_RETRIES = "the worker's writer retries result writes with backoff until the store answers again"
-_LOGGING = "the worker's logging is set by --loglevel"
-_BEAT_IN_BROKER = "beat keeps its state in the broker's store, not in a file"
 _POOL = "Conveyor's pools manage their processes and threads themselves"
 
 #: Why each Celery setting that Conveyor does not use has no effect (by exact name, then by prefix).
@@ -481,19 +479,8 @@ WITHOUT_EFFECT: dict[str, str] = {
     "task_inherit_parent_priority": "a task's priority is set when it is sent",
     "task_queue_max_priority": "priorities 0-255 work on every broker without a queue maximum",
     "task_default_delivery_mode": "messages are always persistent",
-    "beat_schedule_filename": _BEAT_IN_BROKER,
-    "beat_sync_every": _BEAT_IN_BROKER,
-    "beat_scheduler": "beat's scheduler is Conveyor's own, with state in the broker's store",
     "beat_enable_remote_control": "beat takes no remote control commands",
     "beat_remote_control_max_tick_age": "beat takes no remote control commands",
-    "worker_hijack_root_logger": _LOGGING,
-    "worker_redirect_stdouts": _LOGGING,
-    "worker_redirect_stdouts_level": _LOGGING,
-    "worker_log_color": _LOGGING,
-    "worker_log_format": _LOGGING,
-    "worker_log_datefmt": _LOGGING,
-    "worker_task_log_format": _LOGGING,
-    "worker_task_log_datefmt": _LOGGING,
     "worker_cancel_long_running_tasks_on_connection_loss": "deliveries are leased: a task keeps running while "
     "its worker reconnects, and only a lapsed lease hands it to another worker",
     "worker_deduplicate_successful_tasks": "use deduplication_id on apply_async",
@@ -508,7 +495,7 @@ WITHOUT_EFFECT: dict[str, str] = {
     "worker_pool_restarts": _POOL,
     "worker_pool_start_method": _POOL,
     "worker_proc_alive_timeout": _POOL,
-    "worker_autoscaler": "autoscaling is not implemented yet",
+    "worker_autoscaler": "Conveyor's autoscaler (--autoscale) is built in",
     "worker_agent": "Conveyor has no worker agents",
     "worker_consumer": "Conveyor's consumer is not replaceable",
     "worker_timer": "Conveyor's worker keeps no timer thread",

@@ -19,33 +19,9 @@ from conveyor.control import task_queues
 from conveyor.exceptions import ConveyorError
 from conveyor.extras import requires
 from conveyor.urls import redacted
+from conveyor.utils import log
 
-LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
-LEVEL_COLOURS = {"DEBUG": "blue", "INFO": None, "WARNING": "yellow", "ERROR": "red", "CRITICAL": "magenta"}
 STATE_COLOURS = {states.SUCCESS: "green", states.FAILURE: "red", states.REVOKED: "magenta", states.RETRY: "yellow"}
-
-
-class _ColourFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        colour = LEVEL_COLOURS.get(record.levelname)
-        return click.style(text, fg=colour) if colour else text
-
-
-def setup_logging(level: str) -> None:
-    """The command's logging, unless a `setup_logging` receiver takes it over (Celery's rule)."""
-    colorize = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
-    described = {"loglevel": level.upper(), "logfile": None, "format": LOG_FORMAT, "colorize": colorize}
-    if signals.setup_logging.receivers:
-        signals.setup_logging.send(None, **described)
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter((_ColourFormatter if colorize else logging.Formatter)(LOG_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    signals.after_setup_logger.send(None, logger=root, **described)
-    signals.after_setup_task_logger.send(None, logger=logging.getLogger("conveyor.task"), **described)
 
 
 def find_app(spec: str) -> Conveyor:
@@ -103,6 +79,7 @@ loglevel_option = click.option(
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
 )
+logfile_option = click.option("-f", "--logfile", help="Log to this file [default: stderr].")
 
 
 def _plain(*values: object) -> list[Any]:
@@ -161,6 +138,7 @@ def _autoscale_option(ctx: click.Context, param: click.Parameter, value: str | N
 
 @main.command()
 @loglevel_option
+@logfile_option
 @click.option(
     "-c", "--concurrency", type=click.IntRange(min=1), help="Pool size [default: CPU count; asyncio: 100 tasks]."
 )
@@ -187,7 +165,7 @@ def _autoscale_option(ctx: click.Context, param: click.Parameter, value: str | N
 )  # fmt: skip
 @pass_context
 def worker(
-    obj: _Context, loglevel: str, concurrency: int | None, pool: str | None, queues: str | None,
+    obj: _Context, loglevel: str, logfile: str | None, concurrency: int | None, pool: str | None, queues: str | None,
     hostname: str | None, prefetch_multiplier: int | None, max_tasks_per_child: int | None,
     max_memory_per_child: int | None, embed_beat: bool, task_events: bool, autoscale: tuple[int, int] | None,
 ) -> None:  # fmt: skip
@@ -195,7 +173,7 @@ def worker(
     from conveyor.worker import Worker
 
     app = obj.app  # first: the app's module may connect setup_logging receivers
-    setup_logging(loglevel)
+    logging_taken_over = log.setup_logging(app.conf, loglevel, logfile)
     if max_tasks_per_child is not None:
         app.conf.worker_max_tasks_per_child = max_tasks_per_child
     if max_memory_per_child is not None:
@@ -219,6 +197,8 @@ def worker(
             "No task is registered: every task received will fail. Name the module that defines them "
             "with -A (e.g. conveyor -A proj worker), or list modules in imports/include."
         )
+    if not logging_taken_over:
+        log.redirect_stdouts(app.conf)
     instance.run()
 
 
@@ -263,20 +243,38 @@ main.add_command(main.commands["flower"], "dashboard")
 
 @main.command()
 @loglevel_option
+@logfile_option
 @click.option("--max-interval", type=float, help="Longest sleep between checks (beat_max_loop_interval).")
+@click.option("-S", "--scheduler", help="A Celery-style Scheduler class to run, 'module:Class' (beat_scheduler).")
+@click.option("-s", "--schedule", "schedule_filename", help="PersistentScheduler's file (beat_schedule_filename).")
 @pass_context
-def beat(obj: _Context, loglevel: str, max_interval: float | None) -> None:
-    """Submit periodic tasks from beat_schedule; run as many as you like, each run is sent once."""
+def beat(
+    obj: _Context, loglevel: str, logfile: str | None, max_interval: float | None, scheduler: str | None,
+    schedule_filename: str | None,
+) -> None:  # fmt: skip
+    """Submit periodic tasks from beat_schedule; run as many as you like, each run is sent once.
+
+    With a scheduler of your own (-S or beat_scheduler), run one beat: that scheduler keeps
+    its own state, as in Celery."""
     import signal
     import threading
 
+    from conveyor import schedulers
     from conveyor.beat import Beat
 
-    obj.app  # noqa: B018 - imported first: the app's module may connect setup_logging receivers
-    setup_logging(loglevel)
+    app = obj.app  # first: the app's module may connect setup_logging receivers
+    log.setup_logging(app.conf, loglevel, logfile)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    try:
+        custom = schedulers.configured(app, max_interval, scheduler, schedule_filename)
+    except (ImportError, AttributeError) as exc:
+        raise click.UsageError(f"cannot load the scheduler {scheduler or app.conf.beat_scheduler!r}: {exc}") from exc
+    if custom is not None:
+        signals.beat_init.send(custom)
+        schedulers.run(custom, stop)
+        return
     beat = Beat(obj.app, max_interval)
     signals.beat_init.send(beat)
     beat.run(stop)

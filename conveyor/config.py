@@ -123,6 +123,12 @@ def _compression(value: Any) -> str:
     return value  # type: ignore[no-any-return]
 
 
+def _class_or_path(value: Any) -> Any:
+    if not (isinstance(value, (str, type))):
+        raise ValueError("a class or a 'module:Class' string")
+    return value
+
+
 def _choice(*choices: str) -> Check:
     def choice(value: Any) -> str:
         if value not in choices:
@@ -325,12 +331,42 @@ class Settings:
         False, _bool, "record task events (received, started, succeeded, ...) for the dashboard (-E)"
     )
     worker_revoke_expires: float = _setting(10800.0, _seconds, "seconds the broker remembers a revocation")
+    # Logging of `conveyor worker` and `conveyor beat` (Celery's names and defaults)
+    worker_hijack_root_logger: bool = _setting(
+        True, _bool, "remove the root logger's handlers before adding Conveyor's (False: keep yours)"
+    )
+    worker_log_color: bool | None = _setting(None, _optional(_bool), "colour log lines (None: when on a terminal)")
+    worker_log_format: str = _setting(
+        "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s", _str, "format of the worker's log lines"
+    )
+    worker_log_datefmt: str | None = _setting(None, _optional(_str), "date format of the worker's log lines")
+    worker_task_log_format: str = _setting(
+        "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s",
+        _str,
+        "format of the lines of task loggers (get_task_logger)",
+    )
+    worker_task_log_datefmt: str | None = _setting(None, _optional(_str), "date format of task log lines")
+    worker_redirect_stdouts: bool = _setting(
+        True, _bool, "print() in tasks is logged (to the logger conveyor.redirected) instead of written raw"
+    )
+    worker_redirect_stdouts_level: str = _setting(
+        "WARNING", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "level of redirected output"
+    )
     # Beat
     beat_schedule: dict[str, Any] = _setting({}, _dict, "periodic tasks")
     beat_cron_starting_deadline: float | None = _setting(
         None, _optional(_seconds), "skip a crontab run missed by more than this many seconds"
     )
     beat_max_loop_interval: float = _setting(1.0, _seconds, "longest sleep between beat checks")
+    beat_scheduler: Any = _setting(
+        None,
+        _optional(_class_or_path),
+        "a Celery-style Scheduler class (or 'module:Class') beat runs instead of its own",
+    )
+    beat_schedule_filename: str = _setting(
+        "celerybeat-schedule", _str, "the shelve file of beat_scheduler = 'conveyor.beat:PersistentScheduler'"
+    )
+    beat_sync_every: int = _setting(0, _int(0), "with beat_scheduler: sends between the scheduler's syncs (0: by time)")
     # Signing (conveyor/signing.py)
     task_signing_key: str | None = _setting(None, _optional(_str), "shared secret that signs messages (HMAC-SHA256)")
     task_signing_old_keys: tuple[str, ...] = _setting((), _names, "former secrets still accepted, while rotating")

@@ -193,15 +193,19 @@ def execute(
         on_started(_pid)
         started = time.monotonic()
         try:
-            with interruptible or nullcontext():
-                if task.has_hooks:
-                    task.before_start(job.message.id, job.message.args, job.message.kwargs)
-                value = _call(task, job.message)
-        except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is (Retry too)
-            outcome = _ended(app, backend, task, job, exc, started)
-        else:
-            outcome = _succeeded(app, backend, task, job, value, started)
-        return _confirmed(app, backend, task, job, outcome, started)
+            try:
+                with interruptible or nullcontext():
+                    if task.has_hooks:
+                        task.before_start(job.message.id, job.message.args, job.message.kwargs)
+                    value = _call(task, job.message)
+            except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is (Retry too)
+                outcome = _ended(app, backend, task, job, exc, started)
+            else:
+                outcome = _succeeded(app, backend, task, job, value, started)
+            return _confirmed(app, backend, task, job, outcome, started)
+        except Exception as exc:
+            _internal_error(task, job, exc)
+            raise
 
 
 async def execute_async(
@@ -222,14 +226,29 @@ async def execute_async(
         on_started(_pid)
         started = time.monotonic()
         try:
-            if task.has_hooks:
-                task.before_start(job.message.id, job.message.args, job.message.kwargs)
-            value = await _call_async(task, job.message)
-        except (Exception, SystemExit) as exc:
-            outcome = _ended(app, backend, task, job, exc, started)
-        else:
-            outcome = _succeeded(app, backend, task, job, value, started)
-        return _confirmed(app, backend, task, job, outcome, started)
+            try:
+                if task.has_hooks:
+                    task.before_start(job.message.id, job.message.args, job.message.kwargs)
+                value = await _call_async(task, job.message)
+            except (Exception, SystemExit) as exc:
+                outcome = _ended(app, backend, task, job, exc, started)
+            else:
+                outcome = _succeeded(app, backend, task, job, value, started)
+            return _confirmed(app, backend, task, job, outcome, started)
+        except Exception as exc:
+            _internal_error(task, job, exc)
+            raise
+
+
+def _internal_error(task: Task[Any, Any], job: Job, exc: Exception) -> None:
+    """A step of Conveyor's own after the task's code failed (a hook, a callback, storing the
+    result): `task_internal_error` with Celery's arguments; the pool then reports the job lost."""
+    if signals.task_internal_error.receivers:
+        m = job.message
+        signals.task_internal_error.send(
+            task, task_id=m.id, args=m.args, kwargs=m.kwargs, request=current_request(), exception=exc,
+            traceback=exc.__traceback__, einfo=ExceptionInfo(exc),
+        )  # fmt: skip
 
 
 class _Running:
@@ -430,7 +449,12 @@ def failure_outcome(app: Conveyor, job: Job, error: BaseException, runtime: floa
     """A FAILURE decided outside the task: unknown name, refused content, time limit, lost process."""
     task = app.tasks.get(job.message.task)
     tb = "".join(traceback.format_exception(error))
-    updates = result_updates(app, app.backend, task, job, states.FAILURE, error, runtime, tb)
+    try:
+        updates = result_updates(app, app.backend, task, job, states.FAILURE, error, runtime, tb)
+    except Exception as exc:  # even the failure cannot be encoded (a result_serializer that fails): said, not stored
+        logger.error("Task %s[%s] failed (%r) and the result backend cannot store it: %r",
+                     job.message.task, job.message.id, error, exc)  # fmt: skip
+        updates = ()
     return Outcome(job.id, job.message.id, states.FAILURE, runtime, repr(error), updates, tb)
 
 

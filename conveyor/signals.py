@@ -31,6 +31,10 @@ Signals, their sender, their other arguments, and when they are sent:
 - `task_unknown` (None; `name`, `id`, `message`, `exc`): a message for a task
   this worker does not have.
 - `task_rejected` (None; `message`, `exc`): a task raised `Reject`.
+- `task_internal_error` (task; `task_id`, `args`, `kwargs`, `request`,
+  `exception`, `traceback`, `einfo`): a step of Conveyor's own after the
+  task's code (a hook such as `on_success`, a callback, storing the result)
+  failed; the job is then handled as lost.
 - `celeryd_init` (the worker's hostname; `instance`, `conf`, `options`): the
   worker command starts; `celeryd_after_setup` (hostname; `instance`,
   `conf`): its queues are chosen.
@@ -111,6 +115,7 @@ task_received = Signal("task_received")
 task_revoked = Signal("task_revoked")
 task_unknown = Signal("task_unknown")
 task_rejected = Signal("task_rejected")
+task_internal_error = Signal("task_internal_error")
 celeryd_init = Signal("celeryd_init")
 celeryd_after_setup = Signal("celeryd_after_setup")
 worker_init = Signal("worker_init")

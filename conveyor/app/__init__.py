@@ -404,10 +404,15 @@ def import_object(spec: str) -> Any:
     return getattr(module, attribute) if attribute else module
 
 
+def symbol_by_name(spec: str) -> Any:
+    """What Celery's "module:name" or "module.name" strings name (`task_cls`, `beat_scheduler`)."""
+    return import_object(spec if ":" in spec else ":".join(spec.rsplit(".", 1)))
+
+
 def _task_class(spec: type[Task[Any, Any]] | str) -> type[Task[Any, Any]]:
     """`task_cls` as a class or Celery's "module:Class" (or "module.Class") string."""
     if isinstance(spec, str):
-        spec = import_object(spec if ":" in spec else ":".join(spec.rsplit(".", 1)))
+        spec = symbol_by_name(spec)
     if not (isinstance(spec, type) and issubclass(spec, Task)):
         raise ImproperlyConfigured(f"task_cls must be a Task subclass, not {spec!r}")
     return spec

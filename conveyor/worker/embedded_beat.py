@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
-from conveyor import signals
+from conveyor import schedulers, signals
 from conveyor.beat import Beat
 from conveyor.worker.hooks import Hook
 
@@ -18,9 +20,15 @@ class EmbeddedBeat(Hook):
         self._done = threading.Event()
 
     def start(self, worker: Worker) -> None:
-        beat = Beat(worker.app)
-        signals.beat_embedded_init.send(beat)
-        threading.Thread(target=beat.run, args=(self._done,), name="conveyor-beat", daemon=True).start()
+        custom = schedulers.configured(worker.app)  # a scheduler of the project's own (beat_scheduler)
+        if custom is not None:
+            signals.beat_embedded_init.send(custom)
+            target: Callable[[threading.Event], None] = partial(schedulers.run, custom)
+        else:
+            beat = Beat(worker.app)
+            signals.beat_embedded_init.send(beat)
+            target = beat.run
+        threading.Thread(target=target, args=(self._done,), name="conveyor-beat", daemon=True).start()
 
     def stop(self) -> None:
         self._done.set()

@@ -13,6 +13,7 @@ from conveyor import Celery, signals
 from conveyor.brokers.base import Outgoing
 from conveyor.exceptions import Reject
 from conveyor.messages import Message
+from conveyor.serialization import Serializer, register_serializer
 from tests.conftest import contract_app, store_url
 from tests.contract.test_worker_contract import running
 
@@ -108,3 +109,35 @@ def test_before_task_publish_gets_celerys_headers_and_body(tmp_path: Path) -> No
     from conveyor.messages import decode
 
     assert decode(delivery.body).headers == {"custom": 1, "tenant": "acme"}
+
+
+def test_an_error_of_the_workers_own_after_the_task_sends_task_internal_error(tmp_path: Path) -> None:
+    def refuse(value: Any) -> bytes:
+        raise RuntimeError("this serializer encodes nothing")
+
+    register_serializer(Serializer("refusing", "application/x-refusing", refuse, lambda data: data))
+    app: Celery = contract_app("internal", store_url("sqlite", tmp_path))
+    app.conf.result_serializer = "refusing"  # no result, not even the failure, can be stored
+    errors: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        errors.append({"sender": sender, **kwargs})
+
+    @app.task(name="s.echo")
+    def echo(x: int) -> int:
+        return x
+
+    signals.task_internal_error.connect(receiver)
+    try:
+        with running(app, "threads"):
+            first, second = echo.delay(7), echo.delay(8)  # the worker goes on after the first
+            deadline = time.monotonic() + 10
+            while len(errors) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        signals.task_internal_error.disconnect(receiver)
+    assert sorted(error["task_id"] for error in errors) == sorted([first.id, second.id])
+    [error] = [error for error in errors if error["task_id"] == first.id]
+    assert error["sender"] is echo and error["args"] == (7,) and error["kwargs"] == {}
+    assert isinstance(error["exception"], RuntimeError) and error["einfo"].exception is error["exception"]
+    assert error["request"].id == first.id and error["traceback"] is not None

@@ -105,3 +105,37 @@ def test_worker_with_embedded_beat_runs_the_submitted_tasks(beat_env: E2E) -> No
     worker.wait_for_log("Scheduler: Sending due task tick (e2e.add)", timeout=10)
     worker.wait_for_log("succeeded in", timeout=10)
     assert "Task e2e.add[" in worker.log
+
+
+CUSTOM_SCHEDULER = """
+
+from conveyor.beat import PersistentScheduler
+
+
+class EveryHalfSecond(PersistentScheduler):
+    def setup_schedule(self):
+        super().setup_schedule()
+        self.update_from_dict({"half": {"task": "e2e.add", "schedule": 0.5, "args": (2, 3)}})
+"""
+
+
+def test_beat_runs_a_projects_own_scheduler_class(e2e: E2E) -> None:
+    e2e.write_app()
+    with open(e2e.directory / "e2eapp.py", "a") as module:
+        module.write(CUSTOM_SCHEDULER)
+    beat = e2e.start_beat("-S", "e2eapp:EveryHalfSecond", "-s", str(e2e.directory / "schedule"), name="custom")
+    beat.wait_for_log("Scheduler: Sending due task half (e2e.add)", timeout=10, count=2)
+    worker = e2e.start_worker("-P", "threads", name="runs")
+    worker.wait_for_log("succeeded in", timeout=10)
+    beat.signal(signal.SIGTERM)
+    assert beat.process.wait(10) == 0
+    assert any((e2e.directory).glob("schedule*"))  # the PersistentScheduler's shelve file
+
+
+def test_worker_with_embedded_beat_runs_the_configured_scheduler(e2e: E2E) -> None:
+    e2e.write_app(beat_scheduler="e2eapp:EveryHalfSecond", beat_schedule_filename="embedded-schedule")
+    with open(e2e.directory / "e2eapp.py", "a") as module:
+        module.write(CUSTOM_SCHEDULER)
+    worker = e2e.start_worker("-B", "-P", "threads", name="wbc")
+    worker.wait_for_log("Scheduler: Sending due task half (e2e.add)", timeout=10)
+    worker.wait_for_log("succeeded in", timeout=10)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from conveyor import Celery
 from tests.processes import E2E
 
 
@@ -250,3 +251,52 @@ def test_after_setup_logger_gets_the_configured_root_logger(e2e: E2E) -> None:
     (e2e.directory / "logapp.py").write_text(LOGGING_APP.format(db=e2e.db, take_over=False))
     e2e.start_worker(app="logapp")
     assert (e2e.directory / "marks.txt").read_text() == "after_setup_logger INFO 1"
+
+
+FORMATS_APP = """
+import logging
+import sys
+from conveyor import Celery
+from conveyor.utils.log import get_task_logger
+
+logging.basicConfig(stream=sys.stderr, format="MINE %(message)s")
+app = Celery("fmtapp", broker="sqlite:///{db}")
+app.conf.update({settings})
+logger = get_task_logger(__name__)
+
+
+@app.task(name="fmt.speak")
+def speak(word):
+    logger.warning("said %s", word)
+    print("printed", word)
+    return word
+"""
+
+
+def test_log_formats_for_the_worker_and_its_tasks_and_printed_output(e2e: E2E) -> None:
+    settings = {
+        "worker_log_format": "ROOT %(levelname)s %(message)s",
+        "worker_task_log_format": "TASK %(task_name)s[%(task_id)s] %(message)s",
+    }
+    (e2e.directory / "fmtapp.py").write_text(FORMATS_APP.format(db=e2e.db, settings=settings))
+    worker = e2e.start_worker("-P", "prefork", "-c", "1", app="fmtapp")
+    result = Celery("producer", broker=f"sqlite:///{e2e.db}").send_task("fmt.speak", ("hello",))
+    assert result.get(timeout=20) == "hello"
+    worker.wait_for_log("printed hello")
+    lines = worker.log.splitlines()
+    assert any(line.startswith("ROOT INFO ") and "ready" in line for line in lines)
+    assert f"TASK fmt.speak[{result.id}] said hello" in lines
+    assert "ROOT WARNING printed hello" in lines  # print() in a task is logged (worker_redirect_stdouts)
+    assert not any(line.startswith("MINE ") for line in lines)  # the root logger was taken over
+
+
+def test_with_the_root_logger_not_hijacked_the_apps_own_handler_stays(e2e: E2E) -> None:
+    settings = {"worker_hijack_root_logger": False, "worker_redirect_stdouts": False}
+    (e2e.directory / "fmtapp.py").write_text(FORMATS_APP.format(db=e2e.db, settings=settings))
+    worker = e2e.start_worker("-P", "solo", app="fmtapp")
+    producer = Celery("producer", broker=f"sqlite:///{e2e.db}")
+    assert producer.send_task("fmt.speak", ("again",)).get(timeout=20) == "again"
+    worker.wait_for_log("printed again")
+    lines = worker.log.splitlines()
+    assert any(line.startswith("MINE ") and "ready" in line for line in lines)
+    assert "printed again" in lines  # written as it is, not logged

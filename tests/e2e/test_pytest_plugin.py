@@ -38,7 +38,7 @@ def test_celery_usage_from_projects_runs_on_conveyor() -> None:
     result sets, the time helpers: as projects write them for Celery."""
     done = run_suite(PROJECT, "celery_usage.py")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "7 passed" in done.stdout
+    assert "8 passed" in done.stdout
 
 
 def test_the_same_usage_runs_on_celery(tmp_path: Path) -> None:
@@ -46,4 +46,4 @@ def test_the_same_usage_runs_on_celery(tmp_path: Path) -> None:
     (tmp_path / "celery_usage.py").write_text(source.replace("conveyor", "celery"))
     done = run_suite(tmp_path, "celery_usage.py")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "7 passed" in done.stdout
+    assert "8 passed" in done.stdout

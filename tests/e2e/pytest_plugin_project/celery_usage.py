@@ -1,6 +1,7 @@
 """Celery usage found in projects' task modules and tests, written with Celery's imports renamed;
 run by test_pytest_plugin.py on Conveyor and, renamed back, on Celery 5 (not collected otherwise)."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from conveyor import current_task, group
 from conveyor._state import get_current_task
 from conveyor.app.task import Task
+from conveyor.beat import Scheduler
 from conveyor.result import GroupResult, ResultSet
 from conveyor.utils.time import humanize_seconds, maybe_timedelta
 
@@ -112,3 +114,31 @@ def test_a_results_children_are_the_tasks_it_sent(celery_app, celery_worker):
     sent = result.get(timeout=10)
     assert [child.id for child in result.children] == sent
     assert [value for _, value in result.collect(timeout=10)] == [sent, 0, 10]
+
+
+def test_a_custom_scheduler_sends_its_own_entries(celery_app, celery_worker):
+    @celery_app.task(name="usage.stamp")
+    def stamp(word):
+        return word.upper()
+
+    class FromTheDatabase(Scheduler):
+        """A scheduler whose entries come from elsewhere (here: a list), as projects write them."""
+
+        def setup_schedule(self):
+            self.sent = []
+            self.update_from_dict({"stamp": {"task": "usage.stamp", "schedule": 0.2, "args": ("tick",)}})
+
+        def apply_async(self, entry, producer=None, advance=True, **kwargs):
+            result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+            self.sent.append(result)
+            return result
+
+    celery_worker.reload()
+    scheduler = FromTheDatabase(app=celery_app, max_interval=0.5)
+    assert 0 < scheduler.tick() <= 0.5  # not due yet: a new entry counts from now
+    deadline = time.monotonic() + 10
+    while len(scheduler.sent) < 2 and time.monotonic() < deadline:
+        time.sleep(max(0.0, scheduler.tick()))
+    assert [result.get(timeout=10) for result in scheduler.sent] == ["TICK", "TICK"]
+    assert scheduler.schedule["stamp"].total_run_count == 2
+    scheduler.close()
