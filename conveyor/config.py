@@ -317,6 +317,9 @@ class Settings:
     worker_concurrency: int | None = _setting(None, _optional(_int(1)), "pool size; none means the CPU count")
     worker_pool: str = _setting("prefork", _pool, "pool: prefork, threads, solo, asyncio (gevent, eventlet accepted)")
     worker_prefetch_multiplier: int = _setting(4, _int(0), "prefetch = concurrency x this; 0 means unlimited")
+    worker_prefetch_adaptive: bool = _setting(
+        True, _bool, "grow the prefetch window while tasks are short (the multiplier stays the floor)"
+    )
     worker_max_tasks_per_child: int | None = _setting(
         None, _optional(_int(1)), "recycle a prefork child after this many tasks"
     )

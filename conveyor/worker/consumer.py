@@ -5,6 +5,11 @@ One thread asks the broker for the window's free slots, half the window
 due, so an idle worker wakes the moment a message arrives and a busy one takes
 messages in batches. Slots are given back by the worker as deliveries are
 acknowledged, requeued or dead-lettered.
+
+A window grown for short tasks (`worker/prefetch.py`) is used only while the
+queue is deep: after a fetch that found fewer messages than it asked for, the
+next asks for half the `floor` (Celery's window) at most, so the first tasks of
+a new burst, which that fetch waits for, are shared as Celery shares them.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class Fetcher:
         self.deliver = deliver
         self._free = window
         self._low_water = max(1, window // 2)
+        #: Celery's window: half of it is the most a fetch asks for while the queue is shallow.
+        self.floor = window
+        self._deep = False
         self._changed = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="conveyor-fetcher", daemon=True)
@@ -92,7 +100,7 @@ class Fetcher:
                     self._changed.wait()
                 if self._stopped:
                     return
-                wanted = min(self._free, self._low_water)
+                wanted = min(self._free, self._low_water if self._deep else max(1, self.floor // 2))
                 self._free -= wanted
             try:
                 deliveries = self.broker.fetch(self.queues, wanted, FETCH_TIMEOUT)
@@ -109,6 +117,7 @@ class Fetcher:
                         "Broker %s is reachable again after %d failed fetches", self.broker.display_url, failures
                     )
                     failures = 0
+            self._deep = len(deliveries) == wanted
             self.release(wanted - len(deliveries))
             if deliveries and self._stopped:
                 # Fetched while stopping: nobody will run these, give them back now.

@@ -19,6 +19,7 @@ from conveyor.worker.heartbeat import Heartbeat
 from conveyor.worker.hooks import Hook
 from conveyor.worker.leases import Leases
 from conveyor.worker.lost_workers import LostWorkers
+from conveyor.worker.prefetch import AdaptivePrefetch
 from conveyor.worker.rate_limits import RateLimits
 from conveyor.worker.revocations import Revocations
 from conveyor.worker.screening import Screening
@@ -48,6 +49,8 @@ def features(app: Conveyor, *, beat: bool = False, autoscale: tuple[int, int] | 
         hooks.insert(4, RateLimits())  # last to admit: a token is taken only for a task that will run
     if app.conf.worker_send_task_events:
         hooks.append(TaskEvents())
+    if app.conf.worker_prefetch_adaptive:
+        hooks.append(AdaptivePrefetch())
     if autoscale is not None:
         hooks.append(Autoscaler(*autoscale))
     if beat:
