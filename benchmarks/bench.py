@@ -206,6 +206,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--prefetch-multiplier", type=int, default=64, help="the worker's prefetch multiplier")
     parser.add_argument("--peers", nargs="*", help="compare with peers on Redis (all, or the ones named)")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="every worker command as its README starts it, and tuned ones, on Redis and SQLite (20,000 tasks)",
+    )
     parser.add_argument("--floor", action="store_true", help="measure this machine's Redis round trips")
     parser.add_argument("--runs", type=int, default=1, help="with --peers: runs per figure (median)")
     parser.add_argument("--trips", type=int, default=300, help="with --peers: round trips for latency")
@@ -221,6 +226,13 @@ def main() -> None:
 
         title = "Redis round trips on this machine (median)"
         report.show("floor", title, ("measure", "result"), floor.rows(), args.markdown)
+        return
+    if args.defaults:
+        from benchmarks import compare
+
+        tasks = args.tasks if args.tasks != parser.get_default("tasks") else 20_000
+        title, columns, peer_rows = compare.defaults_main(tasks, args.trips, args.runs)
+        report.show("defaults", title, columns, peer_rows, args.markdown)
         return
     if args.peers is not None:
         from benchmarks import compare

@@ -22,6 +22,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,26 +77,26 @@ def conveyor_peer(name: str = "Conveyor -P solo", pool: tuple[str, ...] = ("-P",
     )  # fmt: skip
 
 
-def celery_peer() -> Peer:
+def celery_peer(name: str = "Celery 5 (solo)", pool: tuple[str, ...] = ("-P", "solo")) -> Peer:
     from benchmarks.peers.celery_app import noop
 
     return Peer(
-        "Celery 5 (solo)",
+        name,
         0,
-        lambda url: [sys.executable, "-m", "celery", "-A", "benchmarks.peers.celery_app", "worker", "-P", "solo",
+        lambda url: [sys.executable, "-m", "celery", "-A", "benchmarks.peers.celery_app", "worker", *pool,
                      "-l", "warning"],
         lambda n: _each(n, noop.delay),
         lambda k: _timed(k, lambda i: noop.delay(i).get(timeout=10)),
     )  # fmt: skip
 
 
-def dramatiq_peer() -> Peer:
+def dramatiq_peer(name: str = "Dramatiq", options: tuple[str, ...] = ("-p", "1")) -> Peer:
     from benchmarks.peers.dramatiq_app import noop
 
     return Peer(
-        "Dramatiq",
+        name,
         0,
-        lambda url: [sys.executable, "-m", "dramatiq", "benchmarks.peers.dramatiq_app", "-p", "1"],
+        lambda url: [sys.executable, "-m", "dramatiq", "benchmarks.peers.dramatiq_app", *options],
         lambda n: _each(n, noop.send),
         lambda k: _timed(k, lambda i: noop.send(i).get_result(block=True, timeout=10_000)),
     )
@@ -118,13 +119,13 @@ def rq_peer() -> Peer:
     )
 
 
-def huey_peer() -> Peer:
+def huey_peer(name: str = "Huey", options: tuple[str, ...] = ("-w", "1", "-q")) -> Peer:
     from benchmarks.peers.huey_app import noop
 
     return Peer(
-        "Huey",
+        name,
         0,
-        lambda url: [_bin("huey_consumer"), "benchmarks.peers.huey_app.huey", "-w", "1", "-q"],
+        lambda url: [_bin("huey_consumer"), "benchmarks.peers.huey_app.huey", *options],
         lambda n: _each(n, noop),
         lambda k: _timed(k, lambda i: noop(i).get(blocking=True, timeout=10)),
     )
@@ -215,6 +216,77 @@ PEERS: dict[str, tuple[int, Callable[[], Peer]]] = {
 }
 
 
+def on_sqlite(make: Callable[[], Peer]) -> Callable[[], Peer]:
+    """The peer on an embedded SQLite file of its own (the completion counter stays on Redis)."""
+
+    def factory() -> Peer:
+        directory = tempfile.mkdtemp(prefix="conveyor-bench-")
+        os.environ["BENCH_BROKER_URL"] = f"sqlite:///{directory}/conveyor.db"
+        os.environ["BENCH_SQLITE"] = f"{directory}/huey.db"
+        return make()
+
+    return factory
+
+
+TUNED = ("-P", "solo", "--prefetch-multiplier", "64")
+
+#: The worker commands as the peers' READMEs start them (no flags), then tuned rows beside them;
+#: name -> (Redis database, factory, whether it is a peer's default command).
+DEFAULTS: dict[str, tuple[int, Callable[[], Peer], bool]] = {
+    "conveyor": (8, lambda: conveyor_peer("conveyor -A tasks worker", ()), False),
+    "dramatiq": (10, lambda: dramatiq_peer("dramatiq tasks", ()), True),
+    "huey": (12, lambda: huey_peer("huey_consumer tasks.huey", ()), True),
+    "celery": (9, lambda: celery_peer("celery -A tasks worker", ()), True),
+    "conveyor-tuned": (8, lambda: conveyor_peer("conveyor ... -P solo --prefetch-multiplier 64", TUNED), False),
+    "dramatiq-tuned": (10, lambda: dramatiq_peer("dramatiq tasks -p 1 -t 8", ("-p", "1", "-t", "8")), False),
+    "conveyor-sqlite": (8, on_sqlite(lambda: conveyor_peer("conveyor -A tasks worker (SQLite)", ())), False),
+    "huey-sqlite": (12, on_sqlite(lambda: huey_peer("huey_consumer tasks.huey (SqliteHuey)", ())), True),
+    "conveyor-sqlite-tuned": (
+        8,
+        on_sqlite(lambda: conveyor_peer("conveyor ... -P solo --prefetch-multiplier 64 (SQLite)", TUNED)),
+        False,
+    ),
+}  # fmt: skip
+
+
+def defaults_main(tasks: int, trips: int, runs: int) -> tuple[str, list[str], list[list[str]]]:
+    """Every command of DEFAULTS `runs` times (medians); each row's drain against the best peer
+    default on the same store."""
+    from rich.console import Console
+
+    console = Console()
+    peers = {key: (db, factory) for key, (db, factory, _) in DEFAULTS.items()}
+    measured: dict[str, tuple[str, dict[str, float], dict[str, float]]] = {}
+    for key in DEFAULTS:
+        try:
+            stored = [run_peer(key, tasks, trips, True, peers) for _ in range(runs)]
+            ignored = [run_peer(key, tasks, trips, False, peers)[1] for _ in range(runs)]
+        except Exception as exc:  # one peer failing must not lose the others' figures
+            console.print(f"{key} failed: {exc!r}", style="red", markup=False)
+            continue
+        medians = {f: statistics.median(row[f] for _, row in stored) for f in stored[0][1]}
+        measured[key] = (stored[0][0], medians, {"drain": statistics.median(r["drain"] for r in ignored)})
+        console.print(f"done: {stored[0][0]}", markup=False)
+
+    def best_peer(sqlite: bool) -> float:
+        drains = [m[1]["drain"] for k, m in measured.items() if DEFAULTS[k][2] and k.endswith("-sqlite") == sqlite]
+        return max(drains, default=float("nan"))
+
+    rows = []
+    for key, (name, stored_row, ignored_row) in measured.items():
+        sqlite = "sqlite" in key
+        rows.append([
+            name, "SQLite" if sqlite else "Redis", f"{stored_row['drain']:,.0f}",
+            f"{stored_row['drain'] / best_peer(sqlite):.2f}x", f"{ignored_row['drain']:,.0f}",
+            f"{stored_row['cpu']:,.0f}", f"{stored_row['p50']:.2f}",
+            "-" if sqlite else f"{stored_row['bytes']:,.0f}",
+        ])  # fmt: skip
+    title = f"Worker commands as users start them: {tasks:,} tasks, each INCRs a Redis counter, median of {runs}"
+    columns = ["worker command", "store", "drain/s stored", "vs best peer default", "drain/s ignored",
+               "worker CPU µs/task", "p50 ms", "bytes/queued task"]  # fmt: skip
+    return title, columns, rows
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -242,8 +314,12 @@ def redis_cpu_seconds(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def run_peer(key: str, tasks: int, trips: int, results: bool) -> tuple[str, dict[str, float]]:
-    db, factory = PEERS[key]
+def run_peer(
+    key: str, tasks: int, trips: int, results: bool, peers: dict[str, tuple[int, Callable[[], Peer]]] | None = None
+) -> tuple[str, dict[str, float]]:
+    db, factory = (peers or PEERS)[key]
+    for name in ("BENCH_BROKER_URL", "BENCH_SQLITE"):  # set by a peer on SQLite, for itself alone
+        os.environ.pop(name, None)
     url = f"{BASE_URL}/{db}"
     os.environ["BENCH_REDIS_URL"] = url
     os.environ["BENCH_RESULTS"] = "1" if results else "0"
@@ -289,6 +365,8 @@ def run_peer(key: str, tasks: int, trips: int, results: bool) -> tuple[str, dict
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(worker.pid, signal.SIGKILL)
     client.flushdb()
+    if os.environ.get("BENCH_SQLITE"):
+        shutil.rmtree(Path(os.environ["BENCH_SQLITE"]).parent, ignore_errors=True)
     row = {"enqueue": enqueue_rate, "drain": drain, "steady": steady, "bytes": per_task, "rss": rss,
            "cpu": cpu_per_task, "redis_cpu": redis_per_task}  # fmt: skip
     if latency:

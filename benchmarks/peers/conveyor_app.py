@@ -3,7 +3,8 @@ import os
 from benchmarks.peers.common import RESULTS, count_done
 from conveyor import Celery
 
-url = os.environ["BENCH_REDIS_URL"]
+# The broker under test (BENCH_BROKER_URL: the embedded SQLite); the counter is always on Redis.
+url = os.environ.get("BENCH_BROKER_URL") or os.environ["BENCH_REDIS_URL"]
 app = Celery("bench", broker=url, result_backend=url, task_ignore_result=not RESULTS)
 
 

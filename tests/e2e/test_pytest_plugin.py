@@ -3,19 +3,42 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 PROJECT = Path(__file__).parent / "pytest_plugin_project"
 
 
-def run_suite(directory: Path, suite: str = "project_suite.py") -> subprocess.CompletedProcess[str]:
+def run_suite(
+    directory: Path, suite: str = "project_suite.py", store: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(directory),
          "-c", "/dev/null", str(directory / suite)],
-        capture_output=True, text=True, timeout=120, cwd=directory,
+        capture_output=True, text=True, timeout=180, cwd=directory,
+        env={**os.environ, "USAGE_STORE": json.dumps(store or {})},
     )  # fmt: skip
+
+
+@pytest.fixture(params=["memory", "redis", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Where the usage corpus's app keeps messages and results: Celery's test default (memory),
+    a real Redis, the embedded SQLite (Conveyor only: Celery has no such broker)."""
+    if request.param == "redis":
+        url, options = request.getfixturevalue("redis_store")
+        return {
+            "broker_url": url, "result_backend": url, "broker_transport_options": options,
+            "result_backend_transport_options": options,
+        }  # fmt: skip
+    if request.param == "sqlite":
+        return {"broker_url": f"sqlite:///{tmp_path}/usage.db", "result_backend": f"sqlite:///{tmp_path}/usage.db"}
+    return {}
 
 
 def test_a_projects_suite_written_for_celerys_fixtures_passes(tmp_path: Path) -> None:
@@ -33,17 +56,18 @@ def test_the_same_suite_with_celerys_imports_passes_on_celery(tmp_path: Path) ->
     assert "2 passed" in done.stdout
 
 
-def test_celery_usage_from_projects_runs_on_conveyor() -> None:
+def test_celery_usage_from_projects_runs_on_conveyor(store: dict[str, Any]) -> None:
     """Canvas helpers (map, starmap, chunks), current_task, the app.task module, saved groups and
-    result sets, the time helpers: as projects write them for Celery."""
-    done = run_suite(PROJECT, "celery_usage.py")
+    result sets, the time helpers, a custom scheduler: as projects write them for Celery."""
+    done = run_suite(PROJECT, "celery_usage.py", store)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "8 passed" in done.stdout
 
 
-def test_the_same_usage_runs_on_celery(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["memory", "redis"], indirect=True)
+def test_the_same_usage_runs_on_celery(tmp_path: Path, store: dict[str, Any]) -> None:
     source = (PROJECT / "celery_usage.py").read_text()
     (tmp_path / "celery_usage.py").write_text(source.replace("conveyor", "celery"))
-    done = run_suite(tmp_path, "celery_usage.py")
+    done = run_suite(tmp_path, "celery_usage.py", store)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "8 passed" in done.stdout

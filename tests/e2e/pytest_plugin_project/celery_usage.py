@@ -1,6 +1,8 @@
 """Celery usage found in projects' task modules and tests, written with Celery's imports renamed;
 run by test_pytest_plugin.py on Conveyor and, renamed back, on Celery 5 (not collected otherwise)."""
 
+import json
+import os
 import time
 from datetime import timedelta
 
@@ -18,7 +20,9 @@ pytest_plugins = ("conveyor.contrib.pytest",)
 
 @pytest.fixture(scope="session")
 def celery_config():
-    return {"broker_url": "memory://", "result_backend": "cache+memory://", "task_serializer": "json"}
+    # The store under test (USAGE_STORE, set by test_pytest_plugin.py: Redis, SQLite), else memory.
+    store = json.loads(os.environ.get("USAGE_STORE") or "{}")
+    return {"broker_url": "memory://", "result_backend": "cache+memory://", "task_serializer": "json", **store}
 
 
 def test_map_starmap_and_chunks_run_on_the_worker(celery_app, celery_worker):
