@@ -70,6 +70,7 @@ class Conveyor:
         include: Sequence[str] | None = None,
         config_source: Any = None,
         task_cls: type[Task[Any, Any]] | str | None = None,
+        set_as_current: bool = True,
         **settings: Any,
     ) -> None:
         self.main = main
@@ -102,7 +103,8 @@ class Conveyor:
         self.conf.update(initial)
         register_builtins(self)
         bind_shared_tasks(self)
-        set_current_app(self)
+        if set_as_current:  # Celery's rule: the newest app is current_app, unless it says otherwise
+            set_current_app(self)
 
     # -- configuration -------------------------------------------------------------------
     def config_from_object(self, obj: Any, namespace: str | None = None) -> None:

@@ -2,17 +2,29 @@
 run by test_pytest_plugin.py on Conveyor and, renamed back, on Celery 5 (not collected otherwise)."""
 
 import json
+import logging
 import os
 import time
 from datetime import timedelta
 
 import pytest
 
-from conveyor import current_task, group
+from conveyor import Celery, current_task, group, shared_task
 from conveyor._state import get_current_task
+from conveyor.app.log import TaskFormatter
 from conveyor.app.task import Task
 from conveyor.beat import Scheduler
 from conveyor.result import GroupResult, ResultSet
+from conveyor.schedules import crontab
+from conveyor.signals import (
+    after_task_publish,
+    before_task_publish,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_success,
+)
+from conveyor.utils.log import get_task_logger
 from conveyor.utils.time import humanize_seconds, maybe_timedelta
 
 pytest_plugins = ("conveyor.contrib.pytest",)
@@ -146,3 +158,167 @@ def test_a_custom_scheduler_sends_its_own_entries(celery_app, celery_worker):
     assert [result.get(timeout=10) for result in scheduler.sent] == ["TICK", "TICK"]
     assert scheduler.schedule["stamp"].total_run_count == 2
     scheduler.close()
+
+
+def test_a_shared_task_runs_on_the_app_of_the_moment(celery_app, celery_worker):
+    @shared_task(bind=True, name="usage.shared", max_retries=5)
+    def shared(self, x):
+        return [self.name, self.max_retries, x * 2]
+
+    celery_worker.reload()
+    assert shared.delay(4).get(timeout=10) == ["usage.shared", 5, 8]
+    assert celery_app.tasks["usage.shared"].max_retries == 5
+
+
+def test_a_task_classs_hooks_get_celerys_arguments(celery_app, celery_worker):
+    seen = []
+
+    class Hooked(celery_app.Task):
+        def before_start(self, task_id, args, kwargs):
+            seen.append(("before_start", task_id, list(args)))
+
+        def on_success(self, retval, task_id, args, kwargs):
+            seen.append(("on_success", task_id, retval))
+
+        def on_failure(self, exc, task_id, args, kwargs, einfo):
+            seen.append(("on_failure", task_id, repr(exc), "ValueError" in str(einfo)))
+
+        def after_return(self, status, retval, task_id, args, kwargs, einfo):
+            seen.append(("after_return", task_id, status))
+
+    @celery_app.task(base=Hooked, name="usage.fine")
+    def fine(x):
+        return x + 1
+
+    @celery_app.task(base=Hooked, name="usage.broken")
+    def broken():
+        raise ValueError("no")
+
+    celery_worker.reload()
+    ok = fine.delay(1)
+    assert ok.get(timeout=10) == 2
+    failed = broken.delay()
+    with pytest.raises(ValueError):
+        failed.get(timeout=10)
+    deadline = time.monotonic() + 5
+    while len(seen) < 6 and time.monotonic() < deadline:  # after_return may trail the result
+        time.sleep(0.05)
+    assert seen == [
+        ("before_start", ok.id, [1]), ("on_success", ok.id, 2), ("after_return", ok.id, "SUCCESS"),
+        ("before_start", failed.id, []), ("on_failure", failed.id, "ValueError('no')", True),
+        ("after_return", failed.id, "FAILURE"),
+    ]  # fmt: skip
+
+
+def test_task_log_lines_name_their_task(celery_app, celery_worker):
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Keep()
+    handler.setFormatter(TaskFormatter("%(task_name)s[%(task_id)s] %(levelname)s %(message)s", use_color=False))
+    logger = get_task_logger("usage.logging")
+    logger.addHandler(handler)
+    try:
+
+        @celery_app.task(name="usage.logs")
+        def logs():
+            logger.error("inside")  # Celery's test worker logs at ERROR
+            return 1
+
+        celery_worker.reload()
+        result = logs.delay()
+        assert result.get(timeout=10) == 1
+        logger.error("outside")
+    finally:
+        logger.removeHandler(handler)
+    assert f"usage.logs[{result.id}] ERROR inside" in lines
+    assert "???[???] ERROR outside" in lines
+
+
+def test_signals_carry_celerys_arguments(celery_app, celery_worker):
+    got = {}
+
+    def keep(name):
+        def receiver(sender=None, **kwargs):
+            got.setdefault(name, []).append({"sender": sender, **kwargs})
+
+        return receiver
+
+    receivers = {
+        signal: keep(name)
+        for name, signal in [
+            ("before_task_publish", before_task_publish), ("after_task_publish", after_task_publish),
+            ("task_prerun", task_prerun), ("task_postrun", task_postrun), ("task_success", task_success),
+            ("task_failure", task_failure),
+        ]
+    }  # fmt: skip
+    for signal, receiver in receivers.items():
+        signal.connect(receiver)
+    try:
+
+        @celery_app.task(name="usage.signalled")
+        def signalled(x, y=0):
+            if x < 0:
+                raise KeyError(x)
+            return x + y
+
+        celery_worker.reload()
+        ok = signalled.apply_async((1,), {"y": 2})
+        assert ok.get(timeout=10) == 3
+        failed = signalled.delay(-1)
+        with pytest.raises(KeyError):
+            failed.get(timeout=10)
+        time.sleep(0.3)  # task_postrun may trail the result
+    finally:
+        for signal, receiver in receivers.items():
+            signal.disconnect(receiver)
+    [published] = [p for p in got["before_task_publish"] if p["headers"]["id"] == ok.id]
+    assert published["sender"] == "usage.signalled" and published["headers"]["task"] == "usage.signalled"
+    args, kwargs, embed = published["body"]
+    assert (list(args), kwargs) == ([1], {"y": 2}) and "callbacks" in embed
+    assert any(p["headers"]["id"] == ok.id for p in got["after_task_publish"])
+    [prerun] = [p for p in got["task_prerun"] if p["task_id"] == ok.id]
+    assert prerun["task"].name == "usage.signalled" and list(prerun["args"]) == [1] and prerun["kwargs"] == {"y": 2}
+    [postrun] = [p for p in got["task_postrun"] if p["task_id"] == ok.id]
+    assert postrun["retval"] == 3 and postrun["state"] == "SUCCESS"
+    assert [s["result"] for s in got["task_success"]] == [3]
+    [failure] = got["task_failure"]
+    assert failure["task_id"] == failed.id and isinstance(failure["exception"], KeyError)
+    assert list(failure["args"]) == [-1] and failure["traceback"] is not None
+
+
+def test_periodic_tasks_added_when_the_app_is_configured():
+    app = Celery("hooks", set_as_current=False)
+
+    @app.task(name="usage.periodic")
+    def periodic(word):
+        return word
+
+    @app.on_after_configure.connect
+    def setup_periodic_tasks(sender, **kwargs):
+        sender.add_periodic_task(10.0, periodic.s("hello"), name="say every 10")
+        sender.add_periodic_task(crontab(hour=7, minute=30, day_of_week=1), periodic.s("monday"), expires=60)
+
+    app.conf.timezone = "UTC"  # configuring the app: its receivers run
+    app.finalize()
+    schedule = app.conf.beat_schedule
+    assert schedule["say every 10"]["task"] == "usage.periodic"
+    assert schedule["say every 10"]["schedule"] == 10.0 and list(schedule["say every 10"]["args"]) == ["hello"]
+    [monday] = [entry for name, entry in schedule.items() if name != "say every 10"]
+    assert list(monday["args"]) == ["monday"] and monday["options"]["expires"] == 60
+    assert monday["schedule"].remaining_estimate is not None
+
+
+def test_celerys_setting_names_are_accepted(celery_app):
+    settings = {
+        "worker_hijack_root_logger": False, "worker_redirect_stdouts": False, "worker_log_format": "%(message)s",
+        "broker_connection_retry_on_startup": True, "task_send_sent_event": True, "beat_schedule_filename": "s",
+        "result_backend_transport_options": {"visibility_timeout": 60},
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_default_exchange": "tasks", "task_default_routing_key": "tasks", "broker_pool_limit": 10,
+    }  # fmt: skip
+    celery_app.conf.update(settings)
+    assert {name: celery_app.conf[name] for name in settings} == settings
