@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CELERY_BROKER_URL = os.environ.get("EXAMPLE_BROKER_URL", f"sqlite:///{BASE_DIR / 'queue.db'}")
+CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(os.environ.get("EXAMPLE_TRANSPORT_OPTIONS") or "{}")
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # a Celery setting without effect here: accepted
