@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -260,7 +262,7 @@ from conveyor import Celery
 from conveyor.utils.log import get_task_logger
 
 logging.basicConfig(stream=sys.stderr, format="MINE %(message)s")
-app = Celery("fmtapp", broker="sqlite:///{db}")
+app = Celery("fmtapp", broker="{broker}", backend="{broker}")
 app.conf.update({settings})
 logger = get_task_logger(__name__)
 
@@ -268,7 +270,7 @@ logger = get_task_logger(__name__)
 @app.task(name="fmt.speak")
 def speak(word):
     logger.warning("said %s", word)
-    print("printed", word)
+    print(f"printed {{word}}")
     return word
 """
 
@@ -278,10 +280,12 @@ def test_log_formats_for_the_worker_and_its_tasks_and_printed_output(e2e: E2E) -
         "worker_log_format": "ROOT %(levelname)s %(message)s",
         "worker_task_log_format": "TASK %(task_name)s[%(task_id)s] %(message)s",
     }
-    (e2e.directory / "fmtapp.py").write_text(FORMATS_APP.format(db=e2e.db, settings=settings))
+    (e2e.directory / "fmtapp.py").write_text(FORMATS_APP.format(broker=f"sqlite:///{e2e.db}", settings=settings))
     worker = e2e.start_worker("-P", "prefork", "-c", "1", app="fmtapp")
-    result = Celery("producer", broker=f"sqlite:///{e2e.db}").send_task("fmt.speak", ("hello",))
+    producer = Celery("producer", broker=f"sqlite:///{e2e.db}")
+    result = producer.send_task("fmt.speak", ("hello",))
     assert result.get(timeout=20) == "hello"
+    producer.close()
     worker.wait_for_log("printed hello")
     lines = worker.log.splitlines()
     assert any(line.startswith("ROOT INFO ") and "ready" in line for line in lines)
@@ -290,12 +294,53 @@ def test_log_formats_for_the_worker_and_its_tasks_and_printed_output(e2e: E2E) -
     assert not any(line.startswith("MINE ") for line in lines)  # the root logger was taken over
 
 
+def test_the_same_logging_settings_mean_the_same_on_celery(e2e: E2E, redis_store: tuple[str, dict[str, str]]) -> None:
+    """The formats, hijacking and redirected output above are Celery's: the same module, renamed
+    back, logs the same lines from a Celery worker (on Redis: Celery has no SQLite broker)."""
+    import subprocess
+    import sys
+
+    import celery
+
+    url, options = redis_store
+    settings = {
+        "worker_log_format": "ROOT %(levelname)s %(message)s",
+        "worker_task_log_format": "TASK %(task_name)s[%(task_id)s] %(message)s",
+        "broker_transport_options": options, "result_backend_transport_options": options,
+    }  # fmt: skip
+    source = FORMATS_APP.format(broker=url, settings=settings)
+    (e2e.directory / "fmtapp.py").write_text(source.replace("conveyor", "celery"))
+    log = e2e.directory / "celery.log"
+    with open(log, "w") as output:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "fmtapp", "worker", "-P", "prefork", "-c", "1", "-l", "info"],
+            cwd=e2e.directory, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    producer = celery.Celery("producer", broker=url, backend=url)
+    producer.conf.update(broker_transport_options=options, result_backend_transport_options=options)
+    try:
+        result = producer.send_task("fmt.speak", ("hello",))
+        assert result.get(timeout=30) == "hello"
+        deadline = time.monotonic() + 10
+        while "printed hello" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(20)
+    lines = log.read_text().splitlines()
+    assert any(line.startswith("ROOT INFO ") and "ready" in line for line in lines), lines
+    assert f"TASK fmt.speak[{result.id}] said hello" in lines, lines
+    assert "ROOT WARNING printed hello" in lines, "\n".join(lines)
+    assert not any(line.startswith("MINE ") for line in lines)
+
+
 def test_with_the_root_logger_not_hijacked_the_apps_own_handler_stays(e2e: E2E) -> None:
     settings = {"worker_hijack_root_logger": False, "worker_redirect_stdouts": False}
-    (e2e.directory / "fmtapp.py").write_text(FORMATS_APP.format(db=e2e.db, settings=settings))
+    (e2e.directory / "fmtapp.py").write_text(FORMATS_APP.format(broker=f"sqlite:///{e2e.db}", settings=settings))
     worker = e2e.start_worker("-P", "solo", app="fmtapp")
     producer = Celery("producer", broker=f"sqlite:///{e2e.db}")
     assert producer.send_task("fmt.speak", ("again",)).get(timeout=20) == "again"
+    producer.close()
     worker.wait_for_log("printed again")
     lines = worker.log.splitlines()
     assert any(line.startswith("MINE ") and "ready" in line for line in lines)

@@ -14,7 +14,8 @@ from conveyor._state import get_current_task
 from conveyor.app.log import TaskFormatter
 from conveyor.app.task import Task
 from conveyor.beat import Scheduler
-from conveyor.result import GroupResult, ResultSet
+from conveyor.exceptions import Ignore, Retry
+from conveyor.result import EagerResult, GroupResult, ResultSet
 from conveyor.schedules import crontab
 from conveyor.signals import (
     after_task_publish,
@@ -22,7 +23,9 @@ from conveyor.signals import (
     task_failure,
     task_postrun,
     task_prerun,
+    task_received,
     task_success,
+    task_unknown,
 )
 from conveyor.utils.log import get_task_logger
 from conveyor.utils.time import humanize_seconds, maybe_timedelta
@@ -322,3 +325,100 @@ def test_celerys_setting_names_are_accepted(celery_app):
     }  # fmt: skip
     celery_app.conf.update(settings)
     assert {name: celery_app.conf[name] for name in settings} == settings
+
+
+def test_the_apps_task_class_by_argument_and_by_attribute():
+    class Audited(Task):
+        audited = True
+
+    class Plain(Task):
+        plain = True
+
+    app = Celery("classes", task_cls=Audited, set_as_current=False)
+
+    @app.task
+    def first():
+        return 1
+
+    assert first.audited and first.run() == 1  # (Celery makes the task here, on first use)
+    app.Task = Plain
+
+    @app.task
+    def second():
+        return 2
+
+    assert second.plain and second() == 2 and not hasattr(second, "audited")
+    assert app.tasks[first.name].audited
+
+
+def test_task_semantics_projects_test_for(celery_app, celery_worker):
+    @celery_app.task(bind=True, name="usage.retrying", max_retries=2)
+    def retrying(self, reason=None):
+        raise self.retry(countdown=0.1, exc=ValueError(reason) if reason else None)
+
+    @celery_app.task(name="usage.ignored")
+    def ignored():
+        raise Ignore()
+
+    @celery_app.task(name="usage.after")
+    def after(x):
+        return x
+
+    with pytest.raises(Retry):  # called directly, as tests call tasks
+        retrying()
+    with pytest.raises(ValueError, match="again"):  # the reason given, raised as it is
+        retrying("again")
+    eager = after.apply((7,))
+    assert isinstance(eager, EagerResult) and eager.get() == 7 and eager.successful()
+    celery_worker.reload()
+    result = ignored.delay()
+    assert after.delay(8).get(timeout=10) == 8  # the worker went on
+    assert result.state == "PENDING"  # an ignored task records nothing
+    with pytest.raises(ValueError, match="spent"):  # retried twice, then the reason stands
+        retrying.delay("spent").get(timeout=10)
+
+
+def test_worker_signals_as_a_worker_sends_them(celery_app, celery_worker):
+    got = []
+
+    def received(sender=None, request=None, **kwargs):
+        got.append(("received", request.id))
+
+    def unknown(sender=None, name=None, **kwargs):
+        got.append(("unknown", name))
+
+    task_received.connect(received)
+    task_unknown.connect(unknown)
+    try:
+
+        @celery_app.task(name="usage.received")
+        def noticed():
+            return 1
+
+        celery_worker.reload()
+        result = noticed.delay()
+        assert result.get(timeout=10) == 1
+        celery_app.send_task("usage.nobody-has-this")
+        deadline = time.monotonic() + 10
+        while ("unknown", "usage.nobody-has-this") not in got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        task_received.disconnect(received)
+        task_unknown.disconnect(unknown)
+    assert ("received", result.id) in got and ("unknown", "usage.nobody-has-this") in got
+
+
+def test_on_after_finalize_sees_the_tasks():
+    app = Celery("finalized", set_as_current=False)
+    seen = []
+
+    @app.on_after_finalize.connect
+    def finalized(sender, **kwargs):
+        seen.append(sorted(name for name in sender.tasks if name.startswith("usage.")))
+
+    @app.task(name="usage.late")
+    def late():
+        return 1
+
+    app.finalize()
+    assert "usage.late" in seen[0] and len(seen) == 1  # shared tasks of earlier cases join every app
