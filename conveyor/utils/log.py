@@ -110,8 +110,9 @@ def setup_logging(
         colorize = conf.worker_log_color
     if colorize is None:
         colorize = logfile is None and stream.isatty() and not os.environ.get("NO_COLOR")
-    described: dict[str, Any] = {
-        "loglevel": level, "logfile": logfile, "format": conf.worker_log_format, "colorize": colorize,
+    described: dict[str, Any] = {  # the level as a number, as Celery sends it
+        "loglevel": logging.getLevelName(level), "logfile": logfile, "format": conf.worker_log_format,
+        "colorize": colorize,
     }  # fmt: skip
     if signals.setup_logging.receivers:
         signals.setup_logging.send(None, **described)

@@ -213,28 +213,39 @@ from pathlib import Path
 from conveyor import Celery
 from conveyor.signals import after_setup_logger, setup_logging
 
-app = Celery("logapp", broker="sqlite:///{db}")
+app = Celery("logapp", broker="{broker}")
+app.conf.broker_transport_options = {options}
 TAKE_OVER = {take_over}
 
 if TAKE_OVER:
     @setup_logging.connect
     def configure(loglevel, **kwargs):
-        Path("marks.txt").write_text("setup_logging " + loglevel)
+        Path("marks.txt").write_text("setup_logging " + logging.getLevelName(loglevel))
         logging.basicConfig(filename="own.log", level=logging.INFO, format="OWN %(message)s", force=True)
 else:
     @after_setup_logger.connect
     def tweak(logger, loglevel, **kwargs):
-        Path("marks.txt").write_text("after_setup_logger " + loglevel + " " + str(len(logger.handlers)))
+        Path("marks.txt").write_text(f"after_setup_logger {{logging.getLevelName(loglevel)}} {{len(logger.handlers)}}")
 """
 
 
-def test_a_setup_logging_receiver_takes_over_the_workers_logging(e2e: E2E) -> None:
+@pytest.mark.parametrize("queue", ["conveyor", "celery"])
+def test_a_setup_logging_receiver_takes_over_the_workers_logging(
+    queue: str, e2e: E2E, request: pytest.FixtureRequest
+) -> None:
+    """Celery's rule, shown on both: the module renamed back does the same under `celery worker`."""
     import subprocess
     import sys
 
-    (e2e.directory / "logapp.py").write_text(LOGGING_APP.format(db=e2e.db, take_over=True))
+    if queue == "celery":  # on Redis: Celery has no SQLite broker
+        url, options = request.getfixturevalue("redis_store")
+    else:
+        url, options = f"sqlite:///{e2e.db}", {}
+    source = LOGGING_APP.format(broker=url, options=options, take_over=True)
+    (e2e.directory / "logapp.py").write_text(source.replace("conveyor", queue))
+    program = ["conveyor.cli"] if queue == "conveyor" else ["celery"]
     started = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "-A", "logapp", "worker", "-l", "info", "-P", "solo"],
+        [sys.executable, "-m", *program, "-A", "logapp", "worker", "-l", "info", "-P", "solo"],
         cwd=e2e.directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     own = e2e.directory / "own.log"
@@ -244,13 +255,15 @@ def test_a_setup_logging_receiver_takes_over_the_workers_logging(e2e: E2E) -> No
         time.sleep(0.1)
     started.terminate()
     output, _ = started.communicate(timeout=20)
-    assert "ready" not in output  # nothing of Conveyor's own logging configuration
+    assert "ready" not in output  # nothing of the worker's own logging configuration
     assert (e2e.directory / "marks.txt").read_text() == "setup_logging INFO"
     assert "OWN " in own.read_text()
 
 
 def test_after_setup_logger_gets_the_configured_root_logger(e2e: E2E) -> None:
-    (e2e.directory / "logapp.py").write_text(LOGGING_APP.format(db=e2e.db, take_over=False))
+    (e2e.directory / "logapp.py").write_text(
+        LOGGING_APP.format(broker=f"sqlite:///{e2e.db}", options={}, take_over=False)
+    )
     e2e.start_worker(app="logapp")
     assert (e2e.directory / "marks.txt").read_text() == "after_setup_logger INFO 1"
 

@@ -63,7 +63,7 @@ def test_a_setup_logging_receiver_takes_over(tmp_path: Path) -> None:
         before = root.handlers[:]
         assert setup_logging(Settings(), "warning", str(tmp_path / "worker.log")) is True
         assert root.handlers == before
-        assert seen and seen[0]["loglevel"] == "WARNING"
+        assert seen and seen[0]["loglevel"] == logging.WARNING  # a number, as Celery sends it
     finally:
         signals.setup_logging.disconnect(take_over)
 

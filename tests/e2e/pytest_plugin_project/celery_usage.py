@@ -5,7 +5,7 @@ import json
 import logging
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -189,6 +189,9 @@ def test_a_task_classs_hooks_get_celerys_arguments(celery_app, celery_worker):
         def after_return(self, status, retval, task_id, args, kwargs, einfo):
             seen.append(("after_return", task_id, status))
 
+        def on_retry(self, exc, task_id, args, kwargs, einfo):
+            seen.append(("on_retry", task_id, repr(exc), "KeyError" in str(einfo)))
+
     @celery_app.task(base=Hooked, name="usage.fine")
     def fine(x):
         return x + 1
@@ -196,6 +199,12 @@ def test_a_task_classs_hooks_get_celerys_arguments(celery_app, celery_worker):
     @celery_app.task(base=Hooked, name="usage.broken")
     def broken():
         raise ValueError("no")
+
+    @celery_app.task(base=Hooked, bind=True, name="usage.flaky")
+    def flaky(self):
+        if not self.request.retries:
+            raise self.retry(exc=KeyError("once"), countdown=0)
+        return "second time"
 
     celery_worker.reload()
     ok = fine.delay(1)
@@ -211,6 +220,13 @@ def test_a_task_classs_hooks_get_celerys_arguments(celery_app, celery_worker):
         ("before_start", failed.id, []), ("on_failure", failed.id, "ValueError('no')", True),
         ("after_return", failed.id, "FAILURE"),
     ]  # fmt: skip
+    retried = flaky.delay()
+    assert retried.get(timeout=10) == "second time"
+    deadline = time.monotonic() + 5
+    while len(seen) < 11 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ("on_retry", retried.id, "KeyError('once')", True) in seen
+    assert seen[-1] == ("after_return", retried.id, "SUCCESS")
 
 
 def test_task_log_lines_name_their_task(celery_app, celery_worker):
@@ -422,3 +438,21 @@ def test_on_after_finalize_sees_the_tasks():
 
     app.finalize()
     assert "usage.late" in seen[0] and len(seen) == 1  # shared tasks of earlier cases join every app
+
+
+def test_names_at_celerys_module_paths():
+    from conveyor import states
+    from conveyor.exceptions import MaxRetriesExceededError, Reject, SoftTimeLimitExceeded, TaskError, TimeoutError
+    from conveyor.schedules import maybe_schedule, schedule
+    from conveyor.worker.control import control_command, inspect_command
+
+    assert states.SUCCESS == "SUCCESS" and states.FAILURE in states.READY_STATES
+    assert issubclass(MaxRetriesExceededError, TaskError) and Reject(requeue=True).requeue
+    assert issubclass(SoftTimeLimitExceeded, Exception) and issubclass(TimeoutError, Exception)
+    every_minute = maybe_schedule(60)
+    assert isinstance(every_minute, schedule) and every_minute.run_every == timedelta(seconds=60)
+    due, next_check = every_minute.is_due(datetime.now(UTC) - timedelta(minutes=2))
+    assert due and 0 < next_check <= 60
+    remaining = crontab(minute=0).remaining_estimate(datetime.now(UTC))
+    assert timedelta(0) <= remaining <= timedelta(hours=1)
+    assert callable(control_command) and callable(inspect_command)
