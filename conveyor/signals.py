@@ -30,7 +30,9 @@ Signals, their sender, their other arguments, and when they are sent:
   not run (revoked or expired) or terminated.
 - `task_unknown` (None; `name`, `id`, `message`, `exc`): a message for a task
   this worker does not have.
-- `task_rejected` (None; `message`, `exc`): a task raised `Reject`.
+- `task_rejected` (None; `message`, `exc`): a message the worker cannot read
+  (not a task message, or an invalid one; `message` is the delivery, `exc`
+  the reason), as Celery sends it for unknown and invalid messages.
 - `task_internal_error` (task; `task_id`, `args`, `kwargs`, `request`,
   `exception`, `traceback`, `einfo`): a step of Conveyor's own after the
   task's code (a hook such as `on_success`, a callback, storing the result)

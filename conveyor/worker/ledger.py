@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from conveyor import signals, states
 from conveyor.brokers.base import Delivery
-from conveyor.exceptions import BrokerError, ContentDisallowed, DecodeError, Reject, TaskRevokedError
+from conveyor.exceptions import BrokerError, ContentDisallowed, DecodeError, TaskRevokedError
 from conveyor.execution import Job, Outcome, context_for, failure_outcome, history_entry, option
 from conveyor.messages import Envelope, Message
 from conveyor.serialization import accepted_content_types
@@ -88,6 +88,7 @@ class Ledger:
             envelope = Envelope.parse(body)
         except DecodeError as exc:
             self._dead_letter(delivery, f"undecodable message: {exc}")
+            signals.task_rejected.send(None, message=delivery, exc=exc)  # Celery's "unknown message"
             return None
         try:
             return envelope.message(self.accept)
@@ -103,6 +104,7 @@ class Ledger:
                              delivery.queue, name, exc)  # fmt: skip
                 error = DecodeError(f"undecodable message: {exc}")
                 self.refuse(stub, states.FAILURE, error, dead_letter=f"task {name}: {exc}")
+                signals.task_rejected.send(None, message=delivery, exc=error)  # Celery's "invalid task"
         return None
 
     def refuse(self, held: Held, state: str, error: BaseException, *, dead_letter: str | None = None) -> None:
@@ -170,9 +172,6 @@ class Ledger:
         self.last_finished = time.monotonic()
         if held.terminated:
             outcome = self._revoked(held, outcome)
-        elif outcome.state == states.REJECTED:
-            requeue = outcome.meta.get("requeue", False)
-            signals.task_rejected.send(None, message=held.job.message, exc=Reject(outcome.summary, requeue))
         self._end(held, outcome)
         if held.acked:
             self.freed += 1

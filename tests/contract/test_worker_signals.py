@@ -11,7 +11,7 @@ import pytest
 
 from conveyor import Celery, signals
 from conveyor.brokers.base import Outgoing
-from conveyor.exceptions import Reject
+from conveyor.exceptions import DecodeError, Reject
 from conveyor.messages import Message
 from conveyor.serialization import Serializer, register_serializer
 from tests.conftest import contract_app, store_url
@@ -60,6 +60,7 @@ def test_a_worker_sends_celerys_signals_with_celerys_arguments(
             doomed.revoke()
             app.broker.publish([Outgoing("celery", Message("s.missing", id="m1").encode())])
             refuse.delay()
+            app.broker.publish([Outgoing("celery", b"\x00 not a message")])
             deadline = time.monotonic() + 10
             while not (seen["task_revoked"] and seen["task_unknown"] and seen["task_rejected"]):
                 assert time.monotonic() < deadline, {k: len(v) for k, v in seen.items() if not v}
@@ -77,8 +78,8 @@ def test_a_worker_sends_celerys_signals_with_celerys_arguments(
     assert revoked["request"].id == doomed.id and revoked["terminated"] is False and revoked["expired"] is False
     [unknown] = seen["task_unknown"]
     assert unknown["name"] == "s.missing" and unknown["id"] == "m1" and "not registered" in str(unknown["exc"])
-    [rejected] = seen["task_rejected"]
-    assert rejected["message"].task == "s.refuse" and isinstance(rejected["exc"], Reject)
+    [rejected] = seen["task_rejected"]  # the unreadable message; a task raising Reject sends nothing, as in Celery
+    assert rejected["message"].body == b"\x00 not a message" and isinstance(rejected["exc"], DecodeError)
     [stopping] = seen["worker_shutting_down"]
     assert stopping["sender"] == "w1@test" and stopping["how"] == "Warm" and stopping["exitcode"] == 0
 

@@ -75,14 +75,31 @@ def on_shutdown(sender=None, **kwargs):
     mark("worker_shutdown")
 
 
+@signals.after_setup_logger.connect
+def on_logger(sender=None, logger=None, loglevel=None, **kwargs):
+    mark(f"after_setup_logger {{logger is not None}} {{loglevel}}")
+
+
+@signals.after_setup_task_logger.connect
+def on_task_logger(sender=None, logger=None, **kwargs):
+    mark(f"after_setup_task_logger {{logger is not None}}")
+
+
+@signals.task_revoked.connect
+def on_revoked(sender=None, request=None, terminated=None, expired=None, **kwargs):
+    mark(f"task_revoked {{request.id}} {{terminated}} {{expired}}")
+
+
 @app.task(name="sig.add")
 def add(x, y):
     return x + y
+
 """
 
 EXPECTED = [
     "celeryd_init True True True", "celeryd_after_setup True True", "worker_init", "import_modules",
     "worker_ready", "worker_process_init True", "worker_shutting_down SIGTERM Warm 0", "worker_shutdown",
+    "after_setup_logger True 20", "after_setup_task_logger True",
 ]  # fmt: skip
 
 
@@ -106,6 +123,9 @@ def test_a_workers_life_sends_celerys_signals(queue: str, e2e: E2E, request: pyt
         wait_for(marks, "worker_ready")
         producer = load_app(directory, queue, url, settings)
         assert producer.send_task("sig.add", (2, 3)).get(timeout=30) == 5
+        later = producer.send_task("sig.add", (1, 1), countdown=2)
+        producer.control.revoke(later.id)
+        wait_for(marks, f"task_revoked {later.id} False False")
         producer.close()
     finally:
         worker.send_signal(signal.SIGTERM)
