@@ -137,6 +137,7 @@ def test_an_error_of_the_workers_own_after_the_task_sends_task_internal_error(tm
                 time.sleep(0.05)
     finally:
         signals.task_internal_error.disconnect(receiver)
+        app.close()
     assert sorted(error["task_id"] for error in errors) == sorted([first.id, second.id])
     [error] = [error for error in errors if error["task_id"] == first.id]
     assert error["sender"] is echo and error["args"] == (7,) and error["kwargs"] == {}
