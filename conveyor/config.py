@@ -124,7 +124,7 @@ def _compression(value: Any) -> str:
 
 
 def _class_or_path(value: Any) -> Any:
-    if not (isinstance(value, (str, type))):
+    if not isinstance(value, (str, type)):
         raise ValueError("a class or a 'module:Class' string")
     return value
 

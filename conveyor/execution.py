@@ -193,19 +193,15 @@ def execute(
         on_started(_pid)
         started = time.monotonic()
         try:
-            try:
-                with interruptible or nullcontext():
-                    if task.has_hooks:
-                        task.before_start(job.message.id, job.message.args, job.message.kwargs)
-                    value = _call(task, job.message)
-            except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is (Retry too)
-                outcome = _ended(app, backend, task, job, exc, started)
-            else:
-                outcome = _succeeded(app, backend, task, job, value, started)
-            return _confirmed(app, backend, task, job, outcome, started)
-        except Exception as exc:
-            _internal_error(task, job, exc)
-            raise
+            with interruptible or nullcontext():
+                if task.has_hooks:
+                    task.before_start(job.message.id, job.message.args, job.message.kwargs)
+                value = _call(task, job.message)
+        except (Exception, SystemExit) as exc:  # the task's own failure, whatever it is (Retry too)
+            outcome = _ended(app, backend, task, job, exc, started)
+        else:
+            outcome = _succeeded(app, backend, task, job, value, started)
+        return _confirmed(app, backend, task, job, outcome, started)
 
 
 async def execute_async(
@@ -226,29 +222,14 @@ async def execute_async(
         on_started(_pid)
         started = time.monotonic()
         try:
-            try:
-                if task.has_hooks:
-                    task.before_start(job.message.id, job.message.args, job.message.kwargs)
-                value = await _call_async(task, job.message)
-            except (Exception, SystemExit) as exc:
-                outcome = _ended(app, backend, task, job, exc, started)
-            else:
-                outcome = _succeeded(app, backend, task, job, value, started)
-            return _confirmed(app, backend, task, job, outcome, started)
-        except Exception as exc:
-            _internal_error(task, job, exc)
-            raise
-
-
-def _internal_error(task: Task[Any, Any], job: Job, exc: Exception) -> None:
-    """A step of Conveyor's own after the task's code failed (a hook, a callback, storing the
-    result): `task_internal_error` with Celery's arguments; the pool then reports the job lost."""
-    if signals.task_internal_error.receivers:
-        m = job.message
-        signals.task_internal_error.send(
-            task, task_id=m.id, args=m.args, kwargs=m.kwargs, request=current_request(), exception=exc,
-            traceback=exc.__traceback__, einfo=ExceptionInfo(exc),
-        )  # fmt: skip
+            if task.has_hooks:
+                task.before_start(job.message.id, job.message.args, job.message.kwargs)
+            value = await _call_async(task, job.message)
+        except (Exception, SystemExit) as exc:
+            outcome = _ended(app, backend, task, job, exc, started)
+        else:
+            outcome = _succeeded(app, backend, task, job, value, started)
+        return _confirmed(app, backend, task, job, outcome, started)
 
 
 class _Running:
@@ -273,7 +254,15 @@ class _Running:
             m = job.message
             signals.task_prerun.send(self._task, task_id=m.id, task=self._task, args=m.args, kwargs=m.kwargs)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, Exception) and signals.task_internal_error.receivers:
+            # The task's own errors never get here: a step of Conveyor's after it failed (storing
+            # the result, a hook's bookkeeping); the pool then reports the job lost.
+            m = self._job.message
+            signals.task_internal_error.send(
+                self._task, task_id=m.id, args=m.args, kwargs=m.kwargs, request=current_request(), exception=exc,
+                traceback=exc.__traceback__, einfo=ExceptionInfo(exc),
+            )  # fmt: skip
         request_token, in_task_token, sink_token = self._tokens
         in_task.reset(in_task_token)
         running_request.reset(request_token)
