@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from conveyor import exceptions, serialization, states
 from conveyor.exceptions import DecodeError
@@ -55,6 +55,15 @@ def coalesce(updates: Sequence[StateUpdate]) -> list[StateUpdate]:
             latest = previous if previous.state == states.SUCCESS else update
             merged[update.task_id] = replace(latest, history=previous.history + update.history)
     return list(merged.values())
+
+
+class StoredTask(NamedTuple):
+    """A task as the result backend holds it (`ResultBackend.recent`)."""
+
+    task_id: str
+    meta: bytes
+    last_history: bytes | None
+    """Its latest history entry (who ran it, when, for how long), if any."""
 
 
 class Waiter:
@@ -161,6 +170,11 @@ class ResultBackend(ABC):
     @abstractmethod
     def delete(self, task_ids: Sequence[str]) -> None:
         """Forget tasks: meta and history."""
+
+    def recent(self, limit: int) -> list[StoredTask]:
+        """Up to `limit` stored tasks, the latest written first where the store can tell: what a
+        dashboard shows of the tasks it saw no event of. Empty where results are not shared (rpc)."""
+        return []
 
     def waiter(self, task_id: str) -> Waiter:
         """Create before reading; `wait()` returns when the task may have become ready."""

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from conveyor.backends.base import ResultBackend, StateUpdate, Waiter, coalesce
+from conveyor.backends.base import ResultBackend, StateUpdate, StoredTask, Waiter, coalesce
 from conveyor.exceptions import BackendConnectionError, BackendError, ImproperlyConfigured
 from conveyor.threadend import when_thread_ends
 
@@ -99,6 +99,20 @@ class DjangoBackend(ResultBackend):
             return [
                 bytes(entry) for entry in history.filter(task_id=task_id).order_by("id").values_list("entry", flat=True)
             ]
+
+    def recent(self, limit: int) -> list[StoredTask]:
+        from django.db.models import OuterRef, Q, Subquery
+
+        results, history = self._models()
+        last_entry = history.filter(task_id=OuterRef("task_id")).order_by("-id").values("entry")[:1]
+        # A task's expiry is when it was last written plus result_expires: the latest first.
+        rows = (
+            results.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=time.time()))
+            .annotate(last_entry=Subquery(last_entry)).order_by("-expires_at")
+            .values_list("task_id", "meta", "last_entry")[:limit]
+        )  # fmt: skip
+        with self._translate("recent"):
+            return [StoredTask(t, bytes(meta), None if e is None else bytes(e)) for t, meta, e in rows]
 
     def delete(self, task_ids: Sequence[str]) -> None:
         from django.db import transaction

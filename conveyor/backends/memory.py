@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor import states
-from conveyor.backends.base import ResultBackend, StateUpdate, Waiter
+from conveyor.backends.base import ResultBackend, StateUpdate, StoredTask, Waiter
 
 
 class _Store:
@@ -75,6 +75,13 @@ class MemoryBackend(ResultBackend):
             for task_id in task_ids:
                 self._store.meta.pop(task_id, None)
                 self._store.history.pop(task_id, None)
+
+    def recent(self, limit: int) -> list[StoredTask]:
+        now = time.time()
+        with self._store.changed:
+            live = [(t, item) for t, item in self._store.meta.items() if item[2] is None or item[2] > now]
+            latest = list(reversed(live))[:limit]  # dicts keep insertion order: the newest task last
+            return [StoredTask(t, meta, (self._store.history.get(t) or [None])[-1]) for t, (_, meta, _) in latest]
 
     def waiter(self, task_id: str) -> Waiter:
         return _MemoryWaiter(self._store)

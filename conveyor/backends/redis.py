@@ -16,12 +16,13 @@ waiters) instead of polling, and gets the result in the same reply.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from conveyor import exceptions, redisdb, states
-from conveyor.backends.base import ResultBackend, StateUpdate
+from conveyor.backends.base import ResultBackend, StateUpdate, StoredTask
 from conveyor.exceptions import BackendConnectionError, BackendError
 from conveyor.lua import script
 
@@ -72,6 +73,27 @@ class RedisBackend(ResultBackend):
     def read_history(self, task_id: str) -> list[bytes]:
         with self._translate("read_history"):
             return list(self.client.lrange(self._keys(task_id)[1], 0, -1))
+
+    def recent(self, limit: int) -> list[StoredTask]:
+        # Redis keeps no order of writes: a task's remaining time to live tells it (the latest
+        # written has the longest). SCAN walks every key; the dashboard calls this once, at start.
+        found: list[tuple[float, StoredTask]] = []
+        marker = f"{self.prefix}:task:"
+        with self._translate("recent"):
+            keys = self.client.scan_iter(match=f"{marker}*", count=1000, _type="HASH")
+            while chunk := list(itertools.islice(keys, 1000)):
+                pipe = self.client.pipeline(transaction=False)
+                for key in chunk:
+                    task_id = key.decode()[len(marker) :].removeprefix("{").removesuffix("}")
+                    pipe.hget(key, "meta").lindex(self._keys(task_id)[1], -1).pttl(key)
+                replies = pipe.execute()
+                for index, key in enumerate(chunk):
+                    meta, entry, ttl = replies[3 * index : 3 * index + 3]
+                    if meta is not None:
+                        task_id = key.decode()[len(marker) :].removeprefix("{").removesuffix("}")
+                        found.append((float("inf") if ttl < 0 else ttl, StoredTask(task_id, meta, entry)))
+        found.sort(key=lambda item: item[0], reverse=True)
+        return [task for _, task in found[:limit]]
 
     def delete(self, task_ids: Sequence[str]) -> None:
         with self._translate("delete"):

@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from conveyor.backends.base import ResultBackend, StateUpdate, Waiter, coalesce
+from conveyor.backends.base import ResultBackend, StateUpdate, StoredTask, Waiter, coalesce
 from conveyor.exceptions import BackendConnectionError, BackendError, ImproperlyConfigured
 
 logger = logging.getLogger("conveyor.backends")
@@ -192,6 +192,25 @@ class SQLBackend(ResultBackend):
         query = sa.select(history.c.entry).where(history.c.task_id == task_id).order_by(history.c.seq)
         with self._translate("read_history"), self.engine.connect() as connection:
             return [bytes(entry) for (entry,) in connection.execute(query)]
+
+    def recent(self, limit: int) -> list[StoredTask]:
+        self._ensure_tables()
+        results, history = self.results, self.history
+        last_entry = (
+            sa.select(history.c.entry).where(history.c.task_id == results.c.task_id)
+            .order_by(history.c.seq.desc()).limit(1).scalar_subquery()
+        )  # fmt: skip
+        # A task's expiry is when it was last written plus result_expires: the latest first.
+        query = (
+            sa.select(results.c.task_id, results.c.meta, last_entry)
+            .where(sa.or_(results.c.expires_at.is_(None), results.c.expires_at > time.time()))
+            .order_by(results.c.expires_at.desc()).limit(limit)
+        )  # fmt: skip
+        with self._translate("recent"), self.engine.connect() as connection:
+            return [
+                StoredTask(task_id, bytes(meta), None if entry is None else bytes(entry))
+                for task_id, meta, entry in connection.execute(query)
+            ]
 
     def delete(self, task_ids: Sequence[str]) -> None:
         if not task_ids:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor import wakeup
-from conveyor.backends.base import ResultBackend, StateUpdate, Waiter
+from conveyor.backends.base import ResultBackend, StateUpdate, StoredTask, Waiter
 from conveyor.exceptions import BackendError
 from conveyor.sqlitedb import Database, path_from_url
 
@@ -73,6 +73,21 @@ class SQLiteBackend(ResultBackend):
                 .fetchall()
             )
         return [row[0] for row in rows]
+
+    def recent(self, limit: int) -> list[StoredTask]:
+        # A task's expiry is when it was last written plus result_expires: the latest first.
+        with self.db.translate():
+            rows = (
+                self.db.connection()
+                .execute(
+                    "SELECT task_id, meta, (SELECT entry FROM conveyor_history h WHERE h.task_id = r.task_id"
+                    " ORDER BY seq DESC LIMIT 1) FROM conveyor_results r WHERE expires_at IS NULL OR expires_at > ?"
+                    " ORDER BY expires_at DESC LIMIT ?",
+                    (time.time(), limit),
+                )
+                .fetchall()
+            )
+        return [StoredTask(*row) for row in rows]
 
     def delete(self, task_ids: Sequence[str]) -> None:
         with self.db.transaction() as db:

@@ -122,3 +122,18 @@ def test_a_retried_write_records_history_once(backend: ResultBackend) -> None:
     backend.write([started])
     backend.write(coalesce([started, success]))
     assert [h["state"] for h in backend.get_history("t1")] == [states.STARTED, states.SUCCESS]
+
+
+def test_recent_lists_the_latest_written_tasks_first_with_their_last_history_entry(backend: ResultBackend) -> None:
+    now = time.time()
+    for age, task_id in ((30, "old"), (20, "middle"), (10, "new")):
+        backend.write([backend.make_update(task_id, states.STARTED, history={"worker": "w1"}, now=now - age - 1)])
+        backend.write([backend.make_update(task_id, states.SUCCESS, age, history={"name": "t.x"}, now=now - age)])
+    backend.expires = 1.0
+    backend.write([backend.make_update("expired", states.SUCCESS, 0, now=now - 5)])
+
+    listed = backend.recent(10)
+    assert [task.task_id for task in listed] == ["new", "middle", "old"]
+    assert backend.decode(listed[0].meta)["result"] == 10
+    assert listed[0].last_history is not None and backend.decode(listed[0].last_history)["name"] == "t.x"
+    assert [task.task_id for task in backend.recent(2)] == ["new", "middle"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -86,7 +88,16 @@ def running(app: Celery, pool: str, hostname: str = "w1@test", **options: object
     finally:
         worker.stop()
         thread.join(30)
-        assert not thread.is_alive(), "worker did not stop"
+        assert not thread.is_alive(), f"worker did not stop; its threads:\n{thread_stacks()}"
+
+
+def thread_stacks() -> str:
+    """Where every thread of this process is (a worker that does not stop shows where it hangs)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+        for ident, frame in sys._current_frames().items()
+    )
 
 
 @pytest.fixture(params=BROKERS)
