@@ -81,7 +81,8 @@ class MemoryBackend(ResultBackend):
         with self._store.changed:
             live = [(t, item) for t, item in self._store.meta.items() if item[2] is None or item[2] > now]
             latest = list(reversed(live))[:limit]  # dicts keep insertion order: the newest task last
-            return [StoredTask(t, meta, (self._store.history.get(t) or [None])[-1]) for t, (_, meta, _) in latest]
+            history = self._store.history
+            return [StoredTask(t, meta, history[t][-1] if history.get(t) else None) for t, (_, meta, _) in latest]
 
     def waiter(self, task_id: str) -> Waiter:
         return _MemoryWaiter(self._store)

@@ -145,6 +145,11 @@ class Transport(ABC):
     def queue_sizes(self, queues: Sequence[str] | None = None) -> dict[str, int]:
         """Messages held per queue (ready, delayed and leased); all queues when None."""
 
+    def oldest_ages(self, queues: Sequence[str]) -> dict[str, float]:
+        """Seconds the oldest message ready in each queue has waited, for the queues where this
+        transport can tell (a dashboard's broker page); none by default."""
+        return {}
+
     def confirm(self) -> None:  # noqa: B027 - only for brokers whose publish returns before the store replied
         """Wait until the store has taken every message this thread published; raise if it refused one.
 

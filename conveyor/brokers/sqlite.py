@@ -71,7 +71,8 @@ class SQLiteTransport(Transport):
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now = time.time()
         rows = [
-            (m.queue, m.priority, m.body, 0 if (m.not_before or 0) > now else 1, m.not_before or 0.0) for m in messages
+            (m.queue, m.priority, m.body, 0 if (m.not_before or 0) > now else 1, max(m.not_before or 0.0, now))
+            for m in messages
         ]
         with self.db.transaction() as db:
             db.executemany(
@@ -131,7 +132,7 @@ class SQLiteTransport(Transport):
     def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0, *, redelivery: bool = False) -> None:
         if not deliveries:
             return
-        ready, visible_at = (0, time.time() + delay) if delay > 0 else (1, 0.0)
+        ready, visible_at = (0, time.time() + delay) if delay > 0 else (1, time.time())
         uncount = 0 if redelivery else 1
         with self.db.transaction() as db:
             db.executemany(
@@ -181,8 +182,8 @@ class SQLiteTransport(Transport):
                 "SELECT id, queue, body FROM conveyor_dead_letters ORDER BY id LIMIT ?", (limit,)
             ).fetchall()
             db.executemany(
-                "INSERT INTO conveyor_messages (queue, priority, body, ready, visible_at) VALUES (?, 0, ?, 1, 0)",
-                [(queue, body) for _, queue, body in rows],
+                "INSERT INTO conveyor_messages (queue, priority, body, ready, visible_at) VALUES (?, 0, ?, 1, ?)",
+                [(queue, body, time.time()) for _, queue, body in rows],
             )
             db.executemany("DELETE FROM conveyor_dead_letters WHERE id = ?", [(row_id,) for row_id, _, _ in rows])
         if rows:
@@ -208,6 +209,17 @@ class SQLiteTransport(Transport):
         if queues is None:
             return sizes
         return {queue: sizes.get(queue, 0) for queue in queues}
+
+    def oldest_ages(self, queues: Sequence[str]) -> dict[str, float]:
+        # A ready message's visible_at is when it was published or came due.
+        with self.db.translate():
+            rows = (
+                self.db.connection()
+                .execute("SELECT queue, MIN(visible_at) FROM conveyor_messages WHERE ready = 1 GROUP BY queue")
+                .fetchall()
+            )
+        now = time.time()
+        return {queue: max(0.0, now - since) for queue, since in rows if queue in queues and since}
 
     def interrupt(self) -> None:
         with self._listeners_lock:

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from conveyor import states
 from conveyor.control import task_queues
-from conveyor.dashboard.history import fold, select
+from conveyor.dashboard.history import TaskHistory, select
 from conveyor.exceptions import ConveyorError, NotRegistered
 
 if TYPE_CHECKING:
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 #: Inspect calls that make up a worker's record in `/api/workers`, as Flower makes it.
 INSPECT_METHODS = ("stats", "active_queues", "registered", "scheduled", "active", "reserved", "revoked", "conf")
-#: Events folded into the task list (the state store keeps the latest EVENTS_KEPT).
-EVENTS_READ = 10_000
 #: Flower's format for `eta` and `expires` given as strings.
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -117,18 +115,11 @@ class FlowerMetrics:
             "flower_worker_number_of_currently_executing_tasks", "Number of tasks currently executing at a worker",
             ["worker"], registry=self.registry,
         )  # fmt: skip
-        self._last: bytes | None = None
         self._received: dict[str, float] = {}
 
     def count(self, events: list[bytes]) -> None:
-        """Count the events (oldest first) that came after those counted before."""
-        start = 0
-        if self._last is not None:
-            for index in range(len(events) - 1, -1, -1):
-                if events[index] == self._last:
-                    start = index + 1
-                    break
-        for raw in events[start:]:
+        """Count new events (oldest first)."""
+        for raw in events:
             try:
                 event = json.loads(raw)
                 kind, worker, task = event["type"], str(event.get("hostname", "")), str(event.get("name", ""))
@@ -148,8 +139,6 @@ class FlowerMetrics:
                 self.prefetch_time.labels(worker, task).set(max(0.0, waited))
             elif kind == "task-succeeded" and isinstance(event.get("runtime"), (int, float)):
                 self.runtime.labels(worker, task).observe(event["runtime"])
-        if events:
-            self._last = events[-1]
 
     def update_workers(self, workers: list[dict[str, Any]], tasks: dict[str, dict[str, Any]]) -> None:
         """Per-worker gauges from the heartbeats and the latest state of each task."""
@@ -190,8 +179,9 @@ def endpoint(handler: Handler) -> Callable[[FlowerAPI, Request], Awaitable[Respo
 
 
 class FlowerAPI:
-    def __init__(self, app: Conveyor, inspect_timeout: float = 1.0) -> None:
+    def __init__(self, app: Conveyor, history: TaskHistory, inspect_timeout: float = 1.0) -> None:
         self.app = app
+        self.history = history
         self.inspect_timeout = inspect_timeout
 
     def routes(self) -> list[Route]:
@@ -254,8 +244,9 @@ class FlowerAPI:
     def _flag(request: Request, name: str) -> bool:
         return request.query_params.get(name, "").lower() in ("1", "true", "yes", "on")
 
-    def _events(self) -> dict[str, dict[str, Any]]:
-        return fold(self.app.state.recent_events(EVENTS_READ))
+    def _tasks(self) -> dict[str, dict[str, Any]]:
+        self.history.refresh()
+        return self.history.snapshot()
 
     # -- workers -------------------------------------------------------------------------------
     @endpoint
@@ -338,7 +329,7 @@ class FlowerAPI:
         limit = params.get("limit")
         try:
             rows = select(
-                self._events(), worker=chosen("workername"), name=chosen("taskname"), state=chosen("state"),
+                self._tasks(), worker=chosen("workername"), name=chosen("taskname"), state=chosen("state"),
                 received_start=chosen("received_start"), received_end=chosen("received_end"),
                 search=chosen("search"), sort_by=chosen("sort_by"), offset=max(0, self._int(request, "offset", 0)),
                 limit=int(limit) if limit else None,
@@ -349,7 +340,7 @@ class FlowerAPI:
 
     @endpoint
     def task_types(self, request: Request, body: bytes) -> Any:
-        return {"task-types": sorted({task["name"] for task in self._events().values() if task.get("name")})}
+        return {"task-types": sorted({task["name"] for task in self._tasks().values() if task.get("name")})}
 
     @endpoint
     def queue_lengths(self, request: Request, body: bytes) -> Any:
@@ -361,7 +352,8 @@ class FlowerAPI:
     @endpoint
     def task_info(self, request: Request, body: bytes) -> Any:
         task_id = request.path_params["task_id"]
-        task = self._events().get(task_id)
+        self.history.refresh()
+        task = self.history.get(task_id)
         if task is None:
             raise HTTPError(404, f"Unknown task '{task_id}'")
         return {**{k: v for k, v in task.items() if k != "uuid"}, "task-id": task_id}

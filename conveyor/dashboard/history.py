@@ -1,18 +1,34 @@
-"""Task history from the workers' monitoring events: one record per task, in Flower's fields.
+"""Task history: one record per task, in Flower's fields, from the workers' events and the
+result backend.
 
-Workers write Celery's task-* events to the broker (`worker_send_task_events`,
-`-E`); the state store keeps the latest `EVENTS_KEPT`. Folding them, oldest first,
-gives each task its latest state and the time of each step (`received`,
-`started`, `succeeded`, ...), which is what Flower's task list and task page
-show and what its API returns.
+Workers write Celery's task-* events to the state store (`worker_send_task_events`, on
+by default); it keeps the latest `EVENTS_KEPT`. Folding them, oldest first, gives each
+task its latest state and the time of each step (`received`, `started`, `succeeded`,
+...), which is what Flower's task list and task page show and what its API returns.
+
+Tasks the dashboard saw no event of (they ran before the events it can still read, or
+on a worker with events off) come from the result backend (`ResultBackend.recent`):
+their state, result, worker, runtime and, with `result_extended`, arguments. So a
+dashboard started later, or restarted, shows what ran before it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
+
+from conveyor import states
+from conveyor.backends.base import ResultBackend, StoredTask, decode_exception
+from conveyor.brokers.state import StateStore
+
+#: Tasks the dashboard keeps, the least recently active forgotten first.
+TASKS_KEPT = 100_000
+#: Events read at each refresh: the state store keeps the latest EVENTS_KEPT.
+EVENTS_READ = 10_000
 
 #: A task's state after each event.
 STATE_OF_EVENT = {
@@ -29,9 +45,11 @@ FIELDS = (
 _RENAMED = {"hostname": "worker", "queue": "routing_key"}
 
 
-def fold(events: Iterable[bytes]) -> dict[str, dict[str, Any]]:
-    """Each task's record, by id, the most recently active last."""
-    tasks: dict[str, dict[str, Any]] = {}
+def fold(events: Iterable[bytes], tasks: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Each task's record, by id, the most recently active last (`tasks`: records to fold into).
+
+    Records hold only the fields known (`complete` adds the others as None)."""
+    tasks = {} if tasks is None else tasks
     for raw in events:
         try:
             event = json.loads(raw)
@@ -40,7 +58,7 @@ def fold(events: Iterable[bytes]) -> dict[str, dict[str, Any]]:
             continue  # not an event of ours: skip it, do not fail the page
         if not isinstance(task_id, str) or kind not in STATE_OF_EVENT:
             continue
-        task = tasks.pop(task_id, None) or dict.fromkeys(FIELDS)
+        task = tasks.pop(task_id, None) or {}
         tasks[task_id] = task  # re-inserted: the dict stays ordered by latest activity
         for key, value in event.items():
             if key not in ("type", "timestamp"):
@@ -48,6 +66,124 @@ def fold(events: Iterable[bytes]) -> dict[str, dict[str, Any]]:
         task["uuid"], task["state"], task["timestamp"] = task_id, STATE_OF_EVENT[kind], at
         task[kind.removeprefix("task-")] = at  # received, started, succeeded, failed, ...
     return tasks
+
+
+def complete(task: dict[str, Any]) -> dict[str, Any]:
+    """A record with every one of Flower's fields (None where unknown)."""
+    return {**_EMPTY, **task}
+
+
+_EMPTY = dict.fromkeys(FIELDS)
+
+
+def from_backend(stored: StoredTask, decode: Callable[[bytes], Any]) -> dict[str, Any] | None:
+    """A task's record from what the result backend holds of it (None: not a result record)."""
+    try:
+        meta = decode(stored.meta)
+        entry = decode(stored.last_history) if stored.last_history is not None else {}
+    except Exception:  # unreadable (another serializer, a foreign record): not shown
+        return None
+    if not isinstance(meta, dict) or not isinstance(entry, dict) or "status" not in meta:
+        return None
+    state, at = meta["status"], entry.get("timestamp")
+    if not isinstance(at, (int, float)) and isinstance(meta.get("date_done"), str):
+        try:
+            at = datetime.fromisoformat(meta["date_done"]).timestamp()
+        except ValueError:
+            at = None
+    task: dict[str, Any] = {"uuid": stored.task_id, "state": state, "timestamp": at}
+    for key in ("name", "worker", "retries", "runtime"):
+        value = entry.get(key, meta.get(key))
+        if value is not None:
+            task[key] = value
+    for key in ("args", "kwargs"):
+        if key in meta:
+            task[key] = repr(tuple(meta[key]) if key == "args" else meta[key])
+    for key in ("queue", "parent_id", "root_id"):
+        if meta.get(key):
+            task[_RENAMED.get(key, key)] = meta[key]
+    if state == states.SUCCESS:
+        task["result"] = repr(meta.get("result"))
+    elif state in states.EXCEPTION_STATES and isinstance(meta.get("result"), dict):
+        task["exception"] = repr(decode_exception(meta["result"]))
+        task["traceback"] = meta.get("traceback")
+    if state in STATE_OF_EVENT.values() and at is not None:
+        kind = next(k for k, v in STATE_OF_EVENT.items() if v == state).removeprefix("task-")
+        task[kind] = at
+        if isinstance(task.get("runtime"), (int, float)) and state in states.READY_STATES:
+            task["started"] = at - task["runtime"]
+    return task
+
+
+class TaskHistory:
+    """Every task the dashboard knows of, by id, the most recently active last; at most `kept`.
+
+    `refresh` folds in the events written since the last call; `load_stored` adds what
+    the result backend holds of tasks no event told of. Thread-safe."""
+
+    def __init__(self, state: StateStore, backend: ResultBackend, kept: int = TASKS_KEPT) -> None:
+        self.state, self.backend, self.kept = state, backend, kept
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._last_event: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def refresh(self) -> list[bytes]:
+        """Fold in the events written since the last call (read from the state store); return them."""
+        events = self.state.recent_events(EVENTS_READ)
+        with self._lock:
+            start = 0
+            if self._last_event is not None:
+                for index in range(len(events) - 1, -1, -1):
+                    if events[index] == self._last_event:
+                        start = index + 1
+                        break
+            new = events[start:]
+            if new:
+                self._last_event = new[-1]
+                fold(new, self._tasks)
+                self._forget_oldest()
+            return new
+
+    def load_stored(self) -> int:
+        """Add the result backend's tasks that no event told of; return how many."""
+        stored = self.backend.recent(self.kept)
+        with self._lock:
+            known = self._tasks
+            added = [t for t in (from_backend(s, self.backend.decode) for s in stored if s.task_id not in known) if t]
+            if added:
+                # Older than what events told: before them in the order of activity.
+                added.sort(key=lambda t: t.get("timestamp") or 0)
+                rebuilt = {t["uuid"]: t for t in added}
+                rebuilt.update(known)
+                self._tasks = rebuilt
+                self._forget_oldest()
+        return len(added)
+
+    def _forget_oldest(self) -> None:
+        excess = len(self._tasks) - self.kept
+        if excess > 0:
+            for task_id in list(itertools.islice(self._tasks, excess)):
+                del self._tasks[task_id]
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """A task's record: from the events, else from the result backend (None: unknown)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is None:
+            meta = self.backend.read([task_id]).get(task_id)
+            if meta is None:
+                return None
+            history = self.backend.read_history(task_id)
+            task = from_backend(StoredTask(task_id, meta, history[-1] if history else None), self.backend.decode)
+        return None if task is None else complete(task)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The records as they are now (the dict is a copy; records are not to be changed)."""
+        with self._lock:
+            return dict(self._tasks)
 
 
 def select(
@@ -84,7 +220,7 @@ def select(
         key, descending = sort_by.lstrip("-"), sort_by.startswith("-")
         # Unknown values last; a field holds one type (times, names), so known ones compare.
         chosen.sort(key=lambda t: (t.get(key) is None, t.get(key) if t.get(key) is not None else 0), reverse=descending)
-    return chosen[offset : offset + limit if limit else None]
+    return [complete(task) for task in chosen[offset : offset + limit if limit else None]]
 
 
 def _searchable(task: dict[str, Any]) -> str:

@@ -14,25 +14,26 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import itertools
 import json
 import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor.control import task_queues
 from conveyor.dashboard.flower import FlowerAPI, FlowerMetrics
-from conveyor.dashboard.history import fold
+from conveyor.dashboard.history import TaskHistory, complete
+from conveyor.dashboard.pages import Pages
 from conveyor.exceptions import ConveyorError
 from conveyor.urls import redacted
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 #: How often the dashboard samples rates, and how many samples it keeps (ten minutes).
 SAMPLE_SECONDS = 2.0
 SAMPLES_KEPT = 300
+#: How often the task list takes in what the result backend holds (tasks without events).
+BACKEND_SECONDS = 60.0
 
 
 def create_app(
@@ -59,7 +62,7 @@ def create_app(
     """
     dashboard = Dashboard(app, sample_seconds)
     middleware = [Middleware(Guard, credentials=basic_auth, unauthenticated_api=unauthenticated_api)]
-    routes = [*dashboard.routes(), *FlowerAPI(app).routes()]
+    routes = [*Pages(dashboard).routes(), *dashboard.routes(), *FlowerAPI(app, dashboard.history).routes()]
     return Starlette(routes=routes, middleware=middleware, lifespan=dashboard.lifespan)
 
 
@@ -98,6 +101,10 @@ class Dashboard:
         self.sample_seconds = sample_seconds
         self.rates = Rates()
         self.flower = FlowerMetrics()
+        self.history = TaskHistory(app.state, app.backend)
+        #: Bumped at each sample: pages listening to /api/stream reload what they show.
+        self.generation = 0
+        self.changed = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
@@ -110,24 +117,29 @@ class Dashboard:
                 await sampler
 
     async def _sample(self) -> None:
+        stored_at = -BACKEND_SECONDS
         while True:
             try:
-                overview = await asyncio.to_thread(self._overview)
+                if time.monotonic() - stored_at >= BACKEND_SECONDS:
+                    stored_at = time.monotonic()
+                    await asyncio.to_thread(self.history.load_stored)
+                overview = await asyncio.to_thread(self.overview_data)
                 await asyncio.to_thread(self._count_events, overview)
             except ConveyorError:
                 pass  # the broker is away: a gap in the chart, and the page says why
             else:
                 self.rates.add(time.time(), overview)
+            self.generation += 1
+            self.changed.set()
+            self.changed = asyncio.Event()
             await asyncio.sleep(self.sample_seconds)
 
     def _count_events(self, overview: dict[str, Any]) -> None:
-        events = self.app.state.recent_events(EVENTS_READ)
-        self.flower.count(events)
-        self.flower.update_workers(overview["workers"], fold(events))
+        self.flower.count(self.history.refresh())
+        self.flower.update_workers(overview["workers"], self.history.snapshot())
 
     def routes(self) -> list[Route]:
         return [
-            Route("/", self.page),
             Route("/api/overview", self.overview),
             Route("/api/recent-tasks", self.tasks),
             Route("/api/tasks/{task_id}", self.task),
@@ -138,10 +150,7 @@ class Dashboard:
             Route("/metrics", self.metrics),
         ]
 
-    async def page(self, request: Request) -> Response:
-        return HTMLResponse(files("conveyor.dashboard").joinpath("index.html").read_text())
-
-    def _overview(self) -> dict[str, Any]:
+    def overview_data(self) -> dict[str, Any]:
         broker = self.app.broker
         workers = [{"hostname": name, **json.loads(raw)} for name, raw in sorted(self.app.state.workers().items())]
         sizes = task_queues(broker.queue_sizes())
@@ -161,25 +170,28 @@ class Dashboard:
 
     async def overview(self, request: Request) -> Response:
         try:
-            return JSONResponse(self._overview())
+            return JSONResponse(self.overview_data())
         except ConveyorError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
 
     async def tasks(self, request: Request) -> Response:
-        """Recent tasks, newest first, from the workers' events (workers started with -E)."""
+        """Recent tasks, newest first, from the workers' events and the result backend."""
         limit = min(int(request.query_params.get("limit") or 100), 1000)
         try:
-            events = self.app.state.recent_events(EVENTS_READ)
+            await asyncio.to_thread(self.history.refresh)
         except ConveyorError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
-        return JSONResponse(recent_tasks(events, limit))
+        return JSONResponse(recent_tasks(self.history.snapshot(), limit))
 
     async def task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
         try:
             board = self.app.AsyncResult(task_id).scoreboard
+            meta = self.app.backend.get_meta(task_id)
         except ConveyorError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
+        # Celery's layout of the tasks a run sent: [[[id, parent], None], ...]
+        board["children"] = [c[0][0] for c in meta.get("children") or () if isinstance(c, list) and c and c[0]]
         return JSONResponse(json.loads(json.dumps(board, default=repr)))
 
     async def revoke(self, request: Request) -> Response:
@@ -218,7 +230,7 @@ class Dashboard:
         from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
         try:
-            overview = self._overview()
+            overview = self.overview_data()
         except ConveyorError as exc:
             return PlainTextResponse(f"# broker unreachable: {exc}\n", status_code=503)
         registry = CollectorRegistry()
@@ -238,16 +250,12 @@ class Dashboard:
         return Response(generate_latest(registry) + flower, media_type="text/plain; version=0.0.4")
 
 
-#: Events read for the task list: enough for the last few hundred tasks' whole lives.
-EVENTS_READ = 5000
-
-
-def recent_tasks(events: list[bytes], limit: int) -> list[dict[str, Any]]:
+def recent_tasks(tasks: dict[str, dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """One row per task, newest first: its latest state and what is known of it."""
     rows = []
-    for task in list(reversed(fold(events).values()))[:limit]:
+    for task in itertools.islice(reversed(tasks.values()), limit):
         rows.append({**{k: v for k, v in task.items() if v is not None}, "id": task["uuid"],
-                     "hostname": task["worker"], "updated": task["timestamp"]})  # fmt: skip
+                     "hostname": complete(task)["worker"], "updated": task["timestamp"]})  # fmt: skip
     return rows
 
 

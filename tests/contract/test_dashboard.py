@@ -104,7 +104,7 @@ def test_page_and_basic_auth(app: Celery) -> None:
     assert client.get("/metrics").status_code == 401
     token = base64.b64encode(b"admin:s3cret").decode()
     page = client.get("/", headers={"Authorization": f"Basic {token}"})
-    assert page.status_code == 200 and "<title>Conveyor</title>" in page.text
+    assert page.status_code == 200 and "<title>Workers · Conveyor</title>" in page.text
     assert client.get("/api/overview", auth=("admin", "s3cret")).status_code == 200
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 
+from conveyor import Celery, states
+from conveyor.dashboard.history import TaskHistory, fold
 from conveyor.dashboard.server import Rates, recent_tasks
 
 
@@ -20,13 +23,13 @@ def test_events_fold_into_one_row_per_task_newest_first() -> None:
         json.dumps({"type": "worker-heartbeat"}).encode(),
         event("succeeded", "a", 4.0, result="3", runtime=0.5),
     ]
-    rows = recent_tasks(events, 10)
+    rows = recent_tasks(fold(events), 10)
     assert [row["id"] for row in rows] == ["a", "b"]
     a, b = rows
     assert a["state"] == "SUCCESS" and a["args"] == "(1, 2)" and a["result"] == "3" and a["pid"] == 7
     assert a["received"] == 1.0 and a["updated"] == 4.0 and a["runtime"] == 0.5
     assert b["state"] == "RECEIVED"
-    assert recent_tasks(events, 1) == [a]
+    assert recent_tasks(fold(events), 1) == [a]
 
 
 def overview(queued: int, **processed: int) -> dict[str, object]:
@@ -46,3 +49,56 @@ def test_rates_count_growth_across_missed_heartbeats_and_restarts() -> None:
     ]
     rates.add(18.0, overview(0, a=130, b=3))
     assert len(rates.samples) == 3 and rates.samples[-1]["rate"] == 0.0  # only the last `kept`
+
+
+def memory_app(name: str) -> Celery:
+    return Celery(name, broker=f"memory://{name}", result_backend=f"memory://{name}")
+
+
+def test_tasks_without_events_come_from_the_result_backend_and_events_win() -> None:
+    app = memory_app("history-backend")
+    backend, at = app.backend, time.time() - 100  # (results stay a day: recent ones)
+    backend.write([backend.make_update("ran-before", states.SUCCESS, [1, 2], now=at,
+                                       history={"name": "t.add", "worker": "w1@host", "runtime": 0.25})])  # fmt: skip
+    backend.write([backend.make_update("broke", states.FAILURE, ValueError("no"), traceback="Traceback ...",
+                                       history={"name": "t.div", "worker": "w1@host"}, now=at + 1)])  # fmt: skip
+    backend.write([backend.make_update("seen", states.SUCCESS, 3, history={"name": "t.add"}, now=at + 2)])
+    app.state.add_events([event("succeeded", "seen", at + 3, result="3", hostname="w2@host", args="(1, 2)")])
+    history = TaskHistory(app.state, backend)
+    history.refresh()
+
+    assert history.load_stored() == 2  # "seen" is known from its event
+    tasks = history.snapshot()
+    assert list(tasks) == ["ran-before", "broke", "seen"]  # least recently active first
+    before = history.get("ran-before")
+    assert before is not None
+    assert before["name"] == "t.add" and before["state"] == states.SUCCESS and before["result"] == "[1, 2]"
+    assert before["worker"] == "w1@host" and before["runtime"] == 0.25
+    assert before["succeeded"] == at and before["started"] == at - 0.25
+    broke = history.get("broke")
+    assert broke is not None and broke["exception"] == "ValueError('no')" and broke["traceback"] == "Traceback ..."
+    seen = history.get("seen")
+    assert seen is not None and seen["worker"] == "w2@host" and seen["args"] == "(1, 2)"
+    assert history.get("never-ran") is None
+    app.close()
+
+
+def test_a_task_stored_after_the_dashboard_started_is_found_by_id() -> None:
+    app = memory_app("history-lookup")
+    history = TaskHistory(app.state, app.backend)
+    app.backend.store("later", states.SUCCESS, 5, history={"name": "t.add"})
+    found = history.get("later")
+    assert found is not None and found["state"] == states.SUCCESS and found["name"] == "t.add"
+    app.close()
+
+
+def test_refresh_folds_only_new_events_and_the_least_recent_tasks_are_forgotten() -> None:
+    app = memory_app("history-refresh")
+    history = TaskHistory(app.state, app.backend, kept=2)
+    app.state.add_events([event("received", "a", 1.0), event("received", "b", 2.0)])
+    assert len(history.refresh()) == 2
+    assert history.refresh() == []
+    app.state.add_events([event("succeeded", "a", 3.0), event("received", "c", 4.0)])
+    assert len(history.refresh()) == 2
+    assert list(history.snapshot()) == ["a", "c"]  # b, the least recently active, went
+    app.close()
