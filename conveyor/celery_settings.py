@@ -470,7 +470,6 @@ WITHOUT_EFFECT: dict[str, str] = {
     "task_protocol": "Conveyor speaks Celery's task protocol 2",
     "task_remote_tracebacks": "tracebacks are stored with the result (AsyncResult.traceback)",
     "task_repr_maxlevels": "argument reprs in messages are cut at 1,024 characters",
-    "task_send_sent_event": "task-sent events are not recorded yet",
     "task_store_eager_result": "eager results stay in the EagerResult",
     "task_allow_error_cb_on_chord_header": "errbacks of a chord's header tasks run as for any task",
     "task_acks_on_failure": "use task_acks_on_failure_or_timeout",

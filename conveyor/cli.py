@@ -158,7 +158,12 @@ def _autoscale_option(ctx: click.Context, param: click.Parameter, value: str | N
     "--max-memory-per-child", type=click.IntRange(min=1), help="Recycle a prefork child above this RSS in KiB."
 )
 @click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run beat (safe with several beats running).")
-@click.option("-E", "--task-events", is_flag=True, help="Record task events for the dashboard's task list.")
+@click.option(
+    "-E",
+    "--task-events",
+    is_flag=True,
+    help="Record task events for the dashboard (on unless worker_send_task_events is False).",
+)
 @click.option(
     "--autoscale", metavar="MAX,MIN", callback=_autoscale_option,
     help="Grow the pool up to MAX under load, shrink it to MIN when idle (e.g. --autoscale=10,3).",

@@ -306,6 +306,7 @@ class Settings:
     )
     task_time_limit: float | None = _setting(None, _optional(_seconds), "hard time limit in seconds")
     task_soft_time_limit: float | None = _setting(None, _optional(_seconds), "soft time limit in seconds")
+    task_send_sent_event: bool = _setting(False, _bool, "record a task-sent event for the dashboard at each send")
     # Conveyor records STARTED by default: the dashboard and scoreboard want it.
     task_track_started: bool = _setting(True, _bool, "record the STARTED state")
     task_ignore_result: bool = _setting(False, _bool, "store no results")
@@ -331,7 +332,7 @@ class Settings:
         True, _bool, "answer inspect and control commands (app.control, conveyor inspect|control)"
     )
     worker_send_task_events: bool = _setting(
-        False, _bool, "record task events (received, started, succeeded, ...) for the dashboard (-E)"
+        True, _bool, "record task events (received, started, succeeded, ...) for the dashboard; one write a batch"
     )
     worker_revoke_expires: float = _setting(10800.0, _seconds, "seconds the broker remembers a revocation")
     # Logging of `conveyor worker` and `conveyor beat` (Celery's names and defaults)

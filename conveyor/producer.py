@@ -8,20 +8,26 @@ on connection errors per the call's policy), and tell the publish signals.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from conveyor import dedup, messages, signals
 from conveyor.brokers.base import Outgoing
 from conveyor.calls import CallOptions
 from conveyor.exceptions import BrokerConnectionError, ConveyorError, EncodeError, ImproperlyConfigured
+from conveyor.execution import short_repr
 from conveyor.result import AsyncResult
 from conveyor.task import current_request
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
     from conveyor.task import Task
+
+logger = logging.getLogger("conveyor")
 
 
 class Producer:
@@ -134,12 +140,32 @@ class Producer:
                 time.sleep(min(interval, float(policy.get("interval_max", 1))))
                 interval += float(policy.get("interval_step", 0.2))
                 attempt += 1
+        if self.app.conf.task_send_sent_event:
+            self._record_sent(outgoing)
         if signals.after_task_publish.receivers:
             for sent in outgoing:
                 if sent.message is not None:
                     m = sent.message
                     headers = {**m.headers, "id": m.id, "task": m.task}
                     signals.after_task_publish.send(m.task, headers=headers, routing_key=sent.queue)
+
+    def _record_sent(self, outgoing: Sequence[Outgoing]) -> None:
+        """Celery's task-sent events (`task_send_sent_event`), for the dashboard: best effort."""
+        now, events = time.time(), []
+        for sent in outgoing:
+            m = sent.message
+            if m is not None:
+                events.append(orjson.dumps({
+                    "type": "task-sent", "uuid": m.id, "name": m.task, "timestamp": now, "args": short_repr(m.args),
+                    "kwargs": short_repr(m.kwargs), "retries": m.retries, "queue": sent.queue, "exchange": "",
+                    "routing_key": sent.queue, "root_id": m.root_id, "parent_id": m.parent_id,
+                    "eta": m.eta.isoformat() if m.eta else None,
+                    "expires": m.expires.isoformat() if m.expires else None,
+                }, default=repr))  # fmt: skip
+        try:
+            self.app.state.add_events(events)
+        except ConveyorError as exc:
+            logger.warning("Could not record task-sent events: %s", exc)
 
     def _known(self, queue: str) -> str:
         """With task_create_missing_queues off, only queues in task_queues (or the default) are allowed."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-#: How many monitoring events a store keeps (the dashboard's recent tasks come from them).
-EVENTS_KEPT = 10_000
+#: How many records of monitoring events a store keeps (a worker writes one per batch, of up to
+#: 64 events: `worker/events.py`); the dashboard reads them as they come, and keeps its own list.
+EVENTS_KEPT = 2_000
 
 
 class StateStore(ABC):

@@ -117,13 +117,12 @@ class FlowerMetrics:
         )  # fmt: skip
         self._received: dict[str, float] = {}
 
-    def count(self, events: list[bytes]) -> None:
+    def count(self, events: list[dict[str, Any]]) -> None:
         """Count new events (oldest first)."""
-        for raw in events:
+        for event in events:
             try:
-                event = json.loads(raw)
                 kind, worker, task = event["type"], str(event.get("hostname", "")), str(event.get("name", ""))
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError):
                 continue
             self.events.labels(worker, kind, task).inc()
             received, started = event.get("received"), event.get("started")
@@ -131,7 +130,7 @@ class FlowerMetrics:
                 # A short task's end carries its arrival and start (worker/events.py).
                 self.prefetch_time.labels(worker, task).set(max(0.0, started - received))
             if kind == "task-received":
-                self._received[event.get("uuid")] = float(event.get("timestamp") or 0)
+                self._received[str(event.get("uuid"))] = float(event.get("timestamp") or 0)
                 if len(self._received) > 100_000:
                     self._received.clear()  # bounded memory: a few prefetch times go unmeasured
             elif kind == "task-started" and event.get("uuid") in self._received:

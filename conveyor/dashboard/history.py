@@ -15,7 +15,6 @@ dashboard started later, or restarted, shows what ran before it.
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -23,12 +22,13 @@ from typing import Any
 
 from conveyor import states
 from conveyor.backends.base import ResultBackend, StoredTask, decode_exception
-from conveyor.brokers.state import StateStore
+from conveyor.brokers.state import EVENTS_KEPT, StateStore
+from conveyor.worker.events import events_of
 
 #: Tasks the dashboard keeps, the least recently active forgotten first.
 TASKS_KEPT = 100_000
-#: Events read at each refresh: the state store keeps the latest EVENTS_KEPT.
-EVENTS_READ = 10_000
+#: Records read first at each refresh (more if the last one read is not among them).
+FIRST_READ = 64
 
 #: A task's state after each event.
 STATE_OF_EVENT = {
@@ -45,16 +45,15 @@ FIELDS = (
 _RENAMED = {"hostname": "worker", "queue": "routing_key"}
 
 
-def fold(events: Iterable[bytes], tasks: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+def fold(events: Iterable[dict[str, Any]], tasks: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Each task's record, by id, the most recently active last (`tasks`: records to fold into).
 
     Records hold only the fields known (`complete` adds the others as None)."""
     tasks = {} if tasks is None else tasks
-    for raw in events:
+    for event in events:
         try:
-            event = json.loads(raw)
             task_id, kind, at = event["uuid"], event["type"], event.get("timestamp")
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             continue  # not an event of ours: skip it, do not fail the page
         if not isinstance(task_id, str) or kind not in STATE_OF_EVENT:
             continue
@@ -125,27 +124,40 @@ class TaskHistory:
         self.state, self.backend, self.kept = state, backend, kept
         self._tasks: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._last_event: bytes | None = None
+        self._refresh_lock = threading.Lock()
+        self._last_record: bytes | None = None
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def refresh(self) -> list[bytes]:
+    def refresh(self) -> list[dict[str, Any]]:
         """Fold in the events written since the last call (read from the state store); return them."""
-        events = self.state.recent_events(EVENTS_READ)
-        with self._lock:
-            start = 0
-            if self._last_event is not None:
-                for index in range(len(events) - 1, -1, -1):
-                    if events[index] == self._last_event:
-                        start = index + 1
-                        break
-            new = events[start:]
+        with self._refresh_lock:
+            # The latest records, more of them until the last one read is among them: a refresh
+            # reads about what was written since the one before, not all the store keeps.
+            limit = FIRST_READ
+            while True:
+                records = self.state.recent_events(limit)
+                start = self._after_last(records)
+                if start is not None or len(records) < limit or limit >= EVENTS_KEPT:
+                    break
+                limit *= 4
+            new = records[start or 0 :]
             if new:
-                self._last_event = new[-1]
-                fold(new, self._tasks)
+                self._last_record = new[-1]
+            events = list(events_of(new))
+            with self._lock:
+                fold(events, self._tasks)
                 self._forget_oldest()
-            return new
+            return events
+
+    def _after_last(self, records: list[bytes]) -> int | None:
+        if self._last_record is None:
+            return None
+        for index in range(len(records) - 1, -1, -1):
+            if records[index] == self._last_record:
+                return index + 1
+        return None
 
     def load_stored(self) -> int:
         """Add the result backend's tasks that no event told of; return how many."""

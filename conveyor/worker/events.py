@@ -1,8 +1,14 @@
-"""Monitoring events (`-E`, `worker_send_task_events`): Celery's task-* event names and
-fields, written to the broker with each batch's results (the dashboard's task list and Flower's API).
+"""Monitoring events (`worker_send_task_events`, on by default): Celery's task-* event names and
+fields, written to the state store with each batch's results (the dashboard's task list, Flower's
+API and metrics).
+
+Cheap enough to leave on: the hook notes a task's arrival time and, when it ends, keeps the
+outcome as it is; at the end of the batch, the batch's events become one record, a JSON array
+of rows (`ROW` gives the fields in order), encoded in one call and written in one operation with
+the batch's results. `events_of` turns records back into Celery's event dicts.
 
 A task that ends within `GRACE_SECONDS` of its arrival has one event, its end, which carries
-when it was received and started: under load that is one event per task, not three. One
+when it was received and started: under load that is one row per task, not three. One
 still waiting or running at the end of a batch past the grace gets its `task-received` (and
 `task-started`) of its own, so a long task shows as received and running while it runs.
 """
@@ -10,6 +16,7 @@ still waiting or running at the end of a batch past the grace gets its `task-rec
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,86 +31,121 @@ if TYPE_CHECKING:
 
 #: A task's received and started events wait this long to be folded into its end.
 GRACE_SECONDS = STARTED_GRACE_SECONDS
+#: The fields of an event row, in order (null: not in this event).
+ROW = (
+    "type", "uuid", "name", "hostname", "timestamp", "received", "started", "pid", "runtime", "result",
+    "exception", "args", "kwargs", "retries", "queue", "root_id", "parent_id",
+)  # fmt: skip
+#: Rows per record at most: a record is read whole, so a big batch is cut in several.
+ROWS_PER_RECORD = 64
 
 _EVENT_OF_STATE = {
-    states.SUCCESS: "succeeded",
-    states.FAILURE: "failed",
-    states.RETRY: "retried",
-    states.REVOKED: "revoked",
-    states.IGNORED: "ignored",
-    states.REJECTED: "rejected",
+    states.SUCCESS: "task-succeeded",
+    states.FAILURE: "task-failed",
+    states.RETRY: "task-retried",
+    states.REVOKED: "task-revoked",
+    states.IGNORED: "task-ignored",
+    states.REJECTED: "task-rejected",
 }
 
 
-class _Pending:
-    """A held task's events not written yet."""
+def events_of(records: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """Celery's event dicts from stored records, oldest first: arrays of rows, or single events
+    as JSON objects. What is not an event is skipped."""
+    for record in records:
+        try:
+            decoded = orjson.loads(record)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(decoded, dict):
+            yield decoded
+        elif isinstance(decoded, list):
+            for row in decoded:
+                if isinstance(row, list):
+                    yield {key: value for key, value in zip(ROW, row) if value is not None}
 
-    __slots__ = ("held", "pid", "received", "received_sent", "started", "started_sent")
 
-    def __init__(self, held: Held, received: float) -> None:
-        self.held, self.received = held, received
-        self.started: float | None = None
-        self.pid: int | None = None
-        self.received_sent = self.started_sent = False
+class _End:
+    """A task's end, as the hook keeps it until the batch is written."""
+
+    __slots__ = ("at", "error", "held", "outcome", "received", "state")
+
+    def __init__(self, held: Held, outcome: Outcome | None, received: float | None, state: str, error: str) -> None:
+        self.held, self.outcome, self.received, self.state, self.error = held, outcome, received, state, error
+        self.at = time.time()
 
 
 class TaskEvents(Hook):
     def __init__(self) -> None:
-        self._pending: dict[int, _Pending] = {}
+        self._arrived: dict[int, tuple[Held, float]] = {}
+        """Tasks held, not ended, whose arrival is not written yet: when each came, oldest first."""
+        self._announced: dict[int, bool] = {}
+        """Tasks whose arrival was written (long ones), not their end: whether their start was."""
+        self._ended: list[_End] = []
 
     def start(self, worker: Worker) -> None:
         self.worker = worker
         self.hostname = worker.hostname
         self.events = worker.ledger.progress
 
-    def _send(self, kind: str, held: Held, at: float, fields: dict[str, Any]) -> None:
-        message = held.job.message
-        event = {"type": f"task-{kind}", "uuid": message.id, "name": message.task, "hostname": self.hostname,
-                 "timestamp": at, **fields}  # fmt: skip
-        self.events.events.append(orjson.dumps(event, default=repr))
-
-    @staticmethod
-    def _arrival(held: Held) -> dict[str, Any]:
-        message = held.job.message
-        return {"args": short_repr(message.args), "kwargs": short_repr(message.kwargs), "retries": message.retries,
-                "queue": held.delivery.queue, "root_id": message.root_id, "parent_id": message.parent_id}  # fmt: skip
-
     def received(self, held: Held) -> None:
-        self._pending[held.job.id] = _Pending(held, time.time())
-
-    def started(self, held: Held, pid: int) -> None:
-        pending = self._pending.get(held.job.id)
-        if pending is not None:
-            pending.started, pending.pid = held.started_at or time.time(), pid
+        self._arrived[held.job.id] = (held, time.time())
 
     def finished(self, held: Held, outcome: Outcome) -> None:
-        kind = _EVENT_OF_STATE.get(outcome.state, "failed")
-        fields: dict[str, Any] = {"runtime": outcome.runtime}
-        fields["result" if kind == "succeeded" else "exception"] = outcome.summary
-        pending = self._pending.pop(held.job.id, None)
-        if pending is not None:
-            if not pending.received_sent:
-                fields.update(self._arrival(held), received=pending.received)
-            if not pending.started_sent and pending.started is not None:
-                fields.update(started=pending.started, pid=pending.pid)
-        self._send(kind, held, time.time(), fields)
+        arrival = self._arrived.pop(held.job.id, None)
+        if arrival is None:
+            self._announced.pop(held.job.id, None)
+        self._ended.append(_End(held, outcome, arrival[1] if arrival else None, outcome.state, outcome.summary))
 
     def refused(self, held: Held, state: str, error: BaseException) -> None:
-        now = time.time()
-        self._send(_EVENT_OF_STATE.get(state, "failed"), held, now, {**self._arrival(held), "received": now,
-                                                                      "exception": repr(error)})  # fmt: skip
+        self._arrived.pop(held.job.id, None)
+        self._ended.append(_End(held, None, time.time(), state, repr(error)))
 
     def flush(self) -> None:
+        rows = [self._end_row(end) for end in self._ended] if self._ended else []
+        self._ended.clear()
+        if self._arrived or self._announced:
+            rows.extend(self._long_running())
+        for start in range(0, len(rows), ROWS_PER_RECORD):
+            self.events.events.append(orjson.dumps(rows[start : start + ROWS_PER_RECORD], default=repr))
+
+    def _end_row(self, end: _End) -> list[Any]:
+        held, message = end.held, end.held.job.message
+        kind = _EVENT_OF_STATE.get(end.state, "task-failed")
+        result, exception = (end.error, None) if kind == "task-succeeded" else (None, end.error)
+        runtime = end.outcome.runtime if end.outcome is not None else None
+        row = [kind, message.id, message.task, self.hostname, end.at, end.received, None, None, runtime, result,
+               exception]  # fmt: skip
+        if end.received is not None:  # its arrival is in this row, with what a task-received event carries
+            if held.started_at is not None:
+                row[6:8] = held.started_at, held.pid
+            row += [short_repr(message.args), short_repr(message.kwargs), message.retries, held.delivery.queue,
+                    message.root_id, message.parent_id]  # fmt: skip
+        return row
+
+    def _long_running(self) -> list[list[Any]]:
         """Past the grace, a task still waiting or running has its arrival (and start) written."""
-        if not self._pending:
-            return
-        due, held = time.time() - GRACE_SECONDS, self.worker.held
-        for job_id in [j for j in self._pending if j not in held]:
-            del self._pending[job_id]  # given back unrun (shutdown, a lost process): no end to write
-        for pending in self._pending.values():
-            if not pending.received_sent and pending.received <= due:
-                pending.received_sent = True
-                self._send("received", pending.held, pending.received, self._arrival(pending.held))
-            if not pending.started_sent and pending.started is not None and pending.started <= due:
-                pending.started_sent = True
-                self._send("started", pending.held, pending.started, {"pid": pending.pid})
+        rows: list[list[Any]] = []
+        held_now, due = self.worker.held, time.time() - GRACE_SECONDS
+        # Oldest first: the first still within the grace ends the look.
+        for job_id, (held, received) in list(self._arrived.items()):
+            if received > due:
+                break
+            del self._arrived[job_id]
+            if job_id not in held_now:
+                continue  # given back unrun (shutdown, a lost process): nothing to write
+            message = held.job.message
+            self._announced[job_id] = False
+            rows.append(["task-received", message.id, message.task, self.hostname, received, received, None, None,
+                         None, None, None, short_repr(message.args), short_repr(message.kwargs), message.retries,
+                         held.delivery.queue, message.root_id, message.parent_id])  # fmt: skip
+        for job_id, started_written in list(self._announced.items()):
+            current = held_now.get(job_id)
+            if current is None:
+                del self._announced[job_id]
+            elif not started_written and current.started_at is not None and current.started_at <= due:
+                message = current.job.message
+                rows.append(["task-started", message.id, message.task, self.hostname, current.started_at, None,
+                             current.started_at, current.pid])  # fmt: skip
+                self._announced[job_id] = True
+        return rows

@@ -220,3 +220,31 @@ def test_a_long_task_shows_as_started_while_it_runs_and_a_short_one_costs_one_ev
     quick = client.get("/api/tasks?taskname=f.add").json()
     (record,) = quick.values()
     assert record["received"] <= record["started"] <= record["succeeded"] and record["args"] == "(1, 1)"
+
+
+def test_task_sent_events_show_a_task_no_worker_took_yet(app: Celery) -> None:
+    client = client_for(app)
+    app.conf.task_send_sent_event = True
+    waiting = app.tasks["f.add"].apply_async((4, 5), queue="nobody-consumes")
+    task = client.get(f"/api/task/info/{waiting.id}").json()
+    assert task["state"] == states.PENDING and task["name"] == "f.add" and task["args"] == "(4, 5)"
+    assert task["sent"] and task["routing_key"] == "nobody-consumes"
+    app.conf.task_send_sent_event = False
+    quiet = app.tasks["f.add"].apply_async((1, 1), queue="nobody-consumes")
+    assert client.get(f"/api/task/info/{quiet.id}").status_code == 404  # Celery's default: no task-sent
+
+
+def test_events_are_on_by_default_and_a_setting_turns_them_off(app: Celery) -> None:
+    client = client_for(app)
+    app.conf.worker_send_task_events = type(app.conf)().worker_send_task_events  # the default
+    with running(app, "threads"):
+        shown = app.tasks["f.add"].delay(2, 2)
+        assert shown.get(timeout=10) == 4
+        assert eventually(lambda: client.get(f"/api/task/info/{shown.id}").json().get("received"))
+    app.conf.worker_send_task_events = False
+    with running(app, "threads", hostname="w2@test"):
+        unseen = app.tasks["f.add"].delay(3, 3)
+        assert unseen.get(timeout=10) == 6
+        time.sleep(0.3)
+    info = client.get(f"/api/task/info/{unseen.id}").json()  # from the result backend, not from events
+    assert info["state"] == states.SUCCESS and info["received"] is None and info["worker"] == "w2@test"

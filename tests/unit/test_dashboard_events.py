@@ -7,6 +7,7 @@ import time
 
 from conveyor import Celery, states
 from conveyor.dashboard.history import TaskHistory, fold
+from conveyor.worker.events import events_of
 from conveyor.dashboard.server import Rates, recent_tasks
 
 
@@ -23,13 +24,13 @@ def test_events_fold_into_one_row_per_task_newest_first() -> None:
         json.dumps({"type": "worker-heartbeat"}).encode(),
         event("succeeded", "a", 4.0, result="3", runtime=0.5),
     ]
-    rows = recent_tasks(fold(events), 10)
+    rows = recent_tasks(fold(events_of(events)), 10)
     assert [row["id"] for row in rows] == ["a", "b"]
     a, b = rows
     assert a["state"] == "SUCCESS" and a["args"] == "(1, 2)" and a["result"] == "3" and a["pid"] == 7
     assert a["received"] == 1.0 and a["updated"] == 4.0 and a["runtime"] == 0.5
     assert b["state"] == "RECEIVED"
-    assert recent_tasks(fold(events), 1) == [a]
+    assert recent_tasks(fold(events_of(events)), 1) == [a]
 
 
 def overview(queued: int, **processed: int) -> dict[str, object]:

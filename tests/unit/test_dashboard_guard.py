@@ -4,6 +4,7 @@ passwords never shown, repeated failed logins slowed."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +16,7 @@ from conveyor.dashboard import create_app
 
 @pytest.fixture
 def app() -> Iterator[Celery]:
-    application = Celery("guarded", broker="memory://guard-test")
+    application = Celery("guarded", broker=f"memory://guard-{uuid.uuid4().hex}")  # a store of its own
     yield application
     application.close()
 

@@ -73,10 +73,10 @@ def test_the_feature_list_follows_the_settings() -> None:
     app = Conveyor("t", broker="memory://", backend="memory://")
     names = [type(h).__name__ for h in features(app)]
     assert names[:5] == ["TaskLog", "Chords", "Revocations", "Screening", "RateLimits"]
-    assert "TaskEvents" not in names and "EmbeddedBeat" not in names and "AdaptivePrefetch" in names
-    app.conf.worker_send_task_events = True
+    assert "TaskEvents" in names and "EmbeddedBeat" not in names and "AdaptivePrefetch" in names
+    app.conf.worker_send_task_events = False
     app.conf.worker_disable_rate_limits = True
     app.conf.worker_prefetch_adaptive = False
     names = [type(h).__name__ for h in features(app, beat=True)]
-    assert "RateLimits" not in names and "AdaptivePrefetch" not in names
-    assert names[-2:] == ["TaskEvents", "EmbeddedBeat"]
+    assert "RateLimits" not in names and "AdaptivePrefetch" not in names and "TaskEvents" not in names
+    assert names[-1] == "EmbeddedBeat"
