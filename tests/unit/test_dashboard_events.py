@@ -7,8 +7,8 @@ import time
 
 from conveyor import Celery, states
 from conveyor.dashboard.history import TaskHistory, fold
-from conveyor.worker.events import events_of
 from conveyor.dashboard.server import Rates, recent_tasks
+from conveyor.worker.events import events_of
 
 
 def event(kind: str, task_id: str, at: float, **fields: object) -> bytes:
