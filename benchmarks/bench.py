@@ -39,9 +39,11 @@ def rss_mib(pid: int) -> float:
 
 
 @contextmanager
-def worker(env: dict[str, str], pool: str, concurrency: int, prefetch: int) -> Iterator[subprocess.Popen[bytes]]:
+def worker(
+    env: dict[str, str], pool: str, concurrency: int, prefetch: int, *extra: str
+) -> Iterator[subprocess.Popen[bytes]]:
     command = [sys.executable, "-m", "conveyor.cli", "-A", "benchmarks.bench_app", "worker", "-l", "warning",
-               "-P", pool, "-c", str(concurrency), "--prefetch-multiplier", str(prefetch)]  # fmt: skip
+               "-P", pool, "-c", str(concurrency), "--prefetch-multiplier", str(prefetch), *extra]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
     time.sleep(1.5)
     try:
@@ -164,32 +166,76 @@ def measure(
         if control:
             rows.append(("control ping round trip, idle worker", f"p50 {control_ping(app):.2f} ms"))
 
-        # Drains: publish in batches (milliseconds), then time until the worker is through.
+        pings: list[float] = []
         for ignore_result in (False, True):
-            call = app.producer.options({"ignore_result": ignore_result})
-            messages = [app.producer.message(name, (i,), call=call)[0] for i in range(tasks)]
-            bodies = [m.encode(format=app.conf.task_message_format) for m in messages]
-            started = time.perf_counter()
-            for offset in range(0, tasks, 1000):
-                app.broker.publish([Outgoing("celery", body) for body in bodies[offset : offset + 1000]])
-            if not ignore_result and control:
-                # The control channel while the worker drains: it answers apart from the pool.
-                busy_ping = control_ping(app, 20)
-            if ignore_result:
-                while app.broker.queue_sizes(["celery"])["celery"]:
-                    time.sleep(0.002)
-            else:
-                # FIFO: once the last result is stored, the others are too (checked below).
-                app.AsyncResult(messages[-1].id).get(timeout=300)
-            rate = tasks / (time.perf_counter() - started)
-            if not ignore_result:
-                assert all(app.AsyncResult(m.id).successful() for m in messages[:: max(1, tasks // 100)])
+            # The control channel while the worker drains: it answers apart from the pool.
+            during = (lambda: pings.append(control_ping(app, 20))) if control and not ignore_result else None
+            rate = drain(app, name, "celery", tasks, ignore_result, during)
             label = "ignored" if ignore_result else "stored"
             rows.append((f"drain, one worker, results {label}", f"{rate:,.0f} tasks/s"))
-            if not ignore_result and control:
-                rows.append(("control ping round trip, during the drain", f"p50 {busy_ping:.2f} ms"))
+            if pings:
+                rows.append(("control ping round trip, during the drain", f"p50 {pings[0]:.2f} ms"))
         rows.append(("worker RSS idle / after", f"{idle_rss:.0f} MiB / {rss_mib(process.pid):.0f} MiB"))
+    rows.extend(cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks))
     app.close()
+    return rows
+
+
+def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=None) -> float:  # type: ignore[no-untyped-def]
+    """Tasks per second a worker of `queue` drains: publish in batches (milliseconds), then time
+    until it is through. `during()` runs while it drains."""
+    from conveyor.brokers.base import Outgoing
+
+    call = app.producer.options({"ignore_result": ignore_result})
+    messages = [app.producer.message(name, (i,), call=call)[0] for i in range(tasks)]
+    bodies = [m.encode(format=app.conf.task_message_format) for m in messages]
+    started = time.perf_counter()
+    for offset in range(0, tasks, 1000):
+        app.broker.publish([Outgoing(queue, body) for body in bodies[offset : offset + 1000]])
+    if during is not None:
+        during()
+    if ignore_result:
+        while app.broker.queue_sizes([queue])[queue]:
+            time.sleep(0.002)
+    else:
+        # FIFO: once the last result is stored, the others are too (checked below).
+        app.AsyncResult(messages[-1].id).get(timeout=300)
+    rate = tasks / (time.perf_counter() - started)
+    if not ignore_result:
+        assert all(app.AsyncResult(m.id).successful() for m in messages[:: max(1, tasks // 100)])
+    return rate
+
+
+#: Rounds of the defaults' cost: each drains on both workers, alternating.
+COST_ROUNDS = 3
+
+
+def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """What task events and remote control (both on by default) cost: the same drains and round
+    trips on a worker with both off, alternating with a default worker, medians of COST_ROUNDS."""
+    plain_env = {**env, "CONVEYOR_BENCH_EVENTS": "0", "CONVEYOR_BENCH_CONTROL": "0"}
+    figures: dict[tuple[str, str], list[float]] = {}
+    with worker(env, pool, concurrency, prefetch, "-Q", "celery"), \
+            worker(plain_env, pool, concurrency, prefetch, "-Q", "plain"):  # fmt: skip
+        for _ in range(COST_ROUNDS):
+            for queue in ("celery", "plain"):
+                for ignore_result in (False, True):
+                    kind = "ignored" if ignore_result else "stored"
+                    figures.setdefault((queue, kind), []).append(drain(app, noop.name, queue, tasks, ignore_result))
+                trips = []
+                for i in range(200):
+                    sent = time.perf_counter()
+                    noop.apply_async((i,), queue=queue).get(timeout=10)
+                    trips.append((time.perf_counter() - sent) * 1000)
+                figures.setdefault((queue, "trip"), []).append(statistics.median(trips))
+    median = {key: statistics.median(values) for key, values in figures.items()}
+    rows = []
+    for kind, label, unit in (("stored", "drain, results stored", "tasks/s"), ("ignored", "drain, results ignored",
+                              "tasks/s"), ("trip", "round trip p50", "ms")):  # fmt: skip
+        on, off = median[("celery", kind)], median[("plain", kind)]
+        change = (on - off) / off * 100
+        shown = f"{on:,.0f} vs {off:,.0f} {unit}" if unit == "tasks/s" else f"{on:.2f} vs {off:.2f} {unit}"
+        rows.append((f"events + remote control on (default) vs off: {label}", f"{shown} ({change:+.1f} %)"))
     return rows
 
 

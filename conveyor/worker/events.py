@@ -2,10 +2,13 @@
 fields, written to the state store with each batch's results (the dashboard's task list, Flower's
 API and metrics).
 
-Cheap enough to leave on: the hook notes a task's arrival time and, when it ends, keeps the
-outcome as it is; at the end of the batch, the batch's events become one record, a JSON array
-of rows (`ROW` gives the fields in order), encoded in one call and written in one operation with
-the batch's results. `events_of` turns records back into Celery's event dicts.
+Cheap enough to leave on: when a task ends the hook keeps its outcome as it is; once
+`ROWS_PER_RECORD` events wait, or the oldest has waited `LINGER_SECONDS` (the worker's loop
+looks at the end of each batch, and every 50 ms after a task ended), they become one record,
+a JSON array of rows (`ROW` gives the fields in order), encoded in one call and written in
+one operation after that batch's results. So a busy worker writes one record per 64 tasks, and
+an idle one answering calls one after another does not pay a write per call. `events_of`
+turns records back into Celery's event dicts.
 
 A task that ends within `GRACE_SECONDS` of its arrival has one event, its end, which carries
 when it was received and started: under load that is one row per task, not three. One
@@ -38,6 +41,8 @@ ROW = (
 )  # fmt: skip
 #: Rows per record at most: a record is read whole, so a big batch is cut in several.
 ROWS_PER_RECORD = 64
+#: How long events may wait for more before they are written (fewer rows than a record holds).
+LINGER_SECONDS = 0.25
 
 _EVENT_OF_STATE = {
     states.SUCCESS: "task-succeeded",
@@ -65,87 +70,85 @@ def events_of(records: Iterable[bytes]) -> Iterator[dict[str, Any]]:
                     yield {key: value for key, value in zip(ROW, row) if value is not None}
 
 
-class _End:
-    """A task's end, as the hook keeps it until the batch is written."""
-
-    __slots__ = ("at", "error", "held", "outcome", "received", "state")
-
-    def __init__(self, held: Held, outcome: Outcome | None, received: float | None, state: str, error: str) -> None:
-        self.held, self.outcome, self.received, self.state, self.error = held, outcome, received, state, error
-        self.at = time.time()
-
-
 class TaskEvents(Hook):
     def __init__(self) -> None:
-        self._arrived: dict[int, tuple[Held, float]] = {}
-        """Tasks held, not ended, whose arrival is not written yet: when each came, oldest first."""
+        self._ended: list[tuple[Held, Outcome | None, float, str, str, bool]] = []
+        """Ends not written yet: the task, its outcome (None: refused), when, its state, its result
+        or error, and whether its arrival was written on its own."""
+        self._rows: list[list[Any]] = []
+        """Arrivals and starts of long tasks not written yet."""
+        self._since = 0.0
+        """When the oldest of them came."""
         self._announced: dict[int, bool] = {}
-        """Tasks whose arrival was written (long ones), not their end: whether their start was."""
-        self._ended: list[_End] = []
+        """Long tasks whose arrival was written, not their end: whether their start was."""
 
     def start(self, worker: Worker) -> None:
         self.worker = worker
         self.hostname = worker.hostname
         self.events = worker.ledger.progress
 
-    def received(self, held: Held) -> None:
-        self._arrived[held.job.id] = (held, time.time())
-
     def finished(self, held: Held, outcome: Outcome) -> None:
-        arrival = self._arrived.pop(held.job.id, None)
-        if arrival is None:
-            self._announced.pop(held.job.id, None)
-        self._ended.append(_End(held, outcome, arrival[1] if arrival else None, outcome.state, outcome.summary))
+        self._end(held, outcome, outcome.state, outcome.summary)
 
     def refused(self, held: Held, state: str, error: BaseException) -> None:
-        self._arrived.pop(held.job.id, None)
-        self._ended.append(_End(held, None, time.time(), state, repr(error)))
+        self._end(held, None, state, repr(error))
+
+    def _end(self, held: Held, outcome: Outcome | None, state: str, summary: str) -> None:
+        now = time.time()
+        if not self._ended and not self._rows:
+            self._since = now
+        announced = self._announced.pop(held.job.id, None) is not None
+        self._ended.append((held, outcome, now, state, summary, announced))
 
     def flush(self) -> None:
-        rows = [self._end_row(end) for end in self._ended] if self._ended else []
-        self._ended.clear()
-        if self._arrived or self._announced:
-            rows.extend(self._long_running())
+        held = self.worker.held
+        now = time.time()
+        if held and next(iter(held.values())).received_at <= now - GRACE_SECONDS:
+            self._long_running(now)  # (held in order of arrival: the first is the oldest)
+        waiting = len(self._ended) + len(self._rows)
+        if not waiting:
+            return
+        if waiting < ROWS_PER_RECORD and now - self._since < LINGER_SECONDS and not self.worker.closing:
+            return  # an idle worker's events wait for more: one write for many round trips
+        rows = self._rows + [self._end_row(*end) for end in self._ended]
+        self._rows, self._ended = [], []
         for start in range(0, len(rows), ROWS_PER_RECORD):
             self.events.events.append(orjson.dumps(rows[start : start + ROWS_PER_RECORD], default=repr))
 
-    def _end_row(self, end: _End) -> list[Any]:
-        held, message = end.held, end.held.job.message
-        kind = _EVENT_OF_STATE.get(end.state, "task-failed")
-        result, exception = (end.error, None) if kind == "task-succeeded" else (None, end.error)
-        runtime = end.outcome.runtime if end.outcome is not None else None
-        row = [kind, message.id, message.task, self.hostname, end.at, end.received, None, None, runtime, result,
-               exception]  # fmt: skip
-        if end.received is not None:  # its arrival is in this row, with what a task-received event carries
-            if held.started_at is not None:
-                row[6:8] = held.started_at, held.pid
-            row += [short_repr(message.args), short_repr(message.kwargs), message.retries, held.delivery.queue,
-                    message.root_id, message.parent_id]  # fmt: skip
-        return row
+    def _end_row(
+        self, held: Held, outcome: Outcome | None, at: float, state: str, summary: str, announced: bool
+    ) -> list[Any]:
+        message = held.job.message
+        kind = _EVENT_OF_STATE.get(state, "task-failed")
+        result, exception = (summary, None) if kind == "task-succeeded" else (None, summary)
+        runtime = outcome.runtime if outcome is not None else None
+        row = [kind, message.id, message.task, self.hostname, at]
+        if announced:  # its arrival was written already
+            return [*row, None, None, None, runtime, result, exception]
+        kwargs = short_repr(message.kwargs) if message.kwargs else "{}"
+        return [*row, held.received_at, held.started_at, held.pid, runtime, result, exception,
+                short_repr(message.args), kwargs, message.retries, held.delivery.queue, message.root_id,
+                message.parent_id]  # fmt: skip
 
-    def _long_running(self) -> list[list[Any]]:
+    def _long_running(self, now: float) -> None:
         """Past the grace, a task still waiting or running has its arrival (and start) written."""
-        rows: list[list[Any]] = []
-        held_now, due = self.worker.held, time.time() - GRACE_SECONDS
-        # Oldest first: the first still within the grace ends the look.
-        for job_id, (held, received) in list(self._arrived.items()):
-            if received > due:
-                break
-            del self._arrived[job_id]
-            if job_id not in held_now:
-                continue  # given back unrun (shutdown, a lost process): nothing to write
+        due = now - GRACE_SECONDS
+        if not self._ended and not self._rows:
+            self._since = now
+        for job_id, held in self.worker.held.items():
+            if held.received_at > due:
+                break  # the rest came later still
+            started_written = self._announced.get(job_id)
             message = held.job.message
-            self._announced[job_id] = False
-            rows.append(["task-received", message.id, message.task, self.hostname, received, received, None, None,
-                         None, None, None, short_repr(message.args), short_repr(message.kwargs), message.retries,
-                         held.delivery.queue, message.root_id, message.parent_id])  # fmt: skip
-        for job_id, started_written in list(self._announced.items()):
-            current = held_now.get(job_id)
-            if current is None:
-                del self._announced[job_id]
-            elif not started_written and current.started_at is not None and current.started_at <= due:
-                message = current.job.message
-                rows.append(["task-started", message.id, message.task, self.hostname, current.started_at, None,
-                             current.started_at, current.pid])  # fmt: skip
+            if started_written is None:
+                self._announced[job_id] = False
+                self._rows.append(["task-received", message.id, message.task, self.hostname, held.received_at,
+                                   held.received_at, None, None, None, None, None, short_repr(message.args),
+                                   short_repr(message.kwargs), message.retries, held.delivery.queue,
+                                   message.root_id, message.parent_id])  # fmt: skip
+            if not started_written and held.started_at is not None and held.started_at <= due:
+                self._rows.append(["task-started", message.id, message.task, self.hostname, held.started_at, None,
+                                   held.started_at, held.pid])  # fmt: skip
                 self._announced[job_id] = True
-        return rows
+        for job_id in [j for j in self._announced if j not in self.worker.held]:
+            del self._announced[job_id]  # given back unrun (shutdown, a lost process): no end to write

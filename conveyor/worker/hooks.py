@@ -54,6 +54,8 @@ class Held:
 
     job: Job
     delivery: Delivery
+    received_at: float = 0.0
+    """When the worker took it (time.time(), one reading per batch)."""
     acked: bool = False
     started: bool = False
     terminated: bool = False

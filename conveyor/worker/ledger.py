@@ -63,12 +63,12 @@ class Ledger:
     # -- arrivals --------------------------------------------------------------------------------
     def arrive(self, deliveries: list[Delivery]) -> list[Held]:
         """Decode a batch and let the hooks admit it: the arrivals to run, now held."""
-        arrivals = []
+        arrivals, now = [], time.time()
         for delivery in deliveries:
             message = self._decode(delivery)
             if message is not None:
                 job = Job(next(self._job_ids), message, delivery.queue, self.hostname, delivery.redelivered)
-                arrivals.append(Held(job, delivery))
+                arrivals.append(Held(job, delivery, now))
         admitted = self.hooks.admit(arrivals)
         for held in admitted:
             self.held[held.job.id] = held

@@ -119,6 +119,8 @@ class Worker:
         self._run_here: Job | None = None
         self._stopping = False
         self._cold = False
+        #: True once the loop has ended: what hooks hold back for a later batch goes in the last one.
+        self.closing = False
         self.pool: Pool | None = None
         self.fetcher: Fetcher | None = None
         self.writer: Writer | None = None
@@ -317,6 +319,7 @@ class Worker:
         for event in self.inbox.leftovers():
             if isinstance(event, _Delivered):
                 self.ledger.give_back(event.deliveries)
+        self.closing = True
         self._flush()
         self.writer.send_inline_acks()
         self.writer.close(timeout=60)
