@@ -10,10 +10,11 @@ one operation after that batch's results. So a busy worker writes one record per
 an idle one answering calls one after another does not pay a write per call. `events_of`
 turns records back into Celery's event dicts.
 
-A task that ends within `GRACE_SECONDS` of its arrival has one event, its end, which carries
-when it was received and started: under load that is one row per task, not three. One
-still waiting or running at the end of a batch past the grace gets its `task-received` (and
-`task-started`) of its own, so a long task shows as received and running while it runs.
+A task that ends within `GRACE_SECONDS` of its start has one event, its end, which carries
+when it was received and started: under load that is one row per task, not three. One still
+running past the grace gets its `task-received` and `task-started` of their own, so a long
+task shows as running while it runs; one still waiting in the worker (prefetched) after
+`WAITING_GRACE_SECONDS` gets its `task-received`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from conveyor.worker.progress import STARTED_GRACE_SECONDS
 if TYPE_CHECKING:
     from conveyor.worker.worker import Worker
 
-#: A task's received and started events wait this long to be folded into its end.
+#: A running task's received and started events wait this long to be folded into its end.
 GRACE_SECONDS = STARTED_GRACE_SECONDS
+#: A task waiting in the worker (prefetched) this long gets its received event on its own.
+WAITING_GRACE_SECONDS = 1.0
 #: The fields of an event row, in order (null: not in this event).
 ROW = (
     "type", "uuid", "name", "hostname", "timestamp", "received", "started", "pid", "runtime", "result",
@@ -81,6 +84,8 @@ class TaskEvents(Hook):
         """When the oldest of them came."""
         self._announced: dict[int, bool] = {}
         """Long tasks whose arrival was written, not their end: whether their start was."""
+        self._running: dict[int, Held] = {}
+        """Tasks started, not ended, whose start is not written."""
 
     def start(self, worker: Worker) -> None:
         self.worker = worker
@@ -97,14 +102,20 @@ class TaskEvents(Hook):
         now = time.time()
         if not self._ended and not self._rows:
             self._since = now
+        self._running.pop(held.job.id, None)
         announced = self._announced.pop(held.job.id, None) is not None
         self._ended.append((held, outcome, now, state, summary, announced))
 
+    def started(self, held: Held, pid: int) -> None:
+        self._running[held.job.id] = held
+
     def flush(self) -> None:
-        held = self.worker.held
         now = time.time()
-        if held and next(iter(held.values())).received_at <= now - GRACE_SECONDS:
-            self._long_running(now)  # (held in order of arrival: the first is the oldest)
+        if self._running:
+            self._long_running(now)
+        held = self.worker.held
+        if held and next(iter(held.values())).received_at <= now - WAITING_GRACE_SECONDS:
+            self._long_waiting(now)  # (held in order of arrival: the first is the oldest)
         waiting = len(self._ended) + len(self._rows)
         if not waiting:
             return
@@ -130,25 +141,41 @@ class TaskEvents(Hook):
                 short_repr(message.args), kwargs, message.retries, held.delivery.queue, message.root_id,
                 message.parent_id]  # fmt: skip
 
-    def _long_running(self, now: float) -> None:
-        """Past the grace, a task still waiting or running has its arrival (and start) written."""
-        due = now - GRACE_SECONDS
+    def _add(self, row: list[Any], now: float) -> None:
         if not self._ended and not self._rows:
             self._since = now
+        self._rows.append(row)
+
+    def _arrival_row(self, held: Held) -> list[Any]:
+        message = held.job.message
+        return ["task-received", message.id, message.task, self.hostname, held.received_at, held.received_at, None,
+                None, None, None, None, short_repr(message.args), short_repr(message.kwargs), message.retries,
+                held.delivery.queue, message.root_id, message.parent_id]  # fmt: skip
+
+    def _long_running(self, now: float) -> None:
+        """A task running past the grace has its arrival and start written: it shows as running."""
+        due = now - GRACE_SECONDS
+        for job_id, held in list(self._running.items()):
+            if held.started_at is None or held.started_at > due:
+                continue
+            del self._running[job_id]
+            if job_id not in self.worker.held:
+                continue  # ended meanwhile (its end is written) or given back
+            if job_id not in self._announced:
+                self._add(self._arrival_row(held), now)
+            message = held.job.message
+            self._add(["task-started", message.id, message.task, self.hostname, held.started_at, None,
+                       held.started_at, held.pid], now)  # fmt: skip
+            self._announced[job_id] = True
+
+    def _long_waiting(self, now: float) -> None:
+        """A task waiting in the worker past WAITING_GRACE_SECONDS has its arrival written."""
+        due = now - WAITING_GRACE_SECONDS
         for job_id, held in self.worker.held.items():
             if held.received_at > due:
                 break  # the rest came later still
-            started_written = self._announced.get(job_id)
-            message = held.job.message
-            if started_written is None:
+            if job_id not in self._announced:
                 self._announced[job_id] = False
-                self._rows.append(["task-received", message.id, message.task, self.hostname, held.received_at,
-                                   held.received_at, None, None, None, None, None, short_repr(message.args),
-                                   short_repr(message.kwargs), message.retries, held.delivery.queue,
-                                   message.root_id, message.parent_id])  # fmt: skip
-            if not started_written and held.started_at is not None and held.started_at <= due:
-                self._rows.append(["task-started", message.id, message.task, self.hostname, held.started_at, None,
-                                   held.started_at, held.pid])  # fmt: skip
-                self._announced[job_id] = True
+                self._add(self._arrival_row(held), now)
         for job_id in [j for j in self._announced if j not in self.worker.held]:
             del self._announced[job_id]  # given back unrun (shutdown, a lost process): no end to write

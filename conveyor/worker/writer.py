@@ -70,18 +70,19 @@ class Writer:
         queued or being written, the calling thread writes the results at once:
         an idle worker's result then reaches its caller without waking another
         thread first. It sends their acks with `send_inline_acks()` once done
-        with what else it holds; the events go to the writer's thread, so the caller
-        goes back to waiting for its next task without them. Otherwise, or if that
-        one attempt fails, the batch goes to the writer's thread, which writes
-        batches in order and retries with backoff.
-        Call from one thread at a time (the worker's, under its inbox's lock).
+        with what else it holds. Otherwise, or if that one attempt fails, the batch
+        goes to the writer's thread, which writes batches in order and retries with
+        backoff. Call from one thread at a time (the worker's, under its inbox's lock).
         """
         if inline and not self._unfinished:
             updates = self._write(list(updates), [], closing=False, inline=True)[0]
             if not updates:  # stored: their acks go once the caller is done (send_inline_acks)
                 self._local.acks = [*getattr(self._local, "acks", ()), *acks]
                 acks = ()
-            if not updates and not acks and not events:
+            if events:
+                self._record(list(events))
+                events = ()
+            if not updates and not acks:
                 return
         with self._count_lock:
             self._unfinished += 1
