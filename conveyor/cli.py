@@ -210,6 +210,11 @@ def worker(
 @click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="Port to listen on.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--basic-auth", help="Require HTTP basic authentication: user:password.")
+@click.option("--url-prefix", default="", help="Serve under this path (behind a proxy at /PREFIX/), as Flower's.")
+@click.option(
+    "--broker-api",
+    help="Accepted for Flower's command lines; unused: queue depths come from the broker itself.",
+)
 @click.option(
     "--unauthenticated-api",
     is_flag=True,
@@ -219,8 +224,9 @@ def worker(
 @loglevel_option
 @pass_context
 def flower(
-    obj: _Context, port: int, address: str, basic_auth: str | None, unauthenticated_api: bool, loglevel: str
-) -> None:
+    obj: _Context, port: int, address: str, basic_auth: str | None, url_prefix: str, broker_api: str | None,
+    unauthenticated_api: bool, loglevel: str,
+) -> None:  # fmt: skip
     """Serve the web dashboard: workers, queues, tasks, dead letters, actions; /metrics for Prometheus."""
     with requires("dashboard", "conveyor flower"):
         import uvicorn
@@ -229,9 +235,11 @@ def flower(
 
     if basic_auth is not None and ":" not in basic_auth:
         raise click.BadParameter("must be user:password", param_hint="--basic-auth")
-    dashboard = create_app(obj.app, basic_auth=basic_auth, unauthenticated_api=unauthenticated_api)
+    prefix = url_prefix.strip("/")
+    dashboard = create_app(obj.app, basic_auth=basic_auth, unauthenticated_api=unauthenticated_api, url_prefix=prefix)
     _check_port_free(address, port)
-    click.echo(f"Conveyor dashboard on http://{address}:{port}/ (broker {obj.app.broker.display_url})", err=True)
+    where = f"http://{address}:{port}/{prefix + '/' if prefix else ''}"
+    click.echo(f"Conveyor dashboard on {where} (broker {obj.app.broker.display_url})", err=True)
     if basic_auth:
         access = "every route requires basic authentication"
     elif unauthenticated_api:

@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conveyor.control import task_queues
@@ -54,15 +54,20 @@ def create_app(
     basic_auth: str | None = None,
     unauthenticated_api: bool = False,
     sample_seconds: float = SAMPLE_SECONDS,
+    url_prefix: str = "",
 ) -> Starlette:
     """The dashboard for `app`.
 
     `basic_auth="user:password"` puts every route behind those credentials. Without them the
-    dashboard is read-only (revoke and rate limits answer 403) unless `unauthenticated_api`.
+    dashboard is read-only (actions answer 403) unless `unauthenticated_api`. `url_prefix`
+    serves it under `/<prefix>/`.
     """
     dashboard = Dashboard(app, sample_seconds)
     middleware = [Middleware(Guard, credentials=basic_auth, unauthenticated_api=unauthenticated_api)]
-    routes = [*Pages(dashboard).routes(), *dashboard.routes(), *FlowerAPI(app, dashboard.history).routes()]
+    routes: list[BaseRoute] = [*Pages(dashboard).routes(), *dashboard.routes(),
+                               *FlowerAPI(app, dashboard.history).routes()]  # fmt: skip
+    if url_prefix.strip("/"):
+        routes = [Mount(f"/{url_prefix.strip('/')}", routes=routes)]
     return Starlette(routes=routes, middleware=middleware, lifespan=dashboard.lifespan)
 
 
