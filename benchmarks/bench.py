@@ -103,6 +103,39 @@ def signing_costs(body: bytes, times: int = 2000) -> list[tuple[str, str]]:
     return rows
 
 
+def dashboard_task_list(tasks: int = 100_000) -> list[tuple[str, str]]:
+    """Milliseconds the dashboard takes to answer a page of its task list holding `tasks` tasks
+    (read from a result backend at its start), unfiltered, sorted, filtered and searched."""
+    from starlette.testclient import TestClient
+
+    from conveyor import Celery, states
+    from conveyor.dashboard import create_app
+
+    app = Celery("bench-dashboard", broker="memory://bench-dashboard")
+    names, results = ("app.resize", "app.mail", "app.report"), ("SUCCESS", "FAILURE", "SUCCESS")
+    app.backend.write([
+        app.backend.make_update(f"task-{i}", results[i % 3] if i % 7 else states.RETRY, i, history={
+            "name": names[i % 3], "worker": f"w{i % 4}@host", "runtime": (i % 1000) / 1000})
+        for i in range(tasks)
+    ])  # fmt: skip
+    rows = []
+    with TestClient(create_app(app)) as client:
+        while client.get("/api/dashboard/tasks?limit=1").json()["total"] < tasks:
+            time.sleep(0.05)  # read from the backend at start
+        for label, query in (("newest first", ""), ("sorted by runtime", "&sort_by=-runtime"),
+                             ("one state, one task", "&state=FAILURE&taskname=app.mail"),
+                             ("searched", "&search=task-4242")):  # fmt: skip
+            seconds = []
+            for _ in range(5):
+                started = time.perf_counter()
+                assert client.get(f"/api/dashboard/tasks?limit=50{query}").status_code == 200
+                seconds.append(time.perf_counter() - started)
+            rows.append((f"dashboard task list of {tasks:,}, a page of 50, {label}",
+                         f"{statistics.median(seconds) * 1000:.0f} ms"))  # fmt: skip
+    app.close()
+    return rows
+
+
 def fresh_app(url: str, backend: str | None = None):  # type: ignore[no-untyped-def]
     sys.modules.pop("benchmarks.bench_app", None)
     os.environ["CONVEYOR_BENCH_BROKER"] = url
@@ -177,6 +210,7 @@ def measure(
                 rows.append(("control ping round trip, during the drain", f"p50 {pings[0]:.2f} ms"))
         rows.append(("worker RSS idle / after", f"{idle_rss:.0f} MiB / {rss_mib(process.pid):.0f} MiB"))
     rows.extend(cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks))
+    rows.extend(dashboard_task_list())
     app.close()
     return rows
 

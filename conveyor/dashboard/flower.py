@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from conveyor import states
 from conveyor.control import task_queues
-from conveyor.dashboard.history import TaskHistory, select
+from conveyor.dashboard.history import TaskHistory, complete, select
 from conveyor.exceptions import ConveyorError, NotRegistered
 
 if TYPE_CHECKING:
@@ -325,17 +325,17 @@ class FlowerAPI:
             value = params.get(name)
             return None if value in (None, "", "All") else value
 
-        limit = params.get("limit")
+        offset, limit = max(0, self._int(request, "offset", 0)), params.get("limit")
         try:
             rows = select(
                 self._tasks(), worker=chosen("workername"), name=chosen("taskname"), state=chosen("state"),
                 received_start=chosen("received_start"), received_end=chosen("received_end"),
-                search=chosen("search"), sort_by=chosen("sort_by"), offset=max(0, self._int(request, "offset", 0)),
-                limit=int(limit) if limit else None,
+                search=chosen("search"), sort_by=chosen("sort_by"),
             )  # fmt: skip
+            shown = rows[offset : offset + int(limit) if limit else None]
         except ValueError as exc:
             raise HTTPError(400, str(exc)) from None
-        return {row["uuid"]: row for row in rows}
+        return {row["uuid"]: complete(row) for row in shown}
 
     @endpoint
     def task_types(self, request: Request, body: bytes) -> Any:

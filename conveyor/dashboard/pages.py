@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from conveyor import states
 from conveyor.control import task_queues
-from conveyor.dashboard.history import select
+from conveyor.dashboard.history import complete, select
 from conveyor.exceptions import ConveyorError
 from conveyor.urls import redacted
 
@@ -148,8 +148,9 @@ class Pages:
                               search=chosen("search"), sort_by=chosen("sort_by"))  # fmt: skip
             names = sorted({t["name"] for t in tasks.values() if t.get("name")})
             workers = sorted({t["worker"] for t in tasks.values() if t.get("worker")})
-            return {"total": len(tasks), "matching": len(matching), "offset": offset,
-                    "tasks": matching[offset : offset + limit], "names": names, "workers": workers}  # fmt: skip
+            shown = [complete(task) for task in matching[offset : offset + limit]]
+            return {"total": len(tasks), "matching": len(matching), "offset": offset, "tasks": shown,
+                    "names": names, "workers": workers}  # fmt: skip
 
         return JSONResponse(json.loads(json.dumps(await run_in_threadpool(page), default=repr)))
 
