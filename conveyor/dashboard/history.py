@@ -44,6 +44,9 @@ FIELDS = (
     "runtime", "traceback", "exchange", "routing_key", "clock", "client", "root_id", "parent_id",
 )  # fmt: skip
 _RENAMED = {"hostname": "worker", "queue": "routing_key"}
+#: Fields that hold numbers (times, seconds, counts).
+NUMBERS = frozenset({"received", "sent", "started", "rejected", "succeeded", "failed", "retried", "revoked",
+                     "runtime", "retries", "clock", "pid"})  # fmt: skip
 
 
 def fold(events: Iterable[dict[str, Any]], tasks: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
@@ -56,11 +59,15 @@ def fold(events: Iterable[dict[str, Any]], tasks: dict[str, dict[str, Any]] | No
             task_id, kind, at = event["uuid"], event["type"], event.get("timestamp")
         except (KeyError, TypeError):
             continue  # not an event of ours: skip it, do not fail the page
-        if not isinstance(task_id, str) or kind not in STATE_OF_EVENT:
+        if not isinstance(task_id, str) or not isinstance(kind, str) or kind not in STATE_OF_EVENT:
             continue
+        if not isinstance(at, (int, float)):
+            at = None
         task = tasks.pop(task_id, None) or {}
         tasks[task_id] = task  # re-inserted: the dict stays ordered by latest activity
         for key, value in event.items():
+            if key in NUMBERS and not isinstance(value, (int, float)):
+                continue  # times and runtimes are numbers: they sort and compare
             if key not in ("type", "timestamp"):
                 task[_RENAMED.get(key, key)] = value
         task["uuid"], task["state"], task["timestamp"] = task_id, STATE_OF_EVENT[kind], at
@@ -234,9 +241,11 @@ def select(
         chosen = [t for t in chosen if needle in _searchable(t)]
     if sort_by:
         key, descending = sort_by.lstrip("-"), sort_by.startswith("-")
-        # A field holds one type (times, names), so the known values compare.
         known = [t for t in chosen if t.get(key) is not None]
-        known.sort(key=operator.itemgetter(key), reverse=descending)
+        try:
+            known.sort(key=operator.itemgetter(key), reverse=descending)
+        except TypeError:  # values of several types (events of other writers): compared as text
+            known.sort(key=lambda t: str(t[key]), reverse=descending)
         chosen = known + [t for t in chosen if t.get(key) is None]
     return chosen
 

@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import time
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from conveyor import Celery, states
-from conveyor.dashboard.history import TaskHistory, fold
+from conveyor.dashboard.history import TaskHistory, fold, select
 from conveyor.dashboard.server import Rates, recent_tasks
 from conveyor.worker.events import events_of
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=20) | st.dictionaries(st.text(max_size=10), children, max_size=20),
+    max_leaves=40,
+)
 
 
 def event(kind: str, task_id: str, at: float, **fields: object) -> bytes:
@@ -103,3 +112,32 @@ def test_refresh_folds_only_new_events_and_the_least_recent_tasks_are_forgotten(
     assert len(history.refresh()) == 2
     assert list(history.snapshot()) == ["a", "c"]  # b, the least recently active, went
     app.close()
+
+
+def test_a_record_of_rows_reads_as_celerys_events_leaving_out_what_a_row_lacks() -> None:
+    record = json.dumps([
+        ["task-succeeded", "a", "t.add", "w1", 5.0, 4.0, 4.5, 7, 0.5, "3", None, "(1, 2)", "{}", 0, "celery"],
+        ["task-started", "b", "t.add", "w1", 6.0, None, 6.0, 8],
+        "not a row",
+    ]).encode()  # fmt: skip
+    first, second = list(events_of([record, b"\xff not json", b'{"type": "task-sent", "uuid": "c"}']))[:2]
+    assert first == {"type": "task-succeeded", "uuid": "a", "name": "t.add", "hostname": "w1", "timestamp": 5.0,
+                     "received": 4.0, "started": 4.5, "pid": 7, "runtime": 0.5, "result": "3", "args": "(1, 2)",
+                     "kwargs": "{}", "retries": 0, "queue": "celery"}  # fmt: skip
+    assert second == {"type": "task-started", "uuid": "b", "name": "t.add", "hostname": "w1", "timestamp": 6.0,
+                      "started": 6.0, "pid": 8}  # fmt: skip
+    tasks = fold(events_of([record, b'{"type": "task-sent", "uuid": "c", "timestamp": 1.0}']))
+    assert tasks["a"]["state"] == "SUCCESS" and tasks["b"]["state"] == "STARTED" and tasks["c"]["state"] == "PENDING"
+
+
+@example(
+    [b'[[["a list"], "id"]]', b'{"type": {}, "uuid": "x"}', b'{"type": "task-sent", "uuid": "y", "timestamp": "z"}']
+)
+@given(st.lists(st.one_of(st.binary(max_size=200), st.builds(lambda v: json.dumps(v).encode(), JSON))))
+@settings(max_examples=200, deadline=None)
+def test_any_record_in_the_event_store_folds_without_error(records: list[bytes]) -> None:
+    tasks = fold(events_of(records))
+    assert all(isinstance(task_id, str) for task_id in tasks)
+    recent_tasks(tasks, 10)
+    for sort_by in ("received", "-runtime", "name", "-worker", "args"):
+        assert len(select(tasks, sort_by=sort_by, search="a")) <= len(tasks)
