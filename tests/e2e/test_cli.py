@@ -146,7 +146,7 @@ def test_flower_serves_the_dashboard_with_authentication(e2e: E2E) -> None:
     assert [w["hostname"] for w in overview["workers"]] == ["seen@e2e"]
     page = urllib.request.Request(f"{url}/", headers={"Authorization": f"Basic {token}"})
     with urllib.request.urlopen(page, timeout=10) as response:
-        assert b"<title>Conveyor</title>" in response.read()
+        assert "<title>Workers · Conveyor</title>".encode() in response.read()
 
 
 def test_text_from_the_broker_is_shown_as_it_is_never_as_markup(e2e: E2E) -> None:
