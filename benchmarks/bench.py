@@ -241,7 +241,7 @@ def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=No
 
 
 #: Rounds of the defaults' cost: each drains on both workers, alternating.
-COST_ROUNDS = 3
+COST_ROUNDS = 4
 
 
 def cpu_seconds(pid: int) -> float:
@@ -269,8 +269,9 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks) -> list
     figures: dict[tuple[str, str], list[float]] = {}
     with worker(env, pool, concurrency, prefetch, "-Q", "celery") as default, \
             worker(plain_env, pool, concurrency, prefetch, "-Q", "plain") as plain:  # fmt: skip
-        for _ in range(COST_ROUNDS):
-            for queue, process in (("celery", default), ("plain", plain)):
+        for round_ in range(COST_ROUNDS):
+            pair = [("celery", default), ("plain", plain)]
+            for queue, process in pair if round_ % 2 == 0 else pair[::-1]:  # ABBA: drift cancels out
                 for ignore_result in (False, True):
                     kind = "ignored" if ignore_result else "stored"
                     before = cpu_seconds(process.pid)

@@ -20,13 +20,14 @@ task shows as running while it runs; one still waiting in the worker (prefetched
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from conveyor import states
 from conveyor.execution import Outcome, short_repr
+from conveyor.states import SUCCESS
 from conveyor.worker.hooks import Held, Hook
 from conveyor.worker.progress import STARTED_GRACE_SECONDS
 
@@ -78,7 +79,7 @@ class TaskEvents(Hook):
         self._ended: list[tuple[Held, Outcome | None, float, str, str, bool]] = []
         """Ends not written yet: the task, its outcome (None: refused), when, its state, its result
         or error, and whether its arrival was written on its own."""
-        self._rows: list[list[Any]] = []
+        self._rows: list[Sequence[Any]] = []
         """Arrivals and starts of long tasks not written yet."""
         self._since = 0.0
         """When the oldest of them came."""
@@ -102,8 +103,9 @@ class TaskEvents(Hook):
         now = time.time()
         if not self._ended and not self._rows:
             self._since = now
-        self._running.pop(held.job.id, None)
-        announced = self._announced.pop(held.job.id, None) is not None
+        job_id = held.job.id
+        self._running.pop(job_id, None)
+        announced = bool(self._announced) and self._announced.pop(job_id, None) is not None
         self._ended.append((held, outcome, now, state, summary, announced))
 
     def started(self, held: Held, pid: int) -> None:
@@ -128,25 +130,27 @@ class TaskEvents(Hook):
 
     def _end_row(
         self, held: Held, outcome: Outcome | None, at: float, state: str, summary: str, announced: bool
-    ) -> list[Any]:
+    ) -> tuple[Any, ...]:
+        # One tuple, built in one expression: this runs for every task.
         message = held.job.message
-        kind = _EVENT_OF_STATE.get(state, "task-failed")
-        result, exception = (summary, None) if kind == "task-succeeded" else (None, summary)
         runtime = outcome.runtime if outcome is not None else None
-        row = [kind, message.id, message.task, self.hostname, at]
+        if state == SUCCESS:
+            kind, result, exception = "task-succeeded", summary, None
+        else:
+            kind, result, exception = _EVENT_OF_STATE.get(state, "task-failed"), None, summary
         if announced:  # its arrival was written already
-            return [*row, None, None, None, runtime, result, exception]
-        kwargs = short_repr(message.kwargs) if message.kwargs else "{}"
-        return [*row, held.received_at, held.started_at, held.pid, runtime, result, exception,
-                short_repr(message.args), kwargs, message.retries, held.delivery.queue, message.root_id,
-                message.parent_id]  # fmt: skip
+            return (kind, message.id, message.task, self.hostname, at, None, None, None, runtime, result, exception)
+        return (kind, message.id, message.task, self.hostname, at, held.received_at, held.started_at, held.pid,
+                runtime, result, exception, short_repr(message.args),
+                short_repr(message.kwargs) if message.kwargs else "{}", message.retries, held.delivery.queue,
+                message.root_id, message.parent_id)  # fmt: skip
 
-    def _add(self, row: list[Any], now: float) -> None:
+    def _add(self, row: Sequence[Any], now: float) -> None:
         if not self._ended and not self._rows:
             self._since = now
         self._rows.append(row)
 
-    def _arrival_row(self, held: Held) -> list[Any]:
+    def _arrival_row(self, held: Held) -> Sequence[Any]:
         message = held.job.message
         return ["task-received", message.id, message.task, self.hostname, held.received_at, held.received_at, None,
                 None, None, None, None, short_repr(message.args), short_repr(message.kwargs), message.retries,
