@@ -76,17 +76,12 @@ def events_of(records: Iterable[bytes]) -> Iterator[dict[str, Any]]:
 
 class TaskEvents(Hook):
     def __init__(self) -> None:
-        self._ended: list[tuple[Held, Outcome | None, float, str, str, bool]] = []
-        """Ends not written yet: the task, its outcome (None: refused), when, its state, its result
-        or error, and whether its arrival was written on its own."""
         self._rows: list[Sequence[Any]] = []
-        """Arrivals and starts of long tasks not written yet."""
+        """Events not written yet, oldest first."""
         self._since = 0.0
         """When the oldest of them came."""
         self._announced: dict[int, bool] = {}
         """Long tasks whose arrival was written, not their end: whether their start was."""
-        self._running: dict[int, Held] = {}
-        """Tasks started, not ended, whose start is not written."""
 
     def start(self, worker: Worker) -> None:
         self.worker = worker
@@ -94,92 +89,86 @@ class TaskEvents(Hook):
         self.events = worker.ledger.progress
 
     def finished(self, held: Held, outcome: Outcome) -> None:
-        self._end(held, outcome, outcome.state, outcome.summary)
+        # This runs for every task: one tuple, built in one expression.
+        now = time.time()
+        if not self._rows:
+            self._since = now
+        message, state = held.job.message, outcome.state
+        if state == SUCCESS:
+            kind, result, exception = "task-succeeded", outcome.summary, None
+        else:
+            kind, result, exception = _EVENT_OF_STATE.get(state, "task-failed"), None, outcome.summary
+        if self._announced and self._announced.pop(held.job.id, None) is not None:  # arrival written
+            self._rows.append((kind, message.id, message.task, self.hostname, now, None, None, None,
+                               outcome.runtime, result, exception))  # fmt: skip
+        else:
+            self._rows.append((kind, message.id, message.task, self.hostname, now, held.received_at,
+                               held.started_at, held.pid, outcome.runtime, result, exception,
+                               short_repr(message.args), short_repr(message.kwargs) if message.kwargs else "{}",
+                               message.retries, held.delivery.queue, message.root_id, message.parent_id))  # fmt: skip
 
     def refused(self, held: Held, state: str, error: BaseException) -> None:
-        self._end(held, None, state, repr(error))
-
-    def _end(self, held: Held, outcome: Outcome | None, state: str, summary: str) -> None:
         now = time.time()
-        if not self._ended and not self._rows:
+        if not self._rows:
             self._since = now
-        job_id = held.job.id
-        self._running.pop(job_id, None)
-        announced = bool(self._announced) and self._announced.pop(job_id, None) is not None
-        self._ended.append((held, outcome, now, state, summary, announced))
-
-    def started(self, held: Held, pid: int) -> None:
-        self._running[held.job.id] = held
+        self._announced.pop(held.job.id, None)
+        message = held.job.message
+        self._rows.append((_EVENT_OF_STATE.get(state, "task-failed"), message.id, message.task, self.hostname, now,
+                           held.received_at, None, None, None, None, repr(error), short_repr(message.args),
+                           short_repr(message.kwargs), message.retries, held.delivery.queue, message.root_id,
+                           message.parent_id))  # fmt: skip
 
     def flush(self) -> None:
-        now = time.time()
-        if self._running:
-            self._long_running(now)
         held = self.worker.held
-        if held and next(iter(held.values())).received_at <= now - WAITING_GRACE_SECONDS:
-            self._long_waiting(now)  # (held in order of arrival: the first is the oldest)
-        waiting = len(self._ended) + len(self._rows)
-        if not waiting:
+        if held:
+            first = next(iter(held.values()))  # held in order of arrival: the first is the oldest
+            now = time.time()
+            if first.started or first.received_at <= now - WAITING_GRACE_SECONDS:
+                self._long(now)
+        rows = self._rows
+        if not rows:
             return
-        if waiting < ROWS_PER_RECORD and now - self._since < LINGER_SECONDS and not self.worker.closing:
+        if len(rows) < ROWS_PER_RECORD and time.time() - self._since < LINGER_SECONDS and not self.worker.closing:
             return  # an idle worker's events wait for more: one write for many round trips
-        rows = self._rows + [self._end_row(*end) for end in self._ended]
-        self._rows, self._ended = [], []
+        self._rows = []
         for start in range(0, len(rows), ROWS_PER_RECORD):
             self.events.events.append(orjson.dumps(rows[start : start + ROWS_PER_RECORD], default=repr))
 
-    def _end_row(
-        self, held: Held, outcome: Outcome | None, at: float, state: str, summary: str, announced: bool
-    ) -> tuple[Any, ...]:
-        # One tuple, built in one expression: this runs for every task.
-        message = held.job.message
-        runtime = outcome.runtime if outcome is not None else None
-        if state == SUCCESS:
-            kind, result, exception = "task-succeeded", summary, None
-        else:
-            kind, result, exception = _EVENT_OF_STATE.get(state, "task-failed"), None, summary
-        if announced:  # its arrival was written already
-            return (kind, message.id, message.task, self.hostname, at, None, None, None, runtime, result, exception)
-        return (kind, message.id, message.task, self.hostname, at, held.received_at, held.started_at, held.pid,
-                runtime, result, exception, short_repr(message.args),
-                short_repr(message.kwargs) if message.kwargs else "{}", message.retries, held.delivery.queue,
-                message.root_id, message.parent_id)  # fmt: skip
-
     def _add(self, row: Sequence[Any], now: float) -> None:
-        if not self._ended and not self._rows:
+        if not self._rows:
             self._since = now
         self._rows.append(row)
 
     def _arrival_row(self, held: Held) -> Sequence[Any]:
         message = held.job.message
-        return ["task-received", message.id, message.task, self.hostname, held.received_at, held.received_at, None,
+        return ("task-received", message.id, message.task, self.hostname, held.received_at, held.received_at, None,
                 None, None, None, None, short_repr(message.args), short_repr(message.kwargs), message.retries,
-                held.delivery.queue, message.root_id, message.parent_id]  # fmt: skip
+                held.delivery.queue, message.root_id, message.parent_id)  # fmt: skip
 
-    def _long_running(self, now: float) -> None:
-        """A task running past the grace has its arrival and start written: it shows as running."""
-        due = now - GRACE_SECONDS
-        for job_id, held in list(self._running.items()):
-            if held.started_at is None or held.started_at > due:
-                continue
-            del self._running[job_id]
-            if job_id not in self.worker.held:
-                continue  # ended meanwhile (its end is written) or given back
-            if job_id not in self._announced:
-                self._add(self._arrival_row(held), now)
-            message = held.job.message
-            self._add(["task-started", message.id, message.task, self.hostname, held.started_at, None,
-                       held.started_at, held.pid], now)  # fmt: skip
-            self._announced[job_id] = True
+    def _long(self, now: float) -> None:
+        """Tasks held past their grace get their arrival (and start) written: a task running past
+        GRACE_SECONDS shows as running, one waiting past WAITING_GRACE_SECONDS as received.
 
-    def _long_waiting(self, now: float) -> None:
-        """A task waiting in the worker past WAITING_GRACE_SECONDS has its arrival written."""
-        due = now - WAITING_GRACE_SECONDS
+        Held in order of arrival, and started in that order: the running ones come first, and
+        the look ends at the first task that is neither running nor waiting long."""
+        started_due, waiting_due = now - GRACE_SECONDS, now - WAITING_GRACE_SECONDS
+        announced = self._announced
         for job_id, held in self.worker.held.items():
-            if held.received_at > due:
-                break  # the rest came later still
-            if job_id not in self._announced:
-                self._announced[job_id] = False
-                self._add(self._arrival_row(held), now)
-        for job_id in [j for j in self._announced if j not in self.worker.held]:
-            del self._announced[job_id]  # given back unrun (shutdown, a lost process): no end to write
+            if held.started:
+                if held.started_at is None or held.started_at > started_due or announced.get(job_id):
+                    continue
+                if job_id not in announced:
+                    self._add(self._arrival_row(held), now)
+                message = held.job.message
+                self._add(("task-started", message.id, message.task, self.hostname, held.started_at, None,
+                           held.started_at, held.pid), now)  # fmt: skip
+                announced[job_id] = True
+            elif held.received_at <= waiting_due:
+                if job_id not in announced:
+                    announced[job_id] = False
+                    self._add(self._arrival_row(held), now)
+            else:
+                break  # neither running nor waiting long: nor are those that came after it
+        if len(announced) > len(self.worker.held):
+            for job_id in [j for j in announced if j not in self.worker.held]:
+                del announced[job_id]  # given back unrun (shutdown, a lost process): no end to write
