@@ -209,7 +209,9 @@ def measure(
             if pings and not ignore_result:
                 rows.append(("control ping round trip, during the drain", f"p50 {pings[0]:.2f} ms"))
         rows.append(("worker RSS idle / after", f"{idle_rss:.0f} MiB / {rss_mib(process.pid):.0f} MiB"))
-    rows.extend(cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks))
+    # As users start it (prefork, a child per core, Celery's prefetch), then as measured above.
+    rows.extend(cost_of_defaults(app, noop, env, "prefork", os.cpu_count() or 1, 4, tasks, "default worker"))
+    rows.extend(cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, f"-P {pool}"))
     rows.extend(dashboard_task_list())
     app.close()
     return rows
@@ -261,7 +263,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     """What task events and remote control (both on by default) cost: the same drains and round
     trips on a worker with both off, alternating with a default worker, medians of COST_ROUNDS.
     Beside the rates, the worker's CPU time per task: steadier than rates on a shared machine."""
@@ -295,11 +297,11 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks) -> list
     for kind in ("stored", "ignored"):
         on, off, rate_change = change(kind)
         cpu_on, cpu_off, cpu_change = change(f"{kind} cpu")
-        rows.append((f"events + remote control on (default) vs off: drain, results {kind}",
+        rows.append((f"events + remote control on (default) vs off, {label}: drain, results {kind}",
                      f"{on:,.0f} vs {off:,.0f} tasks/s ({rate_change:+.1f} %); worker CPU {cpu_on:.1f} vs "
                      f"{cpu_off:.1f} µs/task ({cpu_change:+.1f} %)"))  # fmt: skip
     on, off, trip_change = change("trip")
-    rows.append(("events + remote control on (default) vs off: round trip p50",
+    rows.append((f"events + remote control on (default) vs off, {label}: round trip p50",
                  f"{on:.2f} vs {off:.2f} ms ({trip_change:+.1f} %)"))  # fmt: skip
     return rows
 
