@@ -42,6 +42,7 @@ steps of 1/hz, 100 ms by default).
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -55,6 +56,8 @@ from conveyor.exceptions import BrokerConnectionError, BrokerError
 from conveyor.lua import script
 
 PRIORITY_SHIFT = 2**40
+#: Readings of a queue's id counter kept for `oldest_ages` (an hour at the dashboard's pace).
+ID_SAMPLES_KEPT = 1800
 #: The largest message handed to an idle consumer over pub/sub; a larger one is queued and the
 #: consumer notified. Redis cuts a subscriber whose output buffer passes 32 MB (its default
 #: client-output-buffer-limit for pubsub), so big bodies never take that path.
@@ -213,6 +216,8 @@ class RedisTransport(Transport):
         self._pubsubs: list[Any] = []
         self._consumer = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
+        #: Per queue, (when, the last id given out by then): `oldest_ages`' clock.
+        self._ids_given: dict[str, collections.deque[tuple[float, int]]] = {}
 
     def _keys(self, queue: str) -> list[str]:
         keys = self._queue_keys.get(queue)
@@ -465,6 +470,30 @@ class RedisTransport(Transport):
             for queue in queues:
                 pipe.hlen(self._keys(queue)[2])
             return dict(zip(queues, (int(n) for n in pipe.execute())))
+
+    def oldest_ages(self, queues: Sequence[str]) -> dict[str, float]:
+        # Redis records no time per message. The id counter, read at each call (the dashboard
+        # calls every few seconds), tells when ids were given out; the id at the head of `ready`
+        # (the next to go) then tells how long it has waited, to within the calls' interval. An id
+        # given out before this process first looked has waited at least since that look.
+        with self.redis.translate("oldest_ages"):
+            pipe = self.redis.direct.pipeline(transaction=False)
+            for queue in queues:
+                ready, _, _, _, seq = self._keys(queue)
+                pipe.get(seq).zrange(ready, 0, 0)
+            replies = pipe.execute()
+        now, ages = time.time(), {}
+        for index, queue in enumerate(queues):
+            counter, head = replies[2 * index], replies[2 * index + 1]
+            given = self._ids_given.setdefault(queue, collections.deque(maxlen=ID_SAMPLES_KEPT))
+            if counter is not None and (not given or given[-1][1] != int(counter)):
+                given.append((now, int(counter)))
+            if head:
+                head_id = int(head[0])
+                at = next((at for at, last_id in given if last_id >= head_id), None)
+                if at is not None:
+                    ages[queue] = max(0.0, now - at)
+        return ages
 
     def interrupt(self) -> None:
         # Wake this process's blocked fetches (and, harmlessly, other consumers of those queues).

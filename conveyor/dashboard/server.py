@@ -130,6 +130,8 @@ class Dashboard:
                     await asyncio.to_thread(self.history.load_stored)
                 overview = await asyncio.to_thread(self.overview_data)
                 await asyncio.to_thread(self._count_events, overview)
+                # Keeps the clock by which Redis dates the oldest message (the broker page).
+                await asyncio.to_thread(self.app.broker.oldest_ages, list(overview["queues"]))
             except ConveyorError:
                 pass  # the broker is away: a gap in the chart, and the page says why
             else:

@@ -213,3 +213,20 @@ def test_requeue_with_delay_and_uncounted_attempt(transport: Transport) -> None:
     transport.requeue([again], redelivery=True)
     [third] = transport.fetch(["q"], 1, 0)
     assert third.attempts == 2
+
+
+def test_the_oldest_ready_messages_age_where_the_transport_can_tell(transport: Transport) -> None:
+    """SQLite records when each message came; Redis's counter of ids, read at each call, dates
+    them to within the calls' interval; the others tell nothing (the dashboard shows —)."""
+    transport.oldest_ages(["aged"])  # Redis: the first look at the counter
+    transport.publish([Outgoing("aged", b"first"), Outgoing("aged", b"second")])
+    transport.oldest_ages(["aged", "empty"])
+    time.sleep(0.3)
+    ages = transport.oldest_ages(["aged", "empty"])
+    assert "empty" not in ages
+    if type(transport).__name__ in ("SQLiteTransport", "RedisTransport"):
+        assert 0.25 <= ages["aged"] < 5
+        transport.fetch(["aged"], 2, 1.0)
+        assert "aged" not in transport.oldest_ages(["aged"])  # leased: none waits
+    else:
+        assert ages == {}
