@@ -65,7 +65,8 @@ def test_every_page_loads_with_data_from_a_real_worker(fleet: E2E, browser: Any)
     failed = add.delay("x", None)
     with pytest.raises(TypeError):
         failed.get(timeout=20)
-    fleet.app.tasks["e2e.add"].apply_async((1, 1), queue="later", countdown=300)  # a queue with a message
+    fleet.app.tasks["e2e.add"].apply_async((1, 1), queue="later", countdown=300)  # delayed
+    fleet.app.tasks["e2e.add"].apply_async((1, 1), queue="backlog")  # ready, and no worker takes it
     base = start_dashboard(fleet, "--basic-auth", "admin:s3cret-pw")
     page = browser.new_page(http_credentials=CREDENTIALS)
 
@@ -95,6 +96,11 @@ def test_every_page_loads_with_data_from_a_real_worker(fleet: E2E, browser: Any)
     page.goto(f"{base}/broker")
     page.wait_for_selector('tr[data-queue="later"]')
     assert page.text_content('tr[data-queue="later"] td:nth-child(2)') == "1"
+    assert page.text_content('tr[data-queue="later"] td:nth-child(3)') == "\u2014"  # none ready
+    page.wait_for_function(  # dated by the queue's id counter, read as the dashboard samples
+        "document.querySelector('tr[data-queue=\"backlog\"] td:nth-child(3)').textContent.endsWith(' s')",
+        timeout=15_000,
+    )
     shot(page, "broker")
 
     page.goto(f"{base}/overview")
