@@ -47,6 +47,8 @@ ROW = (
 ROWS_PER_RECORD = 64
 #: How long events may wait for more before they are written (fewer rows than a record holds).
 LINGER_SECONDS = 0.25
+#: How often the hook looks for tasks held past their grace.
+LOOK_SECONDS = 0.025
 
 _EVENT_OF_STATE = {
     states.SUCCESS: "task-succeeded",
@@ -82,6 +84,7 @@ class TaskEvents(Hook):
         """When the oldest of them came."""
         self._announced: dict[int, bool] = {}
         """Long tasks whose arrival was written, not their end: whether their start was."""
+        self._next_look = 0.0
 
     def start(self, worker: Worker) -> None:
         self.worker = worker
@@ -119,16 +122,19 @@ class TaskEvents(Hook):
                            message.parent_id))  # fmt: skip
 
     def flush(self) -> None:
+        # The loop flushes after every batch it handles, a prefork pool's reports often one at a
+        # time: long tasks are looked for LOOK_SECONDS apart, not at each.
+        now = time.time()
         held = self.worker.held
-        if held:
+        if held and now >= self._next_look:
+            self._next_look = now + LOOK_SECONDS
             first = next(iter(held.values()))  # held in order of arrival: the first is the oldest
-            now = time.time()
             if first.started or first.received_at <= now - WAITING_GRACE_SECONDS:
                 self._long(now)
         rows = self._rows
         if not rows:
             return
-        if len(rows) < ROWS_PER_RECORD and time.time() - self._since < LINGER_SECONDS and not self.worker.closing:
+        if len(rows) < ROWS_PER_RECORD and now - self._since < LINGER_SECONDS and not self.worker.closing:
             return  # an idle worker's events wait for more: one write for many round trips
         self._rows = []
         for start in range(0, len(rows), ROWS_PER_RECORD):
