@@ -246,27 +246,12 @@ def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=No
 COST_ROUNDS = 4
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its live children (a prefork pool's)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(entry) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     """What task events and remote control (both on by default) cost: the same drains and round
     trips on a worker with both off, alternating with a default worker, medians of COST_ROUNDS.
     Beside the rates, the worker's CPU time per task: steadier than rates on a shared machine."""
+    from benchmarks.compare import cpu_seconds  # of a session: a worker starts one (see worker())
+
     plain_env = {**env, "CONVEYOR_BENCH_EVENTS": "0", "CONVEYOR_BENCH_CONTROL": "0"}
     figures: dict[tuple[str, str], list[float]] = {}
     with worker(env, pool, concurrency, prefetch, "-Q", "celery") as default, \

@@ -54,13 +54,13 @@ class Pages:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/", self.page("workers")),
-            Route("/workers", self.page("workers")),
-            Route("/worker/{name}", self.page("worker")),
-            Route("/tasks", self.page("tasks")),
-            Route("/task/{task_id}", self.page("task")),
-            Route("/broker", self.page("broker")),
-            Route("/overview", self.page("overview")),
+            Route("/", self.page("workers", "Workers")),
+            Route("/workers", self.page("workers", "Workers")),
+            Route("/worker/{name}", self.page("worker", "Worker")),
+            Route("/tasks", self.page("tasks", "Tasks")),
+            Route("/task/{task_id}", self.page("task", "Task")),
+            Route("/broker", self.page("broker", "Broker")),
+            Route("/overview", self.page("overview", "Overview")),
             Route("/static/{name}", self.static),
             Route("/api/stream", self.stream),
             Route("/api/dashboard/workers", self.workers),
@@ -70,9 +70,15 @@ class Pages:
         ]
 
     @staticmethod
-    def page(name: str) -> Any:
+    def page(name: str, title: str) -> Any:
+        """A page: its body in the shared layout (`pages/layout.html`), or a whole document."""
+
         async def serve(request: Request) -> Response:
-            html = files("conveyor.dashboard").joinpath("pages", f"{name}.html").read_text()
+            pages = files("conveyor.dashboard").joinpath("pages")
+            html = pages.joinpath(f"{name}.html").read_text()
+            if not html.startswith("<!doctype"):
+                layout = pages.joinpath("layout.html").read_text()
+                html = layout.replace("{{title}}", title).replace("{{body}}", html)
             return HTMLResponse(html.replace("{{base}}", base_href(request)))
 
         return serve
