@@ -247,7 +247,16 @@ def flower(
     else:
         access = "read-only (no --basic-auth): actions answer 403"
     click.echo(f"Access: {access}", err=True)
-    uvicorn.run(dashboard, host=address, port=port, log_level=loglevel.lower(), access_log=False)
+    config = uvicorn.Config(dashboard, host=address, port=port, log_level=loglevel.lower(), access_log=False)
+    server = uvicorn.Server(config)
+    exit_server = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        dashboard.state.dashboard.stopping = True  # open pages' live streams end, and uvicorn with them
+        exit_server(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
 
 
 main.add_command(main.command("flower")(flower))

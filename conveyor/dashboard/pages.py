@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from importlib.resources import files
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 MAX_PAGE = 500
 #: Seconds between comments on an idle event stream (proxies close silent connections).
 STREAM_KEEPALIVE_SECONDS = 15.0
+#: How often a stream looks whether the server is stopping.
+STREAM_CHECK_SECONDS = 0.5
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
 
@@ -96,13 +99,17 @@ class Pages:
 
         async def events() -> AsyncIterator[str]:
             yield "retry: 3000\n\n"
-            while True:
+            quiet_since = time.monotonic()
+            while not self.dashboard.stopping:
                 changed = self.dashboard.changed
                 try:
-                    await asyncio.wait_for(changed.wait(), STREAM_KEEPALIVE_SECONDS)
+                    await asyncio.wait_for(changed.wait(), STREAM_CHECK_SECONDS)
                 except TimeoutError:
-                    yield ": keepalive\n\n"
+                    if time.monotonic() - quiet_since >= STREAM_KEEPALIVE_SECONDS:
+                        quiet_since = time.monotonic()
+                        yield ": keepalive\n\n"
                     continue
+                quiet_since = time.monotonic()
                 yield f"event: sample\ndata: {json.dumps({'generation': self.dashboard.generation})}\n\n"
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

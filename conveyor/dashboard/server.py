@@ -44,8 +44,11 @@ if TYPE_CHECKING:
 #: How often the dashboard samples rates, and how many samples it keeps (ten minutes).
 SAMPLE_SECONDS = 2.0
 SAMPLES_KEPT = 300
-#: How often the task list takes in what the result backend holds (tasks without events).
+#: How often the task list takes in what the result backend holds (tasks without events): every
+#: minute while that finds tasks, every ten once events tell of everything (a read walks every
+#: result on Redis).
 BACKEND_SECONDS = 60.0
+BACKEND_QUIET_SECONDS = 600.0
 
 
 def create_app(
@@ -68,7 +71,9 @@ def create_app(
                                *FlowerAPI(app, dashboard.history).routes()]  # fmt: skip
     if url_prefix.strip("/"):
         routes = [Mount(f"/{url_prefix.strip('/')}", routes=routes)]
-    return Starlette(routes=routes, middleware=middleware, lifespan=dashboard.lifespan)
+    server = Starlette(routes=routes, middleware=middleware, lifespan=dashboard.lifespan)
+    server.state.dashboard = dashboard
+    return server
 
 
 class Rates:
@@ -110,6 +115,8 @@ class Dashboard:
         #: Bumped at each sample: pages listening to /api/stream reload what they show.
         self.generation = 0
         self.changed = asyncio.Event()
+        #: Set when the server stops: the pages' streams end, so it need not wait for them.
+        self.stopping = False
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
@@ -122,12 +129,12 @@ class Dashboard:
                 await sampler
 
     async def _sample(self) -> None:
-        stored_at = -BACKEND_SECONDS
+        next_read = 0.0
         while True:
             try:
-                if time.monotonic() - stored_at >= BACKEND_SECONDS:
-                    stored_at = time.monotonic()
-                    await asyncio.to_thread(self.history.load_stored)
+                if time.monotonic() >= next_read:
+                    added = await asyncio.to_thread(self.history.load_stored)
+                    next_read = time.monotonic() + (BACKEND_SECONDS if added else BACKEND_QUIET_SECONDS)
                 overview = await asyncio.to_thread(self.overview_data)
                 await asyncio.to_thread(self._count_events, overview)
                 # Keeps the clock by which Redis dates the oldest message (the broker page).

@@ -119,6 +119,27 @@ def test_asyncio_pool_runs_async_and_sync_tasks(e2e: E2E) -> None:
     worker.wait_for_log("succeeded in")
 
 
+def test_flower_stops_at_once_with_pages_open(e2e: E2E) -> None:
+    """An open page keeps a live stream: SIGTERM ends the streams, and the server, promptly."""
+    import urllib.request
+
+    from tests.processes import free_port
+
+    e2e.write_app()
+    port = free_port()
+    dashboard = e2e.start_worker(f"--port={port}", name="dash", command=("flower", "-l", "info"),
+                                 ready="Uvicorn running")  # fmt: skip
+    stream = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stream", timeout=10)
+    assert stream.readline() == b"retry: 3000\n"
+    started = time.monotonic()
+    dashboard.signal(signal.SIGTERM)
+    assert dashboard.process.wait(10) in (0, -signal.SIGTERM)  # (uvicorn raises the signal again once stopped)
+    assert time.monotonic() - started < 5
+    assert stream.read() is not None  # the stream ended (no error while reading what was left)
+    stream.close()
+    assert "ERROR" not in dashboard.log
+
+
 def test_flower_serves_the_dashboard_with_authentication(e2e: E2E) -> None:
     """S7/S8: `conveyor -A task flower --port=5555`, here on a free port and behind basic auth."""
     import base64
