@@ -88,17 +88,21 @@ def from_backend(stored: StoredTask, decode: Callable[[bytes], Any]) -> dict[str
     try:
         meta = decode(stored.meta)
         entry = decode(stored.last_history) if stored.last_history is not None else {}
-    except Exception:  # unreadable (another serializer, a foreign record): not shown
+        if not isinstance(meta, dict) or not isinstance(entry, dict) or not isinstance(meta.get("status"), str):
+            return None
+        return _record(stored.task_id, meta, entry)
+    except Exception:  # unreadable (another serializer, a foreign or damaged record): not shown
         return None
-    if not isinstance(meta, dict) or not isinstance(entry, dict) or "status" not in meta:
-        return None
+
+
+def _record(task_id: str, meta: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     state, at = meta["status"], entry.get("timestamp")
     if not isinstance(at, (int, float)) and isinstance(meta.get("date_done"), str):
         try:
             at = datetime.fromisoformat(meta["date_done"]).timestamp()
         except ValueError:
             at = None
-    task: dict[str, Any] = {"uuid": stored.task_id, "state": state, "timestamp": at}
+    task: dict[str, Any] = {"uuid": task_id, "state": state, "timestamp": at}
     for key in ("name", "worker", "retries", "runtime"):
         value = entry.get(key, meta.get(key))
         if value is not None:

@@ -16,6 +16,7 @@ import binascii
 import contextlib
 import itertools
 import json
+import logging
 import secrets
 import time
 from collections import deque
@@ -40,6 +41,8 @@ from conveyor.urls import redacted
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
+
+logger = logging.getLogger("conveyor.dashboard")
 
 #: How often the dashboard samples rates, and how many samples it keeps (ten minutes).
 SAMPLE_SECONDS = 2.0
@@ -141,6 +144,8 @@ class Dashboard:
                 await asyncio.to_thread(self.app.broker.oldest_ages, list(overview["queues"]))
             except ConveyorError:
                 pass  # the broker is away: a gap in the chart, and the page says why
+            except Exception:  # a bug of ours: the pages keep their live updates meanwhile
+                logger.exception("The dashboard's sample failed")
             else:
                 self.rates.add(time.time(), overview)
             self.generation += 1

@@ -9,7 +9,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conveyor import Celery, states
-from conveyor.dashboard.history import TaskHistory, fold, select
+from conveyor.backends.base import StoredTask
+from conveyor.dashboard.history import TaskHistory, fold, from_backend, select
 from conveyor.dashboard.server import Rates, recent_tasks
 from conveyor.worker.events import events_of
 
@@ -141,3 +142,13 @@ def test_any_record_in_the_event_store_folds_without_error(records: list[bytes])
     recent_tasks(tasks, 10)
     for sort_by in ("received", "-runtime", "name", "-worker", "args"):
         assert len(select(tasks, sort_by=sort_by, search="a")) <= len(tasks)
+
+
+def test_a_damaged_stored_result_is_left_out_of_the_list_without_error() -> None:
+    decode = json.loads
+    assert from_backend(StoredTask("a", b'{"status": "SUCCESS", "args": 5}', None), decode) is None
+    assert from_backend(StoredTask("b", b"not json", None), decode) is None
+    assert from_backend(StoredTask("c", b'{"status": 3}', None), decode) is None
+    assert from_backend(StoredTask("d", b'{"status": "FAILURE", "result": {"exc_type": 5}}', b"[]"), decode) is None
+    good = from_backend(StoredTask("e", b'{"status": "SUCCESS", "result": 2}', b'{"name": "t.x"}'), decode)
+    assert good is not None and good["name"] == "t.x" and good["result"] == "2"
