@@ -17,6 +17,7 @@ import select
 import socket
 import tempfile
 import uuid
+import weakref
 
 _HAVE_UNIX = hasattr(socket, "AF_UNIX")
 
@@ -29,6 +30,12 @@ def channel_directory(database_path: str, channel: str) -> str:
     """
     digest = hashlib.sha1(os.path.realpath(database_path).encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"conveyor-{digest}", channel)
+
+
+def _release(sock: socket.socket, path: str) -> None:
+    sock.close()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 class Listener:
@@ -45,6 +52,8 @@ class Listener:
         sock.bind(path)
         sock.setblocking(False)
         self.sock, self.path = sock, path
+        # One never closed (its app was not) gives its socket and its file back when collected.
+        self._release = weakref.finalize(self, _release, sock, path)
 
     def wait(self, timeout: float) -> bool:
         """Sleep until signalled or `timeout` passes; True when signalled."""
@@ -66,12 +75,8 @@ class Listener:
 
     def close(self) -> None:
         if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        if self.path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            self.path = None
+            self._release()
+            self.sock = self.path = None
 
     def __enter__(self) -> Listener:
         return self
@@ -121,6 +126,8 @@ class Notifier:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if _HAVE_UNIX else None
         if self._sock is not None:
             self._sock.setblocking(False)
+            # One never closed (its app was not) gives its socket back when collected.
+            self._release = weakref.finalize(self, self._sock.close)
         self._listing_mtime: int | None = None
         self._listing: list[str] = []
 
@@ -153,5 +160,5 @@ class Notifier:
 
     def close(self) -> None:
         if self._sock is not None:
-            self._sock.close()
+            self._release()
             self._sock = None
