@@ -92,7 +92,7 @@ class TaskEvents(Hook):
         self.events = worker.ledger.progress
 
     def finished(self, held: Held, outcome: Outcome) -> None:
-        # This runs for every task: one tuple, built in one expression.
+        # This runs for every task: one tuple, built in one expression, appended inline (not `_add`).
         now = time.time()
         if not self._rows:
             self._since = now
@@ -112,14 +112,12 @@ class TaskEvents(Hook):
 
     def refused(self, held: Held, state: str, error: BaseException) -> None:
         now = time.time()
-        if not self._rows:
-            self._since = now
         self._announced.pop(held.job.id, None)
         message = held.job.message
-        self._rows.append((_EVENT_OF_STATE.get(state, "task-failed"), message.id, message.task, self.hostname, now,
-                           held.received_at, None, None, None, None, repr(error), short_repr(message.args),
-                           short_repr(message.kwargs), message.retries, held.delivery.queue, message.root_id,
-                           message.parent_id))  # fmt: skip
+        self._add((_EVENT_OF_STATE.get(state, "task-failed"), message.id, message.task, self.hostname, now,
+                   held.received_at, None, None, None, None, repr(error), short_repr(message.args),
+                   short_repr(message.kwargs), message.retries, held.delivery.queue, message.root_id,
+                   message.parent_id), now)  # fmt: skip
 
     def flush(self) -> None:
         # The loop flushes after every batch it handles, a prefork pool's reports often one at a
