@@ -13,11 +13,22 @@ INSTALLED_APPS = [
     "conveyor.contrib.django",  # the django-db result backend's tables
     "polls",
 ]
+# PostgreSQL when EXAMPLE_POSTGRES names a database (as a deployment would), else a SQLite file.
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("EXAMPLE_DJANGO_DB", str(BASE_DIR / "db.sqlite3")),
-    }
+    "default": (
+        {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ["EXAMPLE_POSTGRES"],
+            "USER": os.environ.get("EXAMPLE_POSTGRES_USER", "postgres"),
+            "HOST": os.environ.get("EXAMPLE_POSTGRES_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("EXAMPLE_POSTGRES_PORT", "5432"),
+        }
+        if os.environ.get("EXAMPLE_POSTGRES")
+        else {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("EXAMPLE_DJANGO_DB", str(BASE_DIR / "db.sqlite3")),
+        }
+    )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
