@@ -47,7 +47,7 @@ Signals, their sender, their other arguments, and when they are sent:
 - `heartbeat_sent` (the worker): each heartbeat.
 - `worker_process_init` (None): in a prefork child, before its first task;
   `worker_process_shutdown` (None; `pid`, `exitcode`): as it exits.
-- `beat_init` (the beat), `beat_embedded_init` (the beat, inside a worker).
+- `beat_init` (the beat, as it starts: alone or inside a worker), `beat_embedded_init` (then, inside a worker).
 - `import_modules` (the app): the task modules are imported.
 - `setup_logging` (None; `loglevel`, `logfile`, `format`, `colorize`): a
   receiver takes over the command line's logging configuration entirely;

@@ -21,13 +21,15 @@ class EmbeddedBeat(Hook):
 
     def start(self, worker: Worker) -> None:
         custom = schedulers.configured(worker.app)  # a scheduler of the project's own (beat_scheduler)
+        beat: Beat | schedulers.Scheduler
+        target: Callable[[threading.Event], None]
         if custom is not None:
-            signals.beat_embedded_init.send(custom)
-            target: Callable[[threading.Event], None] = partial(schedulers.run, custom)
+            beat, target = custom, partial(schedulers.run, custom)
         else:
             beat = Beat(worker.app)
-            signals.beat_embedded_init.send(beat)
             target = beat.run
+        signals.beat_init.send(beat)  # as Celery: a beat's start, then that it runs in a worker
+        signals.beat_embedded_init.send(beat)
         threading.Thread(target=target, args=(self._done,), name="conveyor-beat", daemon=True).start()
 
     def stop(self) -> None:

@@ -19,6 +19,7 @@ SIGNALS_APP = """
 import os
 from conveyor import Celery
 from conveyor import signals
+from conveyor.beat import PersistentScheduler
 
 app = Celery("sigapp", broker={broker!r}, backend={broker!r})
 app.conf.update({settings})
@@ -85,6 +86,28 @@ def on_task_logger(sender=None, logger=None, **kwargs):
     mark(f"after_setup_task_logger {{logger is not None}}")
 
 
+@signals.heartbeat_sent.connect
+def on_heartbeat(sender=None, **kwargs):
+    mark("heartbeat_sent")
+
+
+@signals.beat_init.connect
+def on_beat(sender=None, **kwargs):
+    mark(f"beat_init {{type(sender).__name__}}")
+
+
+@signals.beat_embedded_init.connect
+def on_embedded_beat(sender=None, **kwargs):
+    mark("beat_embedded_init")
+
+
+class MarkedScheduler(PersistentScheduler):  # a project's own scheduler, named by beat_scheduler
+
+    def setup_schedule(self):
+        mark("custom scheduler")
+        super().setup_schedule()
+
+
 @signals.task_revoked.connect
 def on_revoked(sender=None, request=None, terminated=None, expired=None, **kwargs):
     mark(f"task_revoked {{request.id}} {{terminated}} {{expired}}")
@@ -99,7 +122,8 @@ def add(x, y):
 EXPECTED = [
     "celeryd_init True True True", "celeryd_after_setup True True", "worker_init", "import_modules",
     "worker_ready", "worker_process_init True", "worker_shutting_down SIGTERM Warm 0", "worker_shutdown",
-    "after_setup_logger True 20", "after_setup_task_logger True",
+    "after_setup_logger True 20", "after_setup_task_logger True", "heartbeat_sent", "beat_embedded_init",
+    "custom scheduler",
 ]  # fmt: skip
 
 
@@ -111,11 +135,12 @@ def test_a_workers_life_sends_celerys_signals(queue: str, e2e: E2E, request: pyt
         settings: dict[str, Any] = {"broker_transport_options": options, "result_backend_transport_options": options}
     else:
         url, settings = f"sqlite:///{e2e.db}", {}
+    settings["beat_scheduler"] = "sigapp:MarkedScheduler"
     source = SIGNALS_APP.format(broker=url, settings=settings)
     (directory / "sigapp.py").write_text(source.replace("conveyor", queue))
     marks = directory / "marks.txt"
     command = [sys.executable, "-m", f"{queue}.cli" if queue == "conveyor" else "celery", "-A", "sigapp", "worker",
-               "-P", "prefork", "-c", "1", "-l", "info"]  # fmt: skip
+               "-P", "prefork", "-c", "1", "-l", "info", "-B", "-E"]  # fmt: skip
     log = open(directory / "worker.log", "w")  # noqa: SIM115 - kept open for the worker's lifetime
     worker = subprocess.Popen(command, cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
@@ -134,6 +159,7 @@ def test_a_workers_life_sends_celerys_signals(queue: str, e2e: E2E, request: pyt
     for expected in EXPECTED:
         assert expected in seen, (expected, seen, (directory / "worker.log").read_text())
     assert any(line.startswith("worker_process_shutdown True") for line in seen), seen
+    assert any(line.startswith("beat_init ") for line in seen), seen
 
 
 def wait_for(marks: Path, text: str, timeout: float = 30) -> None:

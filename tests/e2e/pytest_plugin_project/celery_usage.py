@@ -13,7 +13,7 @@ from conveyor import Celery, current_task, group, shared_task
 from conveyor._state import get_current_task
 from conveyor.app.log import TaskFormatter
 from conveyor.app.task import Task
-from conveyor.beat import Scheduler
+from conveyor.beat import PersistentScheduler, ScheduleEntry, Scheduler
 from conveyor.exceptions import Ignore, Retry
 from conveyor.result import EagerResult, GroupResult, ResultSet
 from conveyor.schedules import crontab
@@ -456,3 +456,97 @@ def test_names_at_celerys_module_paths():
     remaining = crontab(minute=0).remaining_estimate(datetime.now(UTC))
     assert timedelta(0) <= remaining <= timedelta(hours=1)
     assert callable(control_command) and callable(inspect_command)
+
+
+class Checked(ScheduleEntry):
+    """An entry class of a project's own (at module level: the persistent schedule pickles entries)."""
+
+    checks = 0
+
+    def is_due(self):
+        Checked.checks += 1
+        return super().is_due()
+
+
+class Kept(PersistentScheduler):
+    Entry = Checked
+
+    def apply_async(self, entry, producer=None, advance=True, **kwargs):
+        result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        self.sent.append(result)
+        return result
+
+
+def test_a_persistent_scheduler_and_its_entry_class_as_bases(celery_app, celery_worker, tmp_path):
+    """beat_schedule entries with args, kwargs, options and relative, run by a PersistentScheduler
+    subclass with its own Entry class; the runs are kept in its file across a restart."""
+
+    @celery_app.task(name="usage.kept")
+    def kept(word, times=1):
+        return word * times
+
+    celery_app.conf.beat_schedule = {
+        "kept": {
+            "task": "usage.kept", "schedule": timedelta(seconds=0.2), "args": ("ab",), "kwargs": {"times": 2},
+            "options": {"expires": 30}, "relative": True,
+        },
+    }  # fmt: skip
+    celery_worker.reload()
+    filename = str(tmp_path / "beat-schedule")
+    scheduler = Kept(app=celery_app, schedule_filename=filename, max_interval=0.5)
+    scheduler.sent = []
+    deadline = time.monotonic() + 10
+    while not scheduler.sent and time.monotonic() < deadline:
+        time.sleep(max(0.0, scheduler.tick()))
+    assert scheduler.sent[0].get(timeout=10) == "abab"
+    assert isinstance(scheduler.schedule["kept"], Checked) and Checked.checks > 0
+    runs = scheduler.schedule["kept"].total_run_count
+    scheduler.close()
+    again = Kept(app=celery_app, schedule_filename=filename, max_interval=0.5)
+    assert again.schedule["kept"].total_run_count == runs >= 1
+    again.close()
+
+
+def test_more_names_at_celerys_paths(celery_app, celery_worker):
+    """The module itself under another name, kombu's Queue and Exchange, solar schedules, the
+    current app's proxy, xmap and xstarmap, and joining a result inside a task when allowed."""
+    import conveyor as queue_library
+    from conveyor import Exchange, Queue
+    from conveyor.canvas import xmap, xstarmap
+    from conveyor.result import AsyncResult, allow_join_result
+    from conveyor.schedules import solar
+
+    other = queue_library.Celery("aliased", set_as_current=False)
+    assert other.main == "aliased"
+    other.close()
+    images = Queue("images", Exchange("media", type="direct"), routing_key="media.images")
+    assert (images.name, images.exchange.name, images.exchange.type, images.routing_key) == (
+        "images", "media", "direct", "media.images",
+    )  # fmt: skip
+    celery_app.conf.task_queues = [images]
+    dawn = solar("sunrise", 51.5, -0.12)
+    due, next_check = dawn.is_due(datetime.now(UTC) - timedelta(days=2))
+    assert due in (True, False) and next_check > 0
+    assert timedelta(0) <= dawn.remaining_estimate(datetime.now(UTC)) <= timedelta(days=2)
+    current_app = queue_library.current_app
+    assert current_app.main == celery_app.main and current_app.conf.task_serializer == "json"
+
+    @celery_app.task(name="usage.double")
+    def double(x):
+        return x * 2
+
+    @celery_app.task(name="usage.multiply")
+    def multiply(x, y):
+        return x * y
+
+    @celery_app.task(name="usage.joined")
+    def joined(task_id):
+        with allow_join_result():
+            return AsyncResult(task_id).get(timeout=10) + 1
+
+    celery_worker.reload()
+    assert xmap(double.s(), [1, 2, 3]).delay().get(timeout=10) == [2, 4, 6]
+    assert xstarmap(multiply.s(), [(2, 3), (4, 5)]).delay().get(timeout=10) == [6, 20]
+    first = double.delay(20)
+    assert first.get(timeout=10) == 40
+    assert joined.delay(first.id).get(timeout=10) == 41
