@@ -68,7 +68,7 @@ def test_celery_usage_from_projects_runs_on_conveyor(store: dict[str, Any]) -> N
     result sets, the time helpers, a custom scheduler: as projects write them for Celery."""
     done = run_suite(PROJECT, "celery_usage.py", store)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "21 passed" in done.stdout
+    assert "22 passed" in done.stdout
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"], indirect=True)
@@ -77,4 +77,4 @@ def test_the_same_usage_runs_on_celery(tmp_path: Path, store: dict[str, Any]) ->
     (tmp_path / "celery_usage.py").write_text(renamed_back(source))
     done = run_suite(tmp_path, "celery_usage.py", store)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "21 passed" in done.stdout
+    assert "22 passed" in done.stdout

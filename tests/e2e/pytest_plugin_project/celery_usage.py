@@ -550,3 +550,16 @@ def test_more_names_at_celerys_paths(celery_app, celery_worker):
     first = double.delay(20)
     assert first.get(timeout=10) == 40
     assert joined.delay(first.id).get(timeout=10) == 41
+
+
+def test_tasks_found_in_listed_packages_by_autodiscovery(tmp_path, monkeypatch):
+    package = tmp_path / "usage_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jobs.py").write_text(
+        "from conveyor import shared_task\n\n\n@shared_task(name='usage.discovered')\ndef discovered():\n    return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = Celery("discovering", set_as_current=False)
+    app.autodiscover_tasks(["usage_pkg"], related_name="jobs", force=True)
+    assert "usage.discovered" in app.tasks
