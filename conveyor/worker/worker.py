@@ -15,7 +15,6 @@ this module knows none of them.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -32,7 +31,7 @@ from conveyor.worker.features import features
 from conveyor.worker.hooks import TICK_SECONDS, Held, Hook, Hooks
 from conveyor.worker.inbox import Inbox
 from conveyor.worker.ledger import Ledger
-from conveyor.worker.pool_factory import create_pool
+from conveyor.worker.pool_factory import create_pool, default_concurrency
 from conveyor.worker.pools import Finished, Lost, Pool, PoolEvent, Started, Updated
 from conveyor.worker.progress import STARTED_GRACE_SECONDS
 from conveyor.worker.writer import Writer
@@ -42,8 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("conveyor.worker")
 
-#: Default concurrency of the asyncio pool: async tasks in flight on its loop.
-ASYNCIO_CONCURRENCY = 100
 #: Most events handled (and written) as one batch.
 MAX_BATCH = 2000
 #: Under load the main loop pauses up to this long between batches, so that reports gather.
@@ -97,9 +94,7 @@ class Worker:
         self.app = app
         self.queues = list(queues or app.default_queues())
         self.pool_name = pool or conf.worker_pool
-        # The solo pool runs one task at a time, whatever -c says; an event loop holds many.
-        default = ASYNCIO_CONCURRENCY if self.pool_name == "asyncio" else os.cpu_count() or 1
-        self.concurrency = 1 if self.pool_name == "solo" else concurrency or conf.worker_concurrency or default
+        self.concurrency = default_concurrency(self.pool_name, conf.worker_concurrency, concurrency)
         if autoscale is not None:
             self.concurrency = autoscale[1]
         self.hostname = hostname or f"conveyor@{socket.gethostname()}"

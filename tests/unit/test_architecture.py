@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, and optional parts that stay optional."""
+"""The package's shape: no import cycles, small interfaces, a worker that is its loop, and
+optional parts that stay optional."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import textwrap
 from pathlib import Path
 
 import grimp
+
+import conveyor.worker.worker
+from conveyor.backends.base import ResultBackend
+from conveyor.brokers.base import Transport
+from conveyor.brokers.state import StateStore
 
 
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -65,6 +71,21 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     graph.add_import(importer="p.b", imported="p.c")
     graph.add_import(importer="p.c", imported="p.a")
     assert _cycles(graph) == [["p.a", "p.b", "p.c"]]
+
+
+def test_a_transport_and_a_state_store_each_ask_fewer_than_twelve_methods() -> None:
+    """What a new broker must write; the rest have defaults (confirm, qos, interrupt, close...)."""
+    assert len(Transport.__abstractmethods__) < 12, sorted(Transport.__abstractmethods__)
+    assert len(StateStore.__abstractmethods__) < 12, sorted(StateStore.__abstractmethods__)
+    assert {"publish", "fetch", "ack", "requeue", "renew", "dead_letter", "purge"} <= Transport.__abstractmethods__
+    assert not Transport.__abstractmethods__ & StateStore.__abstractmethods__
+    assert ResultBackend.__abstractmethods__  # the third interface, held to its own contract suite
+
+
+def test_the_worker_module_is_its_loop_in_under_400_lines() -> None:
+    """Features live in hook modules (an import contract keeps worker.py from importing them)."""
+    source = Path(conveyor.worker.worker.__file__).read_text()
+    assert len(source.splitlines()) < 400
 
 
 def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
