@@ -96,14 +96,23 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _serializer(value: Any) -> str:
-    from conveyor import serialization
+def _registered(kind: str, what: str) -> Callable[[Any], str]:
+    """A validator of a name `conveyor.serialization.<kind>` knows (a serializer, a codec)."""
 
-    try:
-        serialization.serializer(_str(value))
-    except ImproperlyConfigured as exc:
-        raise ValueError(f"a serializer name ({exc})") from None
-    return value  # type: ignore[no-any-return]
+    def check(value: Any) -> str:
+        from conveyor import serialization
+
+        try:
+            getattr(serialization, kind)(_str(value))
+        except ImproperlyConfigured as exc:
+            raise ValueError(f"{what} ({exc})") from None
+        return value  # type: ignore[no-any-return]
+
+    return check
+
+
+_serializer = _registered("serializer", "a serializer name")
+_compression = _registered("codec", "a compression name")
 
 
 def _accept(value: Any) -> tuple[str, ...]:
@@ -111,16 +120,6 @@ def _accept(value: Any) -> tuple[str, ...]:
     for name in names:
         _serializer(name)
     return names
-
-
-def _compression(value: Any) -> str:
-    from conveyor import serialization
-
-    try:
-        serialization.codec(_str(value))
-    except ImproperlyConfigured as exc:
-        raise ValueError(f"a compression name ({exc})") from None
-    return value  # type: ignore[no-any-return]
 
 
 def _class_or_path(value: Any) -> Any:
