@@ -242,14 +242,17 @@ def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=No
     return rate
 
 
-#: Rounds of the defaults' cost: each drains on both workers, alternating.
-COST_ROUNDS = 4
+#: Rounds of the defaults' cost: each drains on both workers, back to back, alternating who goes first.
+COST_ROUNDS = 8
 
 
 def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     """What task events and remote control (both on by default) cost: the same drains and round
-    trips on a worker with both off, alternating with a default worker, medians of COST_ROUNDS.
-    Beside the rates, the worker's CPU time per task: steadier than rates on a shared machine."""
+    trips on a worker with both off, back to back with a default worker, over COST_ROUNDS rounds.
+
+    This machine's speed drifts by tens of percent within seconds, so each round compares the
+    two workers on the same load moments apart, and the figure is the median of those paired
+    changes. Beside the rates, the worker's CPU time per task."""
     from benchmarks.compare import cpu_seconds  # of a session: a worker starts one (see worker())
 
     plain_env = {**env, "CONVEYOR_BENCH_EVENTS": "0", "CONVEYOR_BENCH_CONTROL": "0"}
@@ -258,25 +261,27 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) 
             worker(plain_env, pool, concurrency, prefetch, "-Q", "plain") as plain:  # fmt: skip
         for round_ in range(COST_ROUNDS):
             pair = [("celery", default), ("plain", plain)]
-            for queue, process in pair if round_ % 2 == 0 else pair[::-1]:  # ABBA: drift cancels out
-                for ignore_result in (False, True):
-                    kind = "ignored" if ignore_result else "stored"
+            for ignore_result in (False, True):
+                kind = "ignored" if ignore_result else "stored"
+                for queue, process in pair if round_ % 2 == 0 else pair[::-1]:  # ABBA: drift cancels out
                     before = cpu_seconds(process.pid)
                     figures.setdefault((queue, kind), []).append(drain(app, noop.name, queue, tasks, ignore_result))
                     time.sleep(0.2)  # the last writes' CPU counted too
                     cpu = (cpu_seconds(process.pid) - before) / tasks * 1e6
                     figures.setdefault((queue, f"{kind} cpu"), []).append(cpu)
+            for queue, _ in pair:
                 trips = []
                 for i in range(200):
                     sent = time.perf_counter()
                     noop.apply_async((i,), queue=queue).get(timeout=10)
                     trips.append((time.perf_counter() - sent) * 1000)
                 figures.setdefault((queue, "trip"), []).append(statistics.median(trips))
-    median = {key: statistics.median(values) for key, values in figures.items()}
 
     def change(kind: str) -> tuple[float, float, float]:
-        on, off = median[("celery", kind)], median[("plain", kind)]
-        return on, off, (on - off) / off * 100
+        """Median figures on and off, and the median of the rounds' paired changes (%)."""
+        on, off = figures[("celery", kind)], figures[("plain", kind)]
+        paired = statistics.median((a - b) / b * 100 for a, b in zip(on, off, strict=True))
+        return statistics.median(on), statistics.median(off), paired
 
     rows = []
     for kind in ("stored", "ignored"):
