@@ -1,14 +1,26 @@
 """The prefork pool: tasks run in child processes forked from the worker.
 
-A supervisor thread in the worker owns the children: it hands each idle child
-one job at a time over a pipe, relays the child's Started/Finished reports
-(one selector, registered once per child, watches every pipe and exit),
-kills a child whose task passes its hard time limit (the task ends FAILURE
-with TimeLimitExceeded), and replaces children that die or retire. A child
-retires after `worker_max_tasks_per_child` tasks, or when its resident memory
-passes `worker_max_memory_per_child` KiB, after finishing its task, so
-recycling loses nothing. The soft time limit is a timer signal inside the
-child that raises SoftTimeLimitExceeded in the task.
+A supervisor thread in the worker owns the children: it hands jobs to them
+over a pipe, relays the child's Started/Finished reports (one selector,
+registered once per child, watches every pipe and exit), kills a child whose
+task passes its hard time limit (the task ends FAILURE with
+TimeLimitExceeded), and replaces children that die or retire. A child retires
+after `worker_max_tasks_per_child` tasks, or when its resident memory passes
+`worker_max_memory_per_child` KiB, after finishing its task, so recycling
+loses nothing. The soft time limit is a timer signal inside the child that
+raises SoftTimeLimitExceeded in the task.
+
+Both ways, what crosses a pipe goes in batches. While tasks are short, a child
+holds a few jobs beyond the one it runs (about `AHEAD_SECONDS` of work at the
+recent pace, at most `MAX_AHEAD`; none with `worker_prefetch_adaptive` off),
+so it starts the next without waiting for the worker, which tops it up half a
+batch at a time; idle children get a job each first. A child's reports go as
+one message per task: the end of one task with the start of the next. While
+tasks are long a child holds only the one it runs, so no job waits behind a
+long task while another child is free (a task far longer than those before it
+can still hold up the few jobs sent ahead to its child). Jobs go ahead only
+while small (`AHEAD_BYTES`): a pipe holds 64 KiB, and a worker blocked sending
+to a child that is itself blocked sending a large result would wait for ever.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 from conveyor import signals
@@ -62,11 +75,30 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
-def _reporter(conn: Connection, job_id: int) -> Callable[[int], None]:
-    def started(pid: int) -> None:
-        conn.send(Started(job_id, pid))
+#: Work a child holds beyond the task it runs, at the recent pace per task...
+AHEAD_SECONDS = 0.002
+#: ... and at most this many jobs.
+MAX_AHEAD = 8
+#: Jobs sent to a busy child at once are at most this big, pickled (see the module's docstring).
+AHEAD_BYTES = 8192
 
-    return started
+
+class _Outbox:
+    """A child's reports, sent together: the end of a task goes with the start of the next."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.waiting: list[Any] = []
+
+    def send(self, report: Any = None) -> None:
+        if report is not None:
+            self.waiting.append(report)
+        if self.waiting:
+            self.conn.send(self.waiting)
+            self.waiting = []
+
+    def started(self, job_id: int) -> Callable[[int], None]:
+        return lambda pid: self.send(Started(job_id, pid))
 
 
 def _retirement_reason(done: int, max_tasks: int | None, max_memory_kib: int | None) -> str | None:
@@ -102,29 +134,34 @@ def _child_main(
     signal.signal(signal.SIGALRM, _raise_soft_limit)
     signals.worker_process_init.send(None)
     app.on_after_fork.send(app)
-    done = 0
+    outbox, jobs, done = _Outbox(conn), deque[Job](), 0
     while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            break
-        if job is None:
-            break
+        if not jobs:
+            outbox.send()  # about to wait: what happened goes now
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):
+                break
+            if batch is None:
+                break
+            jobs.extend(batch)
+        job = jobs.popleft()
         soft = time_limits(app, job)[1]
         if soft:
             signal.setitimer(signal.ITIMER_REAL, soft)
         try:
-            outcome = execute(app, job, _reporter(conn, job.id), on_update=conn.send)
+            outcome = execute(app, job, outbox.started(job.id), on_update=outbox.send)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         done += 1
         retire = _retirement_reason(done, max_tasks, max_memory_kib)
         if retire:
             logger.info("Child %d retiring: %s", os.getpid(), retire)
-            conn.send(_Retiring())
-        conn.send(Finished(outcome))
+            outbox.waiting.append(_Retiring())  # the jobs it holds go back to the worker when it exits
+        outbox.waiting.append(Finished(outcome))  # sent with the next start, or before waiting
         if retire:
             break
+    outbox.send()
     conn.close()
     signals.worker_process_shutdown.send(None, pid=os.getpid(), exitcode=0)
     os._exit(0)
@@ -134,9 +171,9 @@ def _child_main(
 class _Child:
     process: BaseProcess
     conn: Connection
-    job: Job | None = None
+    jobs: deque[Job] = field(default_factory=deque)
+    """Sent to it, in the order it runs them: the first is running once `started`."""
     deadline: float | None = None
-    killed_for_time: bool = False
     started: bool = False
     retiring: bool = False
     started_at: float = field(default_factory=time.monotonic)
@@ -160,6 +197,8 @@ class PreforkPool:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._supervisor: threading.Thread | None = None
+        self._runtime: float | None = None
+        """Recent seconds per task (a moving average), once a task has finished."""
 
     # -- children ----------------------------------------------------------------------
     def _spawn(self) -> _Child:
@@ -180,17 +219,49 @@ class PreforkPool:
 
     def _dispatch(self) -> None:
         with self._lock:
-            for child in self._children:
-                if not self._pending:
-                    return
-                if child.job is None and not child.retiring:  # a dead one's send fails: the job stays
-                    job = self._pending.popleft()
-                    child.job, child.deadline, child.killed_for_time, child.started = job, None, False, False
-                    try:
-                        child.conn.send(job)
-                    except OSError:
-                        self._pending.appendleft(job)
-                        child.job = None
+            if not self._pending:
+                return
+            children = [c for c in self._children if not c.retiring]  # a dead one's send fails: jobs stay
+            counts = [0] * len(children)
+            left = len(self._pending)
+            for i, child in enumerate(children):  # one each for the idle: no job waits while one is free
+                if not child.jobs and left:
+                    counts[i], left = 1, left - 1
+            ahead = self._ahead()
+            for i, child in enumerate(children):  # then, while tasks are short, work to go on with
+                if left and ahead and len(child.jobs) <= ahead // 2:  # topped up half a batch at a time
+                    extra = min(1 + ahead - len(child.jobs) - counts[i], left)
+                    counts[i], left = counts[i] + extra, left - extra
+            for child, count in zip(children, counts, strict=True):
+                if count:
+                    self._send(child, [self._pending.popleft() for _ in range(count)])
+
+    def _ahead(self) -> int:
+        """How many jobs a child may hold beyond the one it runs, at the recent pace."""
+        runtime = self._runtime
+        if not runtime or not self.app.conf.worker_prefetch_adaptive:
+            return 0
+        return min(MAX_AHEAD, int(AHEAD_SECONDS / runtime))
+
+    def _send(self, child: _Child, batch: list[Job]) -> None:
+        """Hand `batch` to `child` (lock held); what it cannot take goes back to the front."""
+        data = ForkingPickler.dumps(batch)
+        if len(data) > AHEAD_BYTES and (child.jobs or len(batch) > 1):
+            # Only small jobs go ahead: a busy child takes none of these now, an idle one the first.
+            keep = [] if child.jobs else batch[:1]
+            self._pending.extendleft(reversed(batch[len(keep) :]))
+            if not keep:
+                return
+            batch, data = keep, ForkingPickler.dumps(keep)
+        if not child.jobs:
+            child.deadline, child.started = None, False
+        child.jobs.extend(batch)  # before it is sent: the supervisor may read its start at once
+        try:
+            child.conn.send_bytes(data)
+        except OSError:
+            for _ in batch:
+                child.jobs.pop()
+            self._pending.extendleft(reversed(batch))
 
     def _hard_limit(self, job: Job) -> float | None:
         return time_limits(self.app, job)[0]
@@ -210,7 +281,7 @@ class PreforkPool:
         self._dispatch()
 
     def queued(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + sum(len(c.jobs) - 1 for c in self._children if len(c.jobs) > 1)
 
     def shutdown(self) -> list[Job]:
         with self._lock:
@@ -237,8 +308,8 @@ class PreforkPool:
             self.concurrency = concurrency
             for _ in range(concurrency - len(self._active())):
                 self._spawn()
-            # Idle ones leave now, busy ones when their task ends (see _receive_one).
-            idle = [c for c in self._active() if c.job is None]
+            # Idle ones leave now, busy ones when their tasks end (see _report).
+            idle = [c for c in self._active() if not c.jobs]
             for child in idle[: max(0, len(self._active()) - concurrency)]:
                 self._retire(child)
         self._wake()  # the supervisor watches the new children from its next turn
@@ -263,7 +334,7 @@ class PreforkPool:
     def kill(self, job_id: int, signum: int) -> None:
         with self._lock:
             for child in self._children:
-                if child.job is not None and child.job.id == job_id and child.process.pid:
+                if child.jobs and child.jobs[0].id == job_id and child.process.pid:
                     with contextlib.suppress(OSError):
                         os.kill(child.process.pid, signum)
 
@@ -277,7 +348,7 @@ class PreforkPool:
         assert emit is not None
         while True:
             with self._lock:
-                if self._stopping and all(c.job is None for c in self._children):
+                if self._stopping and all(not c.jobs for c in self._children):
                     break
                 deadlines = [c.deadline for c in self._children if c.deadline is not None]
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 1.0
@@ -298,28 +369,39 @@ class PreforkPool:
         self._stop_children()
 
     def _receive_one(self, child: _Child, emit: Emit) -> bool:
-        """One report (the selector says again if more are waiting: one read, no extra poll);
-        False when the pipe is closed."""
+        """One message of reports (the selector says again if more are waiting: one read, no
+        extra poll); False when the pipe is closed."""
         try:
-            event = child.conn.recv()
+            reports = child.conn.recv()
         except (EOFError, OSError):
             return False  # the child died: its exit is reported by its sentinel
-        if isinstance(event, _Retiring):
-            child.retiring = True
-        elif isinstance(event, Started) and child.job is not None:
-            child.started = True
-            limit = self._hard_limit(child.job)
-            child.deadline = time.monotonic() + limit if limit else None
-            emit(event)
-        elif isinstance(event, StateUpdate):
-            emit(Updated(event))
-        elif isinstance(event, Finished):
-            with self._lock:
-                child.job, child.deadline = None, None
-                if not child.retiring and len(self._active()) > self.concurrency:
-                    self._retire(child)  # the pool shrank while it ran a task
-            emit(event)
+        for report in reports:
+            self._report(child, report, emit)
         return True
+
+    def _report(self, child: _Child, report: Any, emit: Emit) -> None:
+        if isinstance(report, _Retiring):
+            child.retiring = True
+        elif isinstance(report, StateUpdate):
+            emit(Updated(report))
+        elif isinstance(report, Started):
+            if child.jobs and child.jobs[0].id == report.job_id:
+                child.started = True
+                limit = self._hard_limit(child.jobs[0])
+                child.deadline = time.monotonic() + limit if limit else None
+                emit(report)
+        elif isinstance(report, Finished):
+            outcome = report.outcome
+            if not (child.jobs and child.jobs[0].id == outcome.job_id):
+                return  # killed for its time limit as it ended: its failure is reported already
+            with self._lock:
+                child.jobs.popleft()
+                child.started, child.deadline = False, None
+                if not child.retiring and not child.jobs and len(self._active()) > self.concurrency:
+                    self._retire(child)  # the pool shrank while it ran
+                runtime = self._runtime
+                self._runtime = outcome.runtime if runtime is None else 0.8 * runtime + 0.2 * outcome.runtime
+            emit(report)
 
     def _reap(self, child: _Child, emit: Emit) -> None:
         with contextlib.suppress(OSError):
@@ -332,30 +414,31 @@ class PreforkPool:
         with self._lock:
             if child in self._children:
                 self._children.remove(child)
-            job, child.job = child.job, None
+            jobs, child.jobs = list(child.jobs), deque()
             if not self._stopping and len(self._active()) < self.concurrency:
                 self._spawn()
         child.conn.close()
-        if job is not None and not child.started:
-            # It died before the task began: the job is intact, run it elsewhere.
-            self.submit(job)
-        elif job is not None and not child.killed_for_time:
+        if jobs and child.started:
+            lost = jobs.pop(0)
             code = child.process.exitcode
             reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            emit(Lost(job.id, WorkerLostError(f"worker process {child.process.pid} exited with {reason}")))
+            emit(Lost(lost.id, WorkerLostError(f"worker process {child.process.pid} exited with {reason}")))
+        if jobs:  # not begun: intact, they run elsewhere (first, in their order)
+            with self._lock:
+                self._pending.extendleft(reversed(jobs))
+            self._dispatch()
 
     def _enforce_time_limits(self, emit: Emit) -> None:
         now = time.monotonic()
         with self._lock:
-            overdue = [
-                c for c in self._children if c.deadline is not None and c.deadline <= now and not c.killed_for_time
-            ]
+            overdue = [c for c in self._children if c.deadline is not None and c.deadline <= now]
         for child in overdue:
-            job = child.job
-            if job is None:
+            if not (child.jobs and child.started):
                 continue
+            job = child.jobs.popleft()
             limit = self._hard_limit(job)
-            child.killed_for_time, child.deadline = True, None
+            # No more jobs for it; those it holds, not begun, go elsewhere when it is reaped.
+            child.deadline, child.started, child.retiring = None, False, True
             logger.error(
                 "Hard time limit (%ss) exceeded for %s[%s]: killing process %s",
                 limit, job.message.display_name, job.message.id, child.process.pid,
