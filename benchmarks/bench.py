@@ -296,6 +296,28 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) 
     return rows
 
 
+#: The fixed windows (prefetch multipliers, adaptation off) the adaptive one is measured against.
+FIXED_WINDOWS = (4, 16, 64, 256)
+
+
+def windows(url: str, tasks: int, runs: int) -> list[tuple[str, str]]:
+    """Two default workers (prefork, a child per core) drain `tasks` no-op tasks from one queue,
+    with the adaptive window and with each fixed window: each drain against the best fixed one."""
+    env = {**os.environ, "CONVEYOR_BENCH_BROKER": url, "CONVEYOR_BENCH_BACKEND": "",
+           "CONVEYOR_BENCH_PREFIX": PREFIX, "PYTHONPATH": str(ROOT)}  # fmt: skip
+    app, noop = fresh_app(url)
+    concurrency = os.cpu_count() or 1
+    drains: dict[str, float] = {}
+    for multiplier in (None, *FIXED_WINDOWS):
+        label = "adaptive (multiplier 4 as the floor)" if multiplier is None else f"fixed, multiplier {multiplier}"
+        both = ({**env, "CONVEYOR_BENCH_ADAPTIVE": "0"} if multiplier else env, "prefork", concurrency, multiplier or 4)
+        with worker(*both), worker(*both):
+            drains[label] = statistics.median(drain(app, noop.name, "celery", tasks, False) for _ in range(runs))
+    app.close()
+    best = max(rate for label, rate in drains.items() if label.startswith("fixed"))
+    return [(label, f"{rate:,.0f} tasks/s ({rate / best:.0%} of the best fixed)") for label, rate in drains.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -315,6 +337,11 @@ def main() -> None:
         help="every worker command as its README starts it, and tuned ones, on Redis and SQLite (20,000 tasks)",
     )
     parser.add_argument("--floor", action="store_true", help="measure this machine's Redis round trips")
+    parser.add_argument(
+        "--windows",
+        action="store_true",
+        help="two default workers draining one queue: the adaptive prefetch window against fixed ones",
+    )
     parser.add_argument("--runs", type=int, default=1, help="with --peers: runs per figure (median)")
     parser.add_argument("--trips", type=int, default=300, help="with --peers: round trips for latency")
     parser.add_argument(
@@ -329,6 +356,13 @@ def main() -> None:
 
         title = "Redis round trips on this machine (median)"
         report.show("floor", title, ("measure", "result"), floor.rows(), args.markdown)
+        return
+    if args.windows:
+        url = REDIS_URL if args.broker == "redis" else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+        tasks = args.tasks if args.tasks != parser.get_default("tasks") else 20_000
+        title = f"Prefetch windows, two default workers on {args.broker}: {tasks:,} no-op tasks, median of {args.runs}"
+        report.show(f"windows-{args.broker}", title, ("window", "drain, results stored"),
+                    windows(url, tasks, args.runs), args.markdown)  # fmt: skip
         return
     if args.defaults:
         from benchmarks import compare

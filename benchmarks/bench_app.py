@@ -13,6 +13,8 @@ if os.environ.get("CONVEYOR_BENCH_SIGNING"):
     app.conf.task_signing_key = os.environ["CONVEYOR_BENCH_SIGNING"]
 if os.environ.get("CONVEYOR_BENCH_CONTROL"):
     app.conf.worker_enable_remote_control = os.environ["CONVEYOR_BENCH_CONTROL"] == "1"
+if os.environ.get("CONVEYOR_BENCH_ADAPTIVE"):
+    app.conf.worker_prefetch_adaptive = os.environ["CONVEYOR_BENCH_ADAPTIVE"] == "1"
 if os.environ.get("CONVEYOR_BENCH_EVENTS"):
     app.conf.worker_send_task_events = os.environ["CONVEYOR_BENCH_EVENTS"] == "1"
 
