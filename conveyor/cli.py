@@ -165,6 +165,12 @@ def _autoscale_option(ctx: click.Context, param: click.Parameter, value: str | N
     help="Record task events for the dashboard (on unless worker_send_task_events is False).",
 )
 @click.option(
+    "-O",
+    "optimization",
+    type=click.Choice(["default", "fair"]),
+    help="fair: a prefork child gets a job only when it has none (worker_prefork_ahead = False).",
+)
+@click.option(
     "--autoscale", metavar="MAX,MIN", callback=_autoscale_option,
     help="Grow the pool up to MAX under load, shrink it to MIN when idle (e.g. --autoscale=10,3).",
 )  # fmt: skip
@@ -172,7 +178,8 @@ def _autoscale_option(ctx: click.Context, param: click.Parameter, value: str | N
 def worker(
     obj: _Context, loglevel: str, logfile: str | None, concurrency: int | None, pool: str | None, queues: str | None,
     hostname: str | None, prefetch_multiplier: int | None, max_tasks_per_child: int | None,
-    max_memory_per_child: int | None, embed_beat: bool, task_events: bool, autoscale: tuple[int, int] | None,
+    max_memory_per_child: int | None, embed_beat: bool, task_events: bool, optimization: str | None,
+    autoscale: tuple[int, int] | None,
 ) -> None:  # fmt: skip
     """Start a worker that runs tasks from the queues."""
     from conveyor.worker import Worker
@@ -185,6 +192,8 @@ def worker(
         app.conf.worker_max_memory_per_child = max_memory_per_child
     if task_events:
         app.conf.worker_send_task_events = True
+    if optimization is not None:
+        app.conf.worker_prefork_ahead = optimization == "default"
     if pool in ("gevent", "eventlet"):
         logging.getLogger("conveyor.worker").warning(
             "-P %s runs on the threads pool: Conveyor does not monkey-patch the interpreter",

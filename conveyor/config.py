@@ -320,6 +320,9 @@ class Settings:
     worker_prefetch_adaptive: bool = _setting(
         True, _bool, "grow the prefetch window while tasks are short (the multiplier stays the floor)"
     )
+    worker_prefork_ahead: bool = _setting(
+        True, _bool, "prefork children hold a few jobs ahead while tasks are short (-O fair: one at a time)"
+    )
     worker_max_tasks_per_child: int | None = _setting(
         None, _optional(_int(1)), "recycle a prefork child after this many tasks"
     )

@@ -12,7 +12,7 @@ raises SoftTimeLimitExceeded in the task.
 
 Both ways, what crosses a pipe goes in batches. While tasks are short, a child
 holds a few jobs beyond the one it runs (about `AHEAD_SECONDS` of work at the
-recent pace, at most `MAX_AHEAD`; none with `worker_prefetch_adaptive` off),
+recent pace, at most `MAX_AHEAD`; none with `worker_prefork_ahead` off, `-O fair`),
 so it starts the next without waiting for the worker, which tops it up half a
 batch at a time; idle children get a job each first. A child's reports go as
 one message per task: the end of one task with the start of the next. While
@@ -239,7 +239,7 @@ class PreforkPool:
     def _ahead(self) -> int:
         """How many jobs a child may hold beyond the one it runs, at the recent pace."""
         runtime = self._runtime
-        if not runtime or not self.app.conf.worker_prefetch_adaptive:
+        if not runtime or not self.app.conf.worker_prefork_ahead:
             return 0
         return min(MAX_AHEAD, int(AHEAD_SECONDS / runtime))
 

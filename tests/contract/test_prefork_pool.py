@@ -144,8 +144,8 @@ def test_a_task_past_its_hard_limit_ends_and_the_jobs_behind_it_run(pool: Pool) 
     assert all(isinstance(e, Finished) and e.outcome.state == "SUCCESS" for e in ends.values())
 
 
-def test_without_adaptation_a_child_holds_one_job(app: Celery) -> None:
-    app.conf.worker_prefetch_adaptive = False
+def test_fair_children_hold_one_job_each(app: Celery) -> None:
+    app.conf.worker_prefork_ahead = False  # -O fair
     pool = Pool(app)
     try:
         pool.ended([pool.submit("p.echo", i) for i in range(200)])
