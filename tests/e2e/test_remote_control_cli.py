@@ -69,3 +69,12 @@ def test_the_worker_autoscales_from_the_command_line(e2e: E2E) -> None:
     assert size == 3
     for result in results:
         result.get(timeout=10)
+
+
+def test_o_fair_hands_prefork_children_one_job_at_a_time(e2e: E2E) -> None:
+    e2e.write_app()
+    e2e.start_worker("-P", "prefork", "-c", "2", "-O", "fair", name="fair")
+    e2e.start_worker("-P", "prefork", "-c", "2", name="ahead")
+    conf = json.loads(e2e.cli("-A", "e2eapp", "inspect", "conf", "--json").stdout)
+    assert conf["fair@e2e"]["worker_prefork_ahead"] is False
+    assert "worker_prefork_ahead" not in conf["ahead@e2e"]  # only what was changed: the default is on
