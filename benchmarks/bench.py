@@ -319,6 +319,24 @@ def windows(url: str, tasks: int, runs: int) -> list[tuple[str, str]]:
     return [(label, f"{rate:,.0f} tasks/s ({rate / best:.0%} of the best fixed)") for label, rate in drains.items()]
 
 
+@contextmanager
+def store(broker: str) -> Iterator[str]:
+    """The URL of the broker to measure, left as it was found afterwards: the benchmark's Redis
+    keys deleted (RabbitMQ keeps its results and state there), a SQLite file in a directory of its own."""
+    if broker == "sqlite":
+        with tempfile.TemporaryDirectory() as directory:
+            yield f"sqlite:///{directory}/bench.db"
+        return
+    try:
+        yield REDIS_URL if broker == "redis" else AMQP_URL
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{PREFIX}*", count=1000):
+            client.delete(key)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -359,11 +377,11 @@ def main() -> None:
         report.show("floor", title, ("measure", "result"), floor.rows(), args.markdown)
         return
     if args.windows:
-        url = REDIS_URL if args.broker == "redis" else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
         tasks = args.tasks if args.tasks != parser.get_default("tasks") else 20_000
+        with store(args.broker) as url:
+            rows = windows(url, tasks, args.runs)
         title = f"Prefetch windows, two default workers on {args.broker}: {tasks:,} no-op tasks, median of {args.runs}"
-        report.show(f"windows-{args.broker}", title, ("window", "drain, results stored"),
-                    windows(url, tasks, args.runs), args.markdown)  # fmt: skip
+        report.show(f"windows-{args.broker}", title, ("window", "drain, results stored"), rows, args.markdown)
         return
     if args.defaults:
         from benchmarks import compare
@@ -378,23 +396,9 @@ def main() -> None:
         title, columns, peer_rows = compare.main(args.tasks, args.trips, args.runs, args.peers or None)
         report.show("peers", title, columns, peer_rows, args.markdown)
         return
-    if args.broker in ("redis", "amqp"):
-        try:
-            if args.broker == "redis":
-                rows = measure(REDIS_URL, args.tasks, args.pool, args.concurrency, args.prefetch_multiplier)
-            else:
-                rows = measure(AMQP_URL, args.tasks, args.pool, args.concurrency, args.prefetch_multiplier, REDIS_URL)
-        finally:
-            import redis
-
-            client = redis.Redis.from_url(REDIS_URL)
-            for key in client.scan_iter(f"{PREFIX}*", count=1000):
-                client.delete(key)
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            rows = measure(
-                f"sqlite:///{directory}/bench.db", args.tasks, args.pool, args.concurrency, args.prefetch_multiplier
-            )
+    with store(args.broker) as url:
+        backend = REDIS_URL if args.broker == "amqp" else None
+        rows = measure(url, args.tasks, args.pool, args.concurrency, args.prefetch_multiplier, backend)
     title = (
         f"Conveyor on {args.broker}: {args.tasks:,} no-op tasks, -P {args.pool} -c {args.concurrency}"
         f" --prefetch-multiplier {args.prefetch_multiplier}"
