@@ -12,9 +12,9 @@ raises SoftTimeLimitExceeded in the task.
 
 Both ways, what crosses a pipe goes in batches. While tasks are short, a child
 holds a few jobs beyond the one it runs (about `AHEAD_SECONDS` of work at the
-recent pace, at most `MAX_AHEAD`; none with `worker_prefork_ahead` off, `-O fair`),
-so it starts the next without waiting for the worker, which tops it up half a
-batch at a time; idle children get a job each first. A child's reports go as
+recent pace, at most `MAX_AHEAD`; none with `worker_prefork_ahead` off, as
+`-O fair` sets it), so it starts the next without waiting for the worker,
+which tops it up half a batch at a time; idle children get a job each first. A child's reports go as
 one message per task: the end of one task with the start of the next. While
 tasks are long a child holds only the one it runs, so no job waits behind a
 long task while another child is free (a task far longer than those before it
@@ -433,12 +433,13 @@ class PreforkPool:
         with self._lock:
             overdue = [c for c in self._children if c.deadline is not None and c.deadline <= now]
         for child in overdue:
-            if not (child.jobs and child.started):
-                continue
-            job = child.jobs.popleft()
+            with self._lock:  # as a Finished would: what it holds changes under the lock only
+                if not (child.jobs and child.started):
+                    continue
+                job = child.jobs.popleft()
+                # No more jobs for it; those it holds, not begun, go elsewhere when it is reaped.
+                child.deadline, child.started, child.retiring = None, False, True
             limit = self._hard_limit(job)
-            # No more jobs for it; those it holds, not begun, go elsewhere when it is reaped.
-            child.deadline, child.started, child.retiring = None, False, True
             logger.error(
                 "Hard time limit (%ss) exceeded for %s[%s]: killing process %s",
                 limit, job.message.display_name, job.message.id, child.process.pid,
