@@ -308,9 +308,9 @@ class PreforkPool:
             self.concurrency = concurrency
             for _ in range(concurrency - len(self._active())):
                 self._spawn()
-            # Idle ones leave now, busy ones when their tasks end (see _report).
-            idle = [c for c in self._active() if not c.jobs]
-            for child in idle[: max(0, len(self._active()) - concurrency)]:
+            # Idle ones first; a busy one gets no more jobs and leaves once it has run those it holds.
+            active = sorted(self._active(), key=lambda c: len(c.jobs))
+            for child in active[: max(0, len(active) - concurrency)]:
                 self._retire(child)
         self._wake()  # the supervisor watches the new children from its next turn
         self._dispatch()
@@ -397,8 +397,6 @@ class PreforkPool:
             with self._lock:
                 child.jobs.popleft()
                 child.started, child.deadline = False, None
-                if not child.retiring and not child.jobs and len(self._active()) > self.concurrency:
-                    self._retire(child)  # the pool shrank while it ran
                 runtime = self._runtime
                 self._runtime = outcome.runtime if runtime is None else 0.8 * runtime + 0.2 * outcome.runtime
             emit(report)

@@ -152,3 +152,18 @@ def test_fair_children_hold_one_job_each(app: Celery) -> None:
         assert pool.most_held == 1
     finally:
         pool.close()
+
+
+def test_the_pool_shrinks_while_busy_and_loses_nothing(pool: Pool) -> None:
+    """A child that holds jobs ahead leaves once it has run them, not once the backlog is done."""
+    pool.ended([pool.submit("p.echo", i) for i in range(20)])
+    jobs = [pool.submit("p.echo", i) for i in range(3000)]
+    pool.pool.resize(1)
+    deadline = time.monotonic() + 10
+    while len(pool.pool.processes()) > 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pool._changed:
+        ended_by_then = sum(isinstance(e, Finished) for e in pool.events) - 20
+    assert len(pool.pool.processes()) == 1 and ended_by_then < len(jobs)
+    ends = pool.ended(jobs)
+    assert all(isinstance(e, Finished) and e.outcome.state == "SUCCESS" for e in ends.values())
