@@ -128,6 +128,27 @@ def register_serializer(serializer: Serializer) -> None:
     _SERIALIZERS[serializer.content_type] = serializer
 
 
+def register(
+    name: str,
+    encoder: Callable[[Any], str | bytes],
+    decoder: Callable[[Any], Any],
+    content_type: str,
+    content_encoding: str = "utf-8",
+) -> None:
+    """kombu's `kombu.serialization.register`, as projects register their serializers for Celery:
+    `encoder` may return text (encoded with `content_encoding`); `decoder` gets text back, or
+    bytes when `content_encoding` is "binary"."""
+
+    def dumps(value: Any) -> bytes:
+        data = encoder(value)
+        return data.encode(content_encoding) if isinstance(data, str) else data
+
+    def loads(data: bytes) -> Any:
+        return decoder(data if content_encoding == "binary" else data.decode(content_encoding))
+
+    register_serializer(Serializer(name, content_type, dumps, loads))
+
+
 def register_codec(codec: Codec) -> None:
     """Make a compression codec available by its name and its content type."""
     _CODECS[codec.name] = codec

@@ -71,6 +71,7 @@ def _rpc(url: str, options: Mapping[str, Any], **kwargs: Any) -> ResultBackend:
 SCHEMES: dict[str, Callable[..., ResultBackend]] = {
     "rpc": _rpc,
     "memory": _memory,
+    "cache+memory": _memory,  # Celery's in-process result store for tests
     "sqlite": _sqlite,
     "django": _django,
     **dict.fromkeys(("redis", "rediss", "unix", "sentinel", "redis+cluster", "rediss+cluster"), _redis),

@@ -563,3 +563,44 @@ def test_tasks_found_in_listed_packages_by_autodiscovery(tmp_path, monkeypatch):
     app = Celery("discovering", set_as_current=False)
     app.autodiscover_tasks(["usage_pkg"], related_name="jobs", force=True)
     assert "usage.discovered" in app.tasks
+
+
+def test_an_error_outside_the_task_body_sends_task_internal_error():
+    """A result no serializer can store: the task's code ran, the worker's own step after it failed."""
+    from conveyor.contrib.testing.worker import start_worker
+    from conveyor.serialization import register
+    from conveyor.signals import task_internal_error
+
+    def refuse(value):
+        raise RuntimeError("this serializer encodes nothing")
+
+    register("usage-refusing", refuse, lambda data: data, content_type="application/x-usage-refusing")
+    app = Celery("internal", set_as_current=False)
+    app.conf.update(
+        {
+            "broker_url": "memory://",
+            "result_backend": "cache+memory://",
+            **json.loads(os.environ.get("USAGE_STORE") or "{}"),
+        }
+    )
+    app.conf.result_serializer = "usage-refusing"
+
+    @app.task(name="usage.refused_result")
+    def echo(x):
+        return x
+
+    errors = []
+
+    def receiver(sender=None, task_id=None, exception=None, **kwargs):
+        errors.append((task_id, exception))
+
+    task_internal_error.connect(receiver)
+    try:
+        with start_worker(app, perform_ping_check=False):
+            result = echo.delay(1)
+            deadline = time.monotonic() + 10
+            while not any(task_id == result.id for task_id, _ in errors) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        task_internal_error.disconnect(receiver)
+    assert any(task_id == result.id and isinstance(error, Exception) for task_id, error in errors)
