@@ -5,21 +5,25 @@ all with the hash tag `{q}` so one queue lives in one cluster slot:
 
 | key | type | content |
 |---|---|---|
-| `P:{q}:ready` | ZSET | id -> priority * 2**40 + sequence: ZPOPMIN gives exact priority, FIFO within it |
+| `P:{q}:ready:<priority>` | LIST | ids of ready messages of that priority, next first |
+| `P:{q}:priorities` | ZSET | the priorities that have ready messages (score: the priority; 0 first) |
 | `P:{q}:waiting` | ZSET | id -> ms when it becomes ready: delayed messages and leased ones |
 | `P:{q}:msgs` | HASH | id -> message bytes |
-| `P:{q}:state` | HASH | id -> "score:attempts:lease" for messages not in `ready` |
+| `P:{q}:state` | HASH | id -> "priority:attempts:lease" for messages that were ever leased or delayed |
 | `P:{q}:seq` | STRING | id counter |
 | `P:{q}:dead` | LIST | dead letters |
 | `P:{q}:waiters` | ZSET | "consumer:token:lease_ms" -> ms (Redis clock) its registration lapses: idle consumers |
 | `P:{q}:inbox:<consumer>` | LIST, channel | a message leased to that idle consumer (sent, and kept) |
 | `P:{q}:notify` | channel | "a message is ready", for idle consumers |
 
-A message is either ready (in `ready`) or waiting (in `waiting`, with its state
-entry). Fetch first promotes waiting entries that are due (delays that came
-due, leases that lapsed: a dead worker's deliveries come back to whoever
-fetches next), then pops up to `limit` ready ids and leases them with a fresh
-token. Ack, renew, requeue and dead-letter act only when the token still
+A message is either ready (in its priority's list) or waiting (in `waiting`,
+with its state entry). Fetch first promotes waiting entries that are due (delays
+that came due, to the tail of their list; leases that lapsed, to its head: a
+dead worker's deliveries come back to whoever fetches next), then pops up to
+`limit` ready ids from the lists of the best priorities and leases them with a
+fresh token. A list of ids costs a few bytes a message where a sorted set
+would cost about a hundred: a queued message is its body in `msgs` and little
+else. Ack, renew, requeue and dead-letter act only when the token still
 matches (fencing).
 
 An idle consumer of one queue registers as a waiter in the same script call
@@ -28,8 +32,8 @@ queue's `notify` channel and to its own inbox channel. A publish hands each
 registered waiter one new message directly: leased to it with the token it
 registered, sent on its inbox channel (and kept in its inbox list), so the
 consumer wakes with the message and claims nothing: one round trip less
-between a `delay()` and its task. What a publish does not hand over goes to
-`ready` and signals `notify`, as requeues and dead letters sent back do. A
+between a `delay()` and its task. What a publish does not hand over is made
+ready and signals `notify`, as requeues and dead letters sent back do. A
 consumer that stops waiting ends its registration and reads its inbox list in
 one script call: a message handed to it as it stopped is found there (and its
 copy on the channel ignored). A dead consumer's registration lapses within its
@@ -47,7 +51,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from conveyor import redisdb
@@ -55,7 +59,6 @@ from conveyor.brokers.base import DeadLetter, Delivery, Outgoing, Transport, cla
 from conveyor.exceptions import BrokerConnectionError, BrokerError
 from conveyor.lua import script
 
-PRIORITY_SHIFT = 2**40
 #: Readings of a queue's id counter kept for `oldest_ages` (an hour at the dashboard's pace).
 ID_SAMPLES_KEPT = 1800
 #: The largest message handed to an idle consumer over pub/sub; a larger one is queued and the
@@ -66,7 +69,7 @@ HANDOFF_MAX_BYTES = 1024 * 1024
 WAITER_SLACK_MS = 1000
 
 # The server-side scripts (conveyor/lua/*.lua: each names its KEYS and ARGV).
-PUBLISH = script("publish", PRIORITY_SHIFT=PRIORITY_SHIFT)
+PUBLISH = script("publish")
 FETCH = script("fetch")
 UNWAIT = script("unwait")
 ACK = script("ack")
@@ -77,9 +80,8 @@ MARK_REVOKED = script("mark_revoked")
 KV_SWAP = script("kv_swap")
 DEAD_LETTER = script("dead_letter")
 REQUEUE_DEAD = script("requeue_dead")
-
-
 PURGE = script("purge")
+PEEK = script("peek")
 
 
 class _PubSubSignal:
@@ -178,7 +180,7 @@ class RedisConnection:
             {
                 "publish": PUBLISH, "fetch": FETCH, "ack": ACK, "renew": RENEW,
                 "requeue": REQUEUE, "dead_letter": DEAD_LETTER, "purge": PURGE, "take_token": TAKE_TOKEN,
-                "requeue_dead": REQUEUE_DEAD, "unwait": UNWAIT,
+                "requeue_dead": REQUEUE_DEAD, "unwait": UNWAIT, "peek": PEEK,
                 "kv_swap": KV_SWAP, "mark_revoked": MARK_REVOKED,
             },
         )  # fmt: skip
@@ -223,7 +225,7 @@ class RedisTransport(Transport):
         keys = self._queue_keys.get(queue)
         if keys is None:
             base = f"{self.redis.prefix}:{{{queue}}}"
-            keys = [f"{base}:ready", f"{base}:waiting", f"{base}:msgs", f"{base}:state", f"{base}:seq"]
+            keys = [f"{base}:priorities", f"{base}:waiting", f"{base}:msgs", f"{base}:state", f"{base}:seq"]
             self._queue_keys[queue] = keys
         return keys
 
@@ -343,31 +345,37 @@ class RedisTransport(Transport):
     def _claim_many(
         self, queues: Sequence[str], limit: int, now_ms: int, token: str, lease_ms: int
     ) -> tuple[list[Delivery], float | None]:
-        # Exact priority across queues: peek each queue's best, then claim the merged top `limit`.
-        pipe = self.redis.direct.pipeline(transaction=False)
+        # Exact priority across queues: peek each queue's best, then claim the merged top `limit`
+        # (equal priorities taken from the queues in turn).
+        batch = self.redis.scripts.batch()
         for queue in queues:
-            pipe.zrange(self._keys(queue)[0], 0, limit - 1, withscores=True)
-        peeked = pipe.execute()
-        best = sorted(((score, queue) for queue, rows in zip(queues, peeked) for _, score in rows))[:limit]
-        wanted = {queue: sum(1 for _, q in best if q == queue) for queue in queues}
+            batch.script("peek", self._keys(queue)[:1], [limit])
+        best = sorted(
+            (priority, position, index, queue)
+            for index, (queue, levels) in enumerate(zip(queues, batch.execute()))
+            for priority, length in zip(levels[0::3], levels[1::3])
+            for position in range(min(length, limit))
+        )[:limit]
+        wanted = {queue: sum(1 for *_, q in best if q == queue) for queue in queues}
         # Queues with nothing ready still get a claim of 1: it promotes their due waiting entries.
         batch = self.redis.scripts.batch()
         for queue in queues:
             batch.script("fetch", self._keys(queue)[:4], [now_ms, lease_ms, max(1, wanted[queue]), token])
         batch.command("EXISTS", self.redis.revocations_key)
         *replies, revocations = batch.execute()
-        taken: list[Delivery] = []
+        claimed: dict[str, Iterator[Delivery]] = {}
         next_due: float | None = None
         surplus: list[Delivery] = []
         for queue, reply in zip(queues, replies):
             deliveries, due = self._deliveries(queue, reply, token, not revocations)
-            keep = wanted[queue]
-            taken += deliveries[:keep]
-            surplus += deliveries[keep:]
+            claimed[queue] = iter(deliveries[: wanted[queue]])
+            surplus += deliveries[wanted[queue] :]
             if due is not None:
                 next_due = due if next_due is None else min(next_due, due)
         if surplus:
             self.requeue(surplus)
+        # in the merged order: the best first, whichever queue it came from
+        taken = [d for d in (next(claimed[queue], None) for *_, queue in best) if d is not None]
         return taken, (None if taken else next_due)
 
     @staticmethod
@@ -473,23 +481,24 @@ class RedisTransport(Transport):
 
     def oldest_ages(self, queues: Sequence[str]) -> dict[str, float]:
         # Redis records no time per message. The id counter, read at each call (the dashboard
-        # calls every few seconds), tells when ids were given out; the id at the head of `ready`
-        # (the next to go) then tells how long it has waited, to within the calls' interval. An id
+        # calls every few seconds), tells when ids were given out; the oldest id at the head of a
+        # ready list then tells how long it has waited, to within the calls' interval. An id
         # given out before this process first looked has waited at least since that look.
         with self.redis.translate("oldest_ages"):
-            pipe = self.redis.direct.pipeline(transaction=False)
+            batch = self.redis.scripts.batch()
             for queue in queues:
-                ready, _, _, _, seq = self._keys(queue)
-                pipe.get(seq).zrange(ready, 0, 0)
-            replies = pipe.execute()
+                priorities, _, _, _, seq = self._keys(queue)
+                batch.command("GET", seq)
+                batch.script("peek", [priorities], [0])
+            replies = batch.execute()
         now, ages = time.time(), {}
         for index, queue in enumerate(queues):
-            counter, head = replies[2 * index], replies[2 * index + 1]
+            counter, levels = replies[2 * index], replies[2 * index + 1]
             given = self._ids_given.setdefault(queue, collections.deque(maxlen=ID_SAMPLES_KEPT))
             if counter is not None and (not given or given[-1][1] != int(counter)):
                 given.append((now, int(counter)))
-            if head:
-                head_id = int(head[0])
+            if levels:
+                head_id = min(levels[2::3])
                 at = next((at for at, last_id in given if last_id >= head_id), None)
                 if at is not None:
                     ages[queue] = max(0.0, now - at)

@@ -1,7 +1,7 @@
 """Redis's server-side scripts: one file each, with a header naming its KEYS and ARGV.
 
-A script's `-- uses:` line names the shared helpers (files of their own here)
-put before it; `{NAME}` in a script is a constant filled in when it is loaded.
+A script's `-- uses:` line names the shared helpers (files of their own here, which may
+name helpers of their own): each is put before it once, those it uses first.
 """
 
 from __future__ import annotations
@@ -9,11 +9,23 @@ from __future__ import annotations
 from importlib.resources import files
 
 
-def script(name: str, **constants: int) -> str:
-    """The text of `name.lua`, its helpers first, its constants filled in."""
-    text = (files(__package__) / f"{name}.lua").read_text()
-    uses = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("-- uses:")), [])
-    text = "".join(script(helper) for helper in uses) + text
-    for key, value in constants.items():
-        text = text.replace(f"{{{key}}}", str(value))
-    return text
+def _source(name: str) -> str:
+    return (files(__package__) / f"{name}.lua").read_text()
+
+
+def _uses(text: str) -> list[str]:
+    return next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("-- uses:")), [])
+
+
+def _helpers(name: str, seen: list[str]) -> list[str]:
+    """The helpers `name` needs, each once, every helper after those it uses."""
+    for helper in _uses(_source(name)):
+        if helper not in seen:
+            _helpers(helper, seen)
+            seen.append(helper)
+    return seen
+
+
+def script(name: str) -> str:
+    """The text of `name.lua`, its helpers first."""
+    return "".join(_source(helper) for helper in _helpers(name, [])) + _source(name)

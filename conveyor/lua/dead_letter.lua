@@ -1,4 +1,4 @@
--- KEYS: ready, waiting, msgs, state, dead; ARGV: id, token, entry
+-- KEYS: priorities, waiting, msgs, state, dead; ARGV: id, token, entry
 -- uses: owned
 if lease_of(ARGV[1]) ~= ARGV[2] then return 0 end
 local body = redis.call('HGET', KEYS[3], ARGV[1])

@@ -1,17 +1,15 @@
--- KEYS: ready, waiting, msgs, state; ARGV: now_ms, lease_ms, limit, token[, waiter, waiter_ms]
+-- KEYS: priorities, waiting, msgs, state; ARGV: now_ms, lease_ms, limit, token[, waiter, waiter_ms]
 -- Returns {id, body, attempts, ...} or {next_due_ms} when nothing is ready; then, given a waiter
 -- ("consumer:token:lease_ms"), registers it for waiter_ms (in the same call: no publish between).
--- uses: variadic promote waiters
+-- uses: variadic ready promote waiters
 local now = tonumber(ARGV[1])
 promote(now)
-local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[3]))
-if #popped == 0 then
+local ids, priorities = pop_ready(tonumber(ARGV[3]))
+if #ids == 0 then
   if ARGV[5] then redis.call('ZADD', base .. 'waiters', redis_ms() + tonumber(ARGV[6]), ARGV[5]) end
   local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   return {first[2] or false}
 end
-local ids = {}
-for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
 local previous = variadic('HMGET', KEYS[4], ids)
 local bodies = variadic('HMGET', KEYS[3], ids)
 local until_ms = now + tonumber(ARGV[2])
@@ -20,7 +18,7 @@ for j, id in ipairs(ids) do
   local attempts = 1
   if previous[j] then attempts = tonumber(string.match(previous[j], '^[^:]*:([^:]*):')) + 1 end
   states[#states + 1] = id
-  states[#states + 1] = popped[2 * j] .. ':' .. attempts .. ':' .. ARGV[4]
+  states[#states + 1] = priorities[j] .. ':' .. attempts .. ':' .. ARGV[4]
   leases[#leases + 1] = until_ms
   leases[#leases + 1] = id
   out[#out + 1] = id

@@ -1,4 +1,4 @@
--- KEYS: ready, waiting, msgs, state; ARGV: until_ms, (id, token)...  Returns lost ids.
+-- KEYS: priorities, waiting, msgs, state; ARGV: until_ms, (id, token)...  Returns lost ids.
 -- uses: owned
 local lost = {}
 for i = 2, #ARGV, 2 do

@@ -1,6 +1,6 @@
--- KEYS: ready, waiting, msgs, state, seq, dead; ARGV: limit, channel. Oldest dead letters
+-- KEYS: priorities, waiting, msgs, state, seq, dead; ARGV: limit, channel. Oldest dead letters
 -- (the list's tail: each is a body under its info entry) become new ready messages, priority 0.
--- uses: variadic
+-- uses: variadic ready
 local bodies, ready = {}, {}
 for _ = 1, tonumber(ARGV[1]) do
   local body = redis.call('RPOP', KEYS[6])
@@ -9,12 +9,11 @@ for _ = 1, tonumber(ARGV[1]) do
   local id = redis.call('INCR', KEYS[5])
   bodies[#bodies + 1] = id
   bodies[#bodies + 1] = body
-  ready[#ready + 1] = id
-  ready[#ready + 1] = id
+  ready[#ready + 1] = {0, id}
 end
 if #bodies > 0 then
   variadic('HSET', KEYS[3], bodies)
-  variadic('ZADD', KEYS[1], ready)
+  push_ready(ready, false)
   redis.call('PUBLISH', ARGV[2], '1')
 end
-return #bodies / 2
+return #ready

@@ -1,4 +1,4 @@
--- KEYS: ready; ARGV: waiter. Ends that registration; returns the consumer's inbox list
+-- KEYS: priorities; ARGV: waiter. Ends that registration; returns the consumer's inbox list
 -- (the message handed to it, if one was; older entries, already taken by pub/sub, are stale).
 -- uses: waiters
 redis.call('ZREM', base .. 'waiters', ARGV[1])

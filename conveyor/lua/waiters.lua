@@ -1,5 +1,5 @@
--- Idle consumers of a queue (its `waiters` and their inboxes share KEYS[1]'s hash tag: one slot).
-local base = string.sub(KEYS[1], 1, -6)  -- 'P:{q}:' of KEYS[1], 'P:{q}:ready'
+-- Idle consumers of a queue: its `waiters` and their inboxes.
+-- uses: base
 local function redis_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -38,7 +38,8 @@ def make_app(url: str, **settings: object) -> Celery:
 def ready_ids(url: str) -> set[bytes]:
     client = redis.Redis.from_url(url)
     try:
-        return set(client.zrange("conveyor:{celery}:ready", 0, -1))
+        priorities = client.zrange("conveyor:{celery}:priorities", 0, -1)
+        return {i for p in priorities for i in client.lrange(b"conveyor:{celery}:ready:" + p, 0, -1)}
     finally:
         client.close()
 
