@@ -222,7 +222,8 @@ def worker(
 @click.option("--url-prefix", default="", help="Serve under this path (behind a proxy at /PREFIX/), as Flower's.")
 @click.option(
     "--broker-api",
-    help="Accepted for Flower's command lines; unused: queue depths come from the broker itself.",
+    help="RabbitMQ's management API, as Flower's (http://user:password@host:15672/api/): the broker page's "
+    "age of each queue's oldest message. Default: the broker's host, port 15672, the broker's credentials.",
 )
 @click.option(
     "--unauthenticated-api",
@@ -245,6 +246,9 @@ def flower(
     if basic_auth is not None and ":" not in basic_auth:
         raise click.BadParameter("must be user:password", param_hint="--basic-auth")
     prefix = url_prefix.strip("/")
+    if broker_api:  # before the broker opens: create_app is its first use
+        options = obj.app.conf.broker_transport_options
+        obj.app.conf.broker_transport_options = {**options, "management_url": broker_api}
     dashboard = create_app(obj.app, basic_auth=basic_auth, unauthenticated_api=unauthenticated_api, url_prefix=prefix)
     _check_port_free(address, port)
     where = f"http://{address}:{port}/{prefix + '/' if prefix else ''}"

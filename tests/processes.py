@@ -291,14 +291,20 @@ class RabbitMQServer:
 
     BINARY = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's: runs as the caller, not as `rabbitmq`
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, management: bool = False) -> None:
         self.directory = directory
         self.port = free_port()
+        #: With the management plugin, its HTTP API on a port of its own (statistics every 0.5 s).
+        self.management_port = free_port() if management else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://guest:guest@127.0.0.1:{self.management_port}/api/"
 
     def start(self, timeout: float = 60) -> None:
         import socket
@@ -306,8 +312,12 @@ class RabbitMQServer:
         if not Path(self.BINARY).exists():
             raise RuntimeError(f"{self.BINARY} is not installed")
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "enabled_plugins").write_text("[].\n")
-        (self.directory / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+        config = f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+        if self.management_port:
+            config += (f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+                       "collect_statistics_interval = 500\n")  # fmt: skip
+        (self.directory / "enabled_plugins").write_text("[rabbitmq_management].\n" if self.management_port else "[].\n")
+        (self.directory / "rabbitmq.conf").write_text(config)
         env = {
             **os.environ,
             "RABBITMQ_NODENAME": f"conveyor{self.port}@localhost",

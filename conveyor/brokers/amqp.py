@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import heapq
 import itertools
 import json
@@ -57,6 +58,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from conveyor.brokers.amqp_management import ManagementAPI, default_url, vhost_of
 from conveyor.brokers.base import MAX_PRIORITY, DeadLetter, Delivery, Outgoing, Transport
 from conveyor.brokers.state import StateStore
 from conveyor.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
@@ -223,6 +225,8 @@ class AMQPTransport(Transport):
         self._subscription: tuple[tuple[str, ...], int, int] | None = None  # what consume() last set up
         self._interrupted = False
         self._confirms = _PublisherConfirms(self)  # each thread's publishes whose confirm is awaited later
+        #: The management plugin's API (`management_url`, Flower's --broker-api): messages' ages.
+        self.management = ManagementAPI(str(self.options.get("management_url") or default_url(url)), vhost_of(url))
 
     # -- names and plumbing ------------------------------------------------------------------
     def _name(self, queue: str) -> str:
@@ -473,6 +477,11 @@ class AMQPTransport(Transport):
         with self._arrived:
             held = [*self._outstanding.values(), *(entry[2].queue for entry in self._buffer)]
         return {q: counts[self._name(q)] + held.count(q) for q in queues}
+
+    def oldest_ages(self, queues: Sequence[str]) -> dict[str, float]:
+        # AMQP tells no message's age without consuming it: the management plugin's API does.
+        ages = self.management.head_ages([self._name(q) for q in queues])
+        return {q: ages[self._name(q)] for q in queues if self._name(q) in ages}
 
     def known_queue(self, queue_name: str) -> None:
         """Called the first time this process declares a queue: `queue_sizes()` lists it."""
@@ -737,8 +746,15 @@ class _Session:
             await self._ladder(name)
         channel = await self.channel("publish")
         pending = []
+        # When each message is ready (the `timestamp` property, in whole seconds): the management
+        # API's head_message_timestamp, the age of a queue's oldest message (see oldest_ages).
+        now = time.time()
+        ready_now = datetime.datetime.fromtimestamp(int(now), datetime.UTC)
         for name, body, priority, attempts, delay_ms in sends:
-            frame: dict[str, Any] = {"delivery_mode": 2, "priority": priority, "headers": None}
+            ready_at = (
+                datetime.datetime.fromtimestamp(int(now + delay_ms / 1000), datetime.UTC) if delay_ms else ready_now
+            )
+            frame: dict[str, Any] = {"delivery_mode": 2, "priority": priority, "headers": None, "timestamp": ready_at}
             native = celery_frame(body)
             if native is not None:  # in Celery's format: as Celery puts it on the wire, for Celery workers too
                 body, fields = native

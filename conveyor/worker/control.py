@@ -120,6 +120,10 @@ class RemoteControl(Hook):
     def __init__(self) -> None:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="conveyor-control", daemon=True)
+        # The thread closes its broker as it ends, and stop() wakes it through that broker:
+        # never both at once (a connection closed under a caller leaves it waiting for a reply).
+        self._broker_lock = threading.Lock()
+        self._broker_closed = False
 
     def start(self, worker: Worker) -> None:
         self.state = State(worker)
@@ -134,9 +138,10 @@ class RemoteControl(Hook):
     def stop(self) -> None:
         # Not joined: the thread ends within a fetch's timeout, and closes its connection.
         self._stopped.set()
-        if self._thread.is_alive():
-            with contextlib.suppress(Exception):  # it may have closed its connection meanwhile
-                self.broker.transport.interrupt()
+        with self._broker_lock:
+            if self._thread.is_alive() and not self._broker_closed:
+                with contextlib.suppress(Exception):  # an unreachable broker: the fetch times out anyway
+                    self.broker.transport.interrupt()
 
     def _serve(self) -> None:
         failures = 0
@@ -158,7 +163,9 @@ class RemoteControl(Hook):
                 for delivery in deliveries:
                     self._answer(delivery.body)
         finally:
-            self.broker.close()
+            with self._broker_lock:
+                self._broker_closed = True
+                self.broker.close()
 
     def _answer(self, body: bytes) -> None:
         opened = trusted(self.state.app, body, "a control command")
