@@ -210,6 +210,7 @@ def measure(
                 rows.append(("control ping round trip, during the drain", f"p50 {pings[0]:.2f} ms"))
         rows.append(("worker RSS idle / after", f"{idle_rss:.0f} MiB / {rss_mib(process.pid):.0f} MiB"))
     # As users start it (prefork, a child per core, Celery's prefetch), then as measured above.
+    rows.append(events_hook_cost())
     rows.extend(cost_of_defaults(app, noop, env, "prefork", os.cpu_count() or 1, 4, tasks, "default worker"))
     rows.extend(cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, f"-P {pool}"))
     rows.extend(dashboard_task_list())
@@ -243,7 +244,48 @@ def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=No
 
 
 #: Rounds of the defaults' cost: each drains on both workers, back to back, alternating who goes first.
-COST_ROUNDS = 8
+COST_ROUNDS = 16
+
+
+def events_hook_cost(tasks: int = 32_000) -> tuple[str, str]:
+    """What task events cost inside the worker, measured apart from everything else: the hook of
+    a real (not running) worker told of `tasks` ended tasks, 64 at a time as a busy worker's
+    batches go, each batch's record encoded; best of 5 passes. The drains below cannot resolve a
+    cost this small on a machine whose speed drifts by tens of percent."""
+    import uuid
+
+    from conveyor import Conveyor
+    from conveyor.brokers.base import Delivery
+    from conveyor.execution import Job, Outcome
+    from conveyor.messages import Message
+    from conveyor.worker.events import TaskEvents
+    from conveyor.worker.hooks import Held
+    from conveyor.worker.worker import Worker
+
+    app = Conveyor("bench-events", broker=f"memory://bench-events-{os.getpid()}")
+    hook = TaskEvents()
+    hook.start(Worker(app, pool="solo", hooks=[hook]))
+    now = time.time()
+    ended = []
+    for i in range(tasks):
+        message = Message(task="bench.noop", id=str(uuid.uuid4()), args=(i,))
+        held = Held(Job(i, message, "celery", "w@bench"), Delivery("celery", b"", None), now, started=True,
+                    pid=os.getpid(), started_at=now)  # fmt: skip
+        ended.append((held, Outcome(i, message.id, "SUCCESS", 0.0001, repr(i))))
+    records = hook.events.events
+    passes = []
+    for _ in range(5):
+        records.clear()
+        started = time.perf_counter()
+        for offset in range(0, tasks, 64):
+            for held, outcome in ended[offset : offset + 64]:
+                hook.finished(held, outcome)
+            hook.flush()
+        passes.append((time.perf_counter() - started) / tasks * 1e6)
+    written = sum(map(len, records)) / tasks
+    app.close()
+    return ("task events in the worker (hook and record encoding), per task",
+            f"{min(passes):.2f} µs, {written:.0f} bytes written")  # fmt: skip
 
 
 def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]

@@ -182,7 +182,7 @@ def worker(
     autoscale: tuple[int, int] | None,
 ) -> None:  # fmt: skip
     """Start a worker that runs tasks from the queues."""
-    from conveyor.worker import Worker
+    from conveyor.worker import Worker, collector
 
     app = obj.app  # first: the app's module may connect setup_logging receivers
     logging_taken_over = log.setup_logging(app.conf, loglevel, logfile)
@@ -213,6 +213,7 @@ def worker(
         )
     if not logging_taken_over:
         log.redirect_stdouts(app.conf)
+    collector.tune_for_worker()  # this process is the worker's alone
     instance.run()
 
 
