@@ -26,15 +26,22 @@ from tests.processes import E2E, RabbitMQServer, flow_through_restart, free_port
 pytestmark = pytest.mark.xdist_group("clock")
 
 
-@pytest.fixture
-def rabbitmq(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = RabbitMQServer(tmp_path / "rabbitmq")
+def started_node(directory: Path, management: bool = False) -> RabbitMQServer:
+    """A node of the test's own, started (skipped, or failed under CONVEYOR_REQUIRE_SERVICES=1,
+    where RabbitMQ is not installed)."""
     if not Path(RabbitMQServer.BINARY).exists():
         reason = "rabbitmq-server is not installed"
         if os.environ.get("CONVEYOR_REQUIRE_SERVICES") == "1":
             pytest.fail(f"{reason} (CONVEYOR_REQUIRE_SERVICES=1)")
         pytest.skip(reason)
+    server = RabbitMQServer(directory, management=management)
     server.start()
+    return server
+
+
+@pytest.fixture
+def rabbitmq(tmp_path: Path):  # type: ignore[no-untyped-def]
+    server = started_node(tmp_path / "rabbitmq")
     yield server
     server.stop()
 
@@ -62,13 +69,7 @@ def test_worker_survives_a_rabbitmq_restart_and_no_task_is_lost(e2e: E2E, rabbit
 
 @pytest.fixture
 def rabbitmq_with_management(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = RabbitMQServer(tmp_path / "rabbitmq", management=True)
-    if not Path(RabbitMQServer.BINARY).exists():
-        reason = "rabbitmq-server is not installed"
-        if os.environ.get("CONVEYOR_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason} (CONVEYOR_REQUIRE_SERVICES=1)")
-        pytest.skip(reason)
-    server.start()
+    server = started_node(tmp_path / "rabbitmq", management=True)
     deadline = time.monotonic() + 60
     while not _answers(server):  # the plugin starts after the AMQP listener
         assert time.monotonic() < deadline, "the management API did not start"
