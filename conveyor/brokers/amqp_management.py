@@ -13,7 +13,6 @@ import base64
 import json
 import logging
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from urllib.parse import quote, unquote, urlsplit
@@ -49,7 +48,6 @@ class ManagementAPI:
         if parts.port:
             netloc += f":{parts.port}"
         self.url = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/queues/{quote(vhost, safe='')}"
-        self.vhost = vhost
         credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
         self._authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
         self._silent_until = 0.0
