@@ -210,9 +210,10 @@ def measure(
                 rows.append(("control ping round trip, during the drain", f"p50 {pings[0]:.2f} ms"))
         rows.append(("worker RSS idle / after", f"{idle_rss:.0f} MiB / {rss_mib(process.pid):.0f} MiB"))
     # As users start it (prefork, a child per core, Celery's prefetch), then as measured above.
-    rows.append(events_hook_cost())
-    rows.extend(cost_of_defaults(app, noop, env, "prefork", os.cpu_count() or 1, 4, tasks, "default worker"))
-    rows.extend(cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, f"-P {pool}"))
+    events_us, events_rows = events_cost(app)
+    rows.extend(events_rows)
+    rows.extend(cost_of_defaults(app, noop, env, "prefork", os.cpu_count() or 1, 4, tasks, "default worker", events_us))
+    rows.extend(cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, f"-P {pool}", events_us))
     rows.extend(dashboard_task_list())
     app.close()
     return rows
@@ -243,15 +244,18 @@ def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=No
     return rate
 
 
-#: Rounds of the defaults' cost: each drains on both workers, back to back, alternating who goes first.
-COST_ROUNDS = 16
+#: Rounds of the defaults' cost: each drains on every worker, back to back, in a turning order.
+#: Many short rounds: the median of their paired changes settles where few long ones do not.
+COST_ROUNDS = 24
 
 
-def events_hook_cost(tasks: int = 32_000) -> tuple[str, str]:
-    """What task events cost inside the worker, measured apart from everything else: the hook of
-    a real (not running) worker told of `tasks` ended tasks, 64 at a time as a busy worker's
-    batches go, each batch's record encoded; best of 5 passes. The drains below cannot resolve a
-    cost this small on a machine whose speed drifts by tens of percent."""
+def events_cost(app, tasks: int = 32_000) -> tuple[float, list[tuple[str, str]]]:  # type: ignore[no-untyped-def]
+    """What task events cost a worker, measured apart from everything else, at a resolution the
+    drains below cannot reach on a machine whose speed drifts by tens of percent: the hook of a
+    real (not running) worker told of `tasks` ended tasks, 64 at a time as a busy worker's batches
+    go, each batch's record encoded; then those records written to `app`'s state store one call
+    each, as the worker's writer does. Best of 5 passes each. Returns the microseconds per task
+    of both together, and the rows."""
     import uuid
 
     from conveyor import Conveyor
@@ -262,9 +266,9 @@ def events_hook_cost(tasks: int = 32_000) -> tuple[str, str]:
     from conveyor.worker.hooks import Held
     from conveyor.worker.worker import Worker
 
-    app = Conveyor("bench-events", broker=f"memory://bench-events-{os.getpid()}")
+    hook_app = Conveyor("bench-events", broker=f"memory://bench-events-{os.getpid()}")
     hook = TaskEvents()
-    hook.start(Worker(app, pool="solo", hooks=[hook]))
+    hook.start(Worker(hook_app, pool="solo", hooks=[hook]))
     now = time.time()
     ended = []
     for i in range(tasks):
@@ -273,7 +277,7 @@ def events_hook_cost(tasks: int = 32_000) -> tuple[str, str]:
                     pid=os.getpid(), started_at=now)  # fmt: skip
         ended.append((held, Outcome(i, message.id, "SUCCESS", 0.0001, repr(i))))
     records = hook.events.events
-    passes = []
+    hook_passes, write_passes = [], []
     for _ in range(5):
         records.clear()
         started = time.perf_counter()
@@ -281,37 +285,54 @@ def events_hook_cost(tasks: int = 32_000) -> tuple[str, str]:
             for held, outcome in ended[offset : offset + 64]:
                 hook.finished(held, outcome)
             hook.flush()
-        passes.append((time.perf_counter() - started) / tasks * 1e6)
+        hook_passes.append((time.perf_counter() - started) / tasks * 1e6)
+        started = time.perf_counter()
+        for record in records:
+            app.state.add_events([record])
+        app.confirm_published()  # a store whose writes are not waited for (Redis) has sent them
+        write_passes.append((time.perf_counter() - started) / tasks * 1e6)
     written = sum(map(len, records)) / tasks
-    app.close()
-    return ("task events in the worker (hook and record encoding), per task",
-            f"{min(passes):.2f} µs, {written:.0f} bytes written")  # fmt: skip
+    hook_app.close()
+    hook_us, write_us = min(hook_passes), min(write_passes)
+    return hook_us + write_us, [
+        ("task events in the worker (hook and record encoding), per task", f"{hook_us:.2f} µs, {written:.0f} bytes"),
+        ("task events written to the store (one record per 64 tasks), per task", f"{write_us:.2f} µs"),
+    ]
 
 
-def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label, events_us) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     """What task events and remote control (both on by default) cost: the same drains and round
-    trips on a worker with both off, back to back with a default worker, over COST_ROUNDS rounds.
+    trips on a worker with both off, back to back with a default worker, over COST_ROUNDS rounds;
+    and, as the measure of what this comparison can resolve, a second worker with both off
+    compared with the first the same way.
 
-    This machine's speed drifts by tens of percent within seconds, so each round compares the
-    two workers on the same load moments apart, and the figure is the median of those paired
-    changes. Beside the rates, the worker's CPU time per task."""
+    This machine's speed drifts by tens of percent within seconds, so each round runs the
+    workers on the same load moments apart, in a turning order, and the figure is the median of
+    the rounds' paired changes, over drains of half the tasks. Beside the rates, the worker's CPU
+    time per task, and what the events measured apart (`events_us` per task, `events_cost`) are
+    of the plain worker's."""
     from benchmarks.compare import cpu_seconds  # of a session: a worker starts one (see worker())
 
     plain_env = {**env, "CONVEYOR_BENCH_EVENTS": "0", "CONVEYOR_BENCH_CONTROL": "0"}
     figures: dict[tuple[str, str], list[float]] = {}
-    with worker(env, pool, concurrency, prefetch, "-Q", "celery") as default, \
-            worker(plain_env, pool, concurrency, prefetch, "-Q", "plain") as plain:  # fmt: skip
+    half = tasks // 2
+    # Each named: two workers of one name would share a control queue and a registry entry.
+    with worker(env, pool, concurrency, prefetch, "-Q", "celery", "-n", "default@bench") as default, \
+            worker(plain_env, pool, concurrency, prefetch, "-Q", "plain", "-n", "plain@bench") as plain, \
+            worker(plain_env, pool, concurrency, prefetch, "-Q", "twin", "-n", "twin@bench") as twin:  # fmt: skip
+        workers = [("celery", default), ("plain", plain), ("twin", twin)]
         for round_ in range(COST_ROUNDS):
-            pair = [("celery", default), ("plain", plain)]
+            turn = round_ % len(workers)  # each goes first, second and last equally often: drift cancels out
+            order = workers[turn:] + workers[:turn]
             for ignore_result in (False, True):
                 kind = "ignored" if ignore_result else "stored"
-                for queue, process in pair if round_ % 2 == 0 else pair[::-1]:  # ABBA: drift cancels out
+                for queue, process in order:
                     before = cpu_seconds(process.pid)
-                    figures.setdefault((queue, kind), []).append(drain(app, noop.name, queue, tasks, ignore_result))
+                    figures.setdefault((queue, kind), []).append(drain(app, noop.name, queue, half, ignore_result))
                     time.sleep(0.2)  # the last writes' CPU counted too
-                    cpu = (cpu_seconds(process.pid) - before) / tasks * 1e6
+                    cpu = (cpu_seconds(process.pid) - before) / half * 1e6
                     figures.setdefault((queue, f"{kind} cpu"), []).append(cpu)
-            for queue, _ in pair:
+            for queue, _ in order:
                 trips = []
                 for i in range(200):
                     sent = time.perf_counter()
@@ -319,13 +340,16 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) 
                     trips.append((time.perf_counter() - sent) * 1000)
                 figures.setdefault((queue, "trip"), []).append(statistics.median(trips))
 
-    def change(kind: str) -> tuple[float, float, float]:
-        """Median figures on and off, and the median of the rounds' paired changes (%)."""
-        on, off = figures[("celery", kind)], figures[("plain", kind)]
+    def change(kind: str, of: str = "celery") -> tuple[float, float, float]:
+        """Median figures of `of` and of the plain worker, and the median of the rounds' paired changes (%)."""
+        on, off = figures[(of, kind)], figures[("plain", kind)]
         paired = statistics.median((a - b) / b * 100 for a, b in zip(on, off, strict=True))
         return statistics.median(on), statistics.median(off), paired
 
     rows = []
+    shares = [f"{events_us / statistics.median(figures[('plain', f'{kind} cpu')]) * 100:.1f} % (results {kind})"
+              for kind in ("stored", "ignored")]  # fmt: skip
+    rows.append((f"task events measured apart, of the plain worker's CPU per task, {label}", ", ".join(shares)))
     for kind in ("stored", "ignored"):
         on, off, rate_change = change(kind)
         cpu_on, cpu_off, cpu_change = change(f"{kind} cpu")
@@ -335,6 +359,9 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label) 
     on, off, trip_change = change("trip")
     rows.append((f"events + remote control on (default) vs off, {label}: round trip p50",
                  f"{on:.2f} vs {off:.2f} ms ({trip_change:+.1f} %)"))  # fmt: skip
+    resolution = [f"{change(kind, 'twin')[2]:+.1f} %" for kind in ("stored", "ignored", "trip")]
+    rows.append((f"the same comparison of two plain workers (what it resolves), {label}",
+                 "drain stored {}, ignored {}; round trip {}".format(*resolution)))  # fmt: skip
     return rows
 
 
@@ -375,8 +402,9 @@ def store(broker: str) -> Iterator[str]:
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{PREFIX}*", count=1000):
-            client.delete(key)
+        keys = list(client.scan_iter(f"{PREFIX}*", count=10_000))
+        for offset in range(0, len(keys), 10_000):  # a million results: one call per 10,000, not per key
+            client.unlink(*keys[offset : offset + 10_000])
 
 
 def main() -> None:
