@@ -53,6 +53,9 @@ logger = logging.getLogger("conveyor.worker")
 
 Handler = Callable[..., Any]
 
+#: Longest a starting worker waits for its control connection before it reports ready.
+CONNECT_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class Command:
@@ -124,6 +127,7 @@ class RemoteControl(Hook):
         # never both at once (a connection closed under a caller leaves it waiting for a reply).
         self._broker_lock = threading.Lock()
         self._broker_closed = False
+        self._connected = threading.Event()
 
     def start(self, worker: Worker) -> None:
         self.state = State(worker)
@@ -131,6 +135,9 @@ class RemoteControl(Hook):
         # Commands sent to an earlier worker of this name are past their deadline: not acted on.
         self.broker = worker.app.new_broker()
         self._thread.start()
+        # Ready means answering: a probe sent as the worker starts is not left to wait out its
+        # timeout while the control connection is still being opened (a RabbitMQ one takes a while).
+        self._connected.wait(CONNECT_SECONDS)
 
     def finished(self, held: Held, outcome: Outcome) -> None:
         self.state.totals[held.job.message.task] += 1
@@ -145,24 +152,29 @@ class RemoteControl(Hook):
 
     def _serve(self) -> None:
         failures = 0
+        timeout = 0.0  # the first look connects and returns at once (start() waits for it)
         try:
             while not self._stopped.is_set():
                 try:
-                    deliveries = self.broker.transport.fetch([self.queue], 10, 1.0)
+                    deliveries = self.broker.transport.fetch([self.queue], 10, timeout)
                     if deliveries:
                         self.broker.transport.ack(deliveries)
                 except BrokerError as exc:
                     failures += 1
                     if failures == 1:
                         logger.warning("Remote control cannot reach the broker (trying again): %s", exc)
+                    self._connected.set()  # the worker starts all the same; this thread keeps trying
                     self._stopped.wait(1.0)
                     continue
+                self._connected.set()
+                timeout = 1.0
                 if failures:
                     logger.info("Remote control reaches the broker again")
                     failures = 0
                 for delivery in deliveries:
                     self._answer(delivery.body)
         finally:
+            self._connected.set()
             with self._broker_lock:
                 self._broker_closed = True
                 self.broker.close()
