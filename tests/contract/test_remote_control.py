@@ -6,6 +6,7 @@ broker the test's app uses.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -53,8 +54,17 @@ def app(request: pytest.FixtureRequest, tmp_path) -> Iterator[Celery]:  # type: 
     application.close()
 
 
-def running(app: Celery, hostname: str = "w1@ctl", pool: str = "threads", **options: Any) -> Any:
-    return worker_running(app, pool, hostname, **options)
+@contextlib.contextmanager
+def running(app: Celery, hostname: str = "w1@ctl", pool: str = "threads", **options: Any) -> Iterator[Worker]:
+    with worker_running(app, pool, hostname, **options) as worker:
+        wait_until_answering(app, hostname)
+        yield worker
+
+
+def wait_until_answering(app: Celery, hostname: str) -> None:
+    """The caller's first command opens its broker connection, which on a loaded machine can
+    use up the 1 s a command waits for replies: the tests time the commands, not that."""
+    assert eventually(lambda: app.control.ping(destination=[hostname], timeout=2)), f"{hostname} does not answer"
 
 
 def eventually(check: Any, timeout: float = 10.0) -> Any:
@@ -224,6 +234,7 @@ def test_shutdown_stops_the_worker(app: Celery) -> None:
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     assert worker.ready.wait(10)
+    wait_until_answering(app, "w1@ctl")
     assert app.control.shutdown(reply=True) == [{"w1@ctl": {"ok": "shutting down"}}]
     thread.join(20)
     assert not thread.is_alive()
