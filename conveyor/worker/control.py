@@ -127,7 +127,9 @@ class RemoteControl(Hook):
         # never both at once (a connection closed under a caller leaves it waiting for a reply).
         self._broker_lock = threading.Lock()
         self._broker_closed = False
-        self._connected = threading.Event()
+        self.connected = threading.Event()
+        """Set once the control thread's first look at its queue is done (or failed): the worker
+        is ready after it."""
 
     def start(self, worker: Worker) -> None:
         self.state = State(worker)
@@ -137,7 +139,7 @@ class RemoteControl(Hook):
         self._thread.start()
         # Ready means answering: a probe sent as the worker starts is not left to wait out its
         # timeout while the control connection is still being opened (a RabbitMQ one takes a while).
-        self._connected.wait(CONNECT_SECONDS)
+        self.connected.wait(CONNECT_SECONDS)
 
     def finished(self, held: Held, outcome: Outcome) -> None:
         self.state.totals[held.job.message.task] += 1
@@ -163,10 +165,10 @@ class RemoteControl(Hook):
                     failures += 1
                     if failures == 1:
                         logger.warning("Remote control cannot reach the broker (trying again): %s", exc)
-                    self._connected.set()  # the worker starts all the same; this thread keeps trying
+                    self.connected.set()  # the worker starts all the same; this thread keeps trying
                     self._stopped.wait(1.0)
                     continue
-                self._connected.set()
+                self.connected.set()
                 timeout = 1.0
                 if failures:
                     logger.info("Remote control reaches the broker again")
@@ -174,7 +176,7 @@ class RemoteControl(Hook):
                 for delivery in deliveries:
                     self._answer(delivery.body)
         finally:
-            self._connected.set()
+            self.connected.set()
             with self._broker_lock:
                 self._broker_closed = True
                 self.broker.close()

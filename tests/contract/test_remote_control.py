@@ -19,7 +19,7 @@ from conveyor.control import CONTROL_REPLIES
 from conveyor.exceptions import SoftTimeLimitExceeded, TaskRevokedError
 from conveyor.worker import Worker
 from conveyor.worker import autoscale as autoscale_module
-from conveyor.worker.control import COMMANDS, control_command, inspect_command
+from conveyor.worker.control import COMMANDS, RemoteControl, control_command, inspect_command
 from tests.conftest import BROKERS, contract_app, store_url
 from tests.contract.test_worker_contract import running as worker_running
 
@@ -227,6 +227,12 @@ def test_terminate_stops_a_running_task_at_once(app: Celery) -> None:
         with pytest.raises(TaskRevokedError):
             result.get(timeout=10)
         assert result.id in app.control.inspect().revoked()["w1@ctl"]
+
+
+def test_a_ready_worker_has_its_control_channel_connected(app: Celery) -> None:
+    with worker_running(app, "threads", "w1@ctl") as worker:
+        control = worker.hooks.find(RemoteControl)
+        assert control is not None and control.connected.is_set()
 
 
 def test_shutdown_stops_the_worker(app: Celery) -> None:
