@@ -9,6 +9,7 @@ same row.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -17,6 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from conveyor.exceptions import ConveyorError, ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conveyor_messages (
@@ -39,10 +42,6 @@ CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
     body BLOB NOT NULL,
     reason TEXT NOT NULL,
     failed_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS conveyor_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    event BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS conveyor_workers (
     hostname TEXT PRIMARY KEY,
@@ -81,6 +80,15 @@ CREATE TABLE IF NOT EXISTS conveyor_history (
 CREATE UNIQUE INDEX IF NOT EXISTS conveyor_history_task ON conveyor_history (task_id, entry);
 """
 
+#: The task events' file beside the store (`conveyor.db-events`): monitoring data, written at
+#: every batch, kept out of the store's WAL so that its checkpoints stay the tasks' own.
+EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conveyor_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event BLOB NOT NULL
+);
+"""
+
 DEFAULT_URL = "sqlite:///conveyor.db"
 
 
@@ -98,11 +106,16 @@ def path_from_url(url: str) -> str:
 
 
 class Database:
-    """Per-thread connections to one SQLite file, with the schema in place."""
+    """Per-thread connections to one SQLite file, with the schema in place.
 
-    def __init__(self, path: str, error: type[ConveyorError]) -> None:
+    A database that is not `durable` skips the fsyncs (`synchronous=OFF`): a commit still
+    survives a process crash, but an OS crash may lose the latest commits or damage the file.
+    """
+
+    def __init__(self, path: str, error: type[ConveyorError], schema: str = SCHEMA, *, durable: bool = True) -> None:
         self.path = os.path.abspath(path)
         self.error = error
+        self.durable = durable
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -111,7 +124,7 @@ class Database:
             raise ImproperlyConfigured(f"the directory of the SQLite store does not exist: {directory}")
         with self.translate():
             connection = self.connection()
-            connection.executescript(SCHEMA)
+            connection.executescript(schema)
 
     def connection(self) -> sqlite3.Connection:
         local = self._local
@@ -127,8 +140,9 @@ class Database:
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash, not an OS crash.
-        connection.execute("PRAGMA synchronous=NORMAL")
+        # NORMAL in WAL mode: a commit survives a process crash, not an OS crash; OFF also
+        # skips the checkpoints' fsyncs, and an OS crash may damage the file.
+        connection.execute("PRAGMA synchronous=NORMAL" if self.durable else "PRAGMA synchronous=OFF")
         return connection
 
     @contextlib.contextmanager
@@ -167,3 +181,19 @@ class Database:
                 connection.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def open_disposable(path: str, error: type[ConveyorError], schema: str) -> Database:
+    """A database of data that may be lost (not `durable`); a damaged file, which an OS crash
+    can leave, is deleted and made anew."""
+    try:
+        return Database(path, error, schema, durable=False)
+    except error as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, sqlite3.Error) or cause.sqlite_errorname not in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            raise
+        logger.warning("Recreating %s, which is damaged: %s", path, cause)
+        for leftover in (path, path + "-wal", path + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+        return Database(path, error, schema, durable=False)

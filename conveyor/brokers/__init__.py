@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from conveyor.brokers.base import DeadLetter, Delivery, Outgoing, Transport
 from conveyor.brokers.state import StateStore
-from conveyor.exceptions import ImproperlyConfigured
+from conveyor.exceptions import BrokerError, ImproperlyConfigured
 from conveyor.extras import requires
 from conveyor.urls import checked
 
@@ -36,9 +36,11 @@ def _memory(url: str, options: Mapping[str, Any]) -> Broker:
 def _sqlite(url: str, options: Mapping[str, Any]) -> Broker:
     from conveyor.brokers.sqlite import SQLiteTransport
     from conveyor.brokers.sqlite_state import SQLiteStateStore
+    from conveyor.sqlitedb import EVENTS_SCHEMA, open_disposable
 
     transport = SQLiteTransport(url, options)
-    return Broker(transport, SQLiteStateStore(transport.db))
+    events = open_disposable(transport.db.path + "-events", BrokerError, EVENTS_SCHEMA)
+    return Broker(transport, SQLiteStateStore(transport.db, events))
 
 
 def _redis(url: str, options: Mapping[str, Any]) -> Broker:

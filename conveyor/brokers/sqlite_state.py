@@ -1,5 +1,6 @@
 """The embedded SQLite state store, in the transport's database file (tables in
-`conveyor.sqlitedb.SCHEMA`): each operation one short transaction."""
+`conveyor.sqlitedb.SCHEMA`): each operation one short transaction. Task events, written at every
+batch and disposable, live in a file of their own beside it (`conveyor.sqlitedb.EVENTS_SCHEMA`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from conveyor.sqlitedb import Database
 
 
 class SQLiteStateStore(StateStore):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: Database) -> None:
         self.db = db
+        self.events = events
 
     def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
         with self.db.transaction() as db:
@@ -76,15 +78,15 @@ class SQLiteStateStore(StateStore):
     def add_events(self, events: Sequence[bytes]) -> None:
         if not events:
             return
-        with self.db.transaction() as db:
+        with self.events.transaction() as db:
             db.executemany("INSERT INTO conveyor_events (event) VALUES (?)", [(e,) for e in events])
-            newest = db.execute("SELECT MAX(id) FROM conveyor_events").fetchone()[0]
+            newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             db.execute("DELETE FROM conveyor_events WHERE id <= ?", (newest - EVENTS_KEPT,))
 
     def recent_events(self, limit: int = 1000) -> list[bytes]:
-        with self.db.translate():
+        with self.events.translate():
             rows = (
-                self.db.connection()
+                self.events.connection()
                 .execute("SELECT event FROM conveyor_events ORDER BY id DESC LIMIT ?", (limit,))
                 .fetchall()
             )
@@ -112,3 +114,4 @@ class SQLiteStateStore(StateStore):
 
     def close(self) -> None:
         self.db.close()
+        self.events.close()
