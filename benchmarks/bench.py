@@ -247,6 +247,9 @@ def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=No
 #: Rounds of the defaults' cost: each drains on every worker, back to back, in a turning order.
 #: Many short rounds: the median of their paired changes settles where few long ones do not.
 COST_ROUNDS = 24
+#: Tasks per drain there (or `--tasks`, if fewer): a drain of less than a second or so varies
+#: too much from one to the next (two identical workers were 10-20 % apart at 5,000 on SQLite).
+COST_DRAIN = 10_000
 
 
 def events_cost(app, tasks: int = 32_000) -> tuple[float, list[tuple[str, str]]]:  # type: ignore[no-untyped-def]
@@ -308,14 +311,14 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label, 
 
     This machine's speed drifts by tens of percent within seconds, so each round runs the
     workers on the same load moments apart, in a turning order, and the figure is the median of
-    the rounds' paired changes, over drains of half the tasks. Beside the rates, the worker's CPU
+    the rounds' paired changes, over drains of COST_DRAIN tasks. Beside the rates, the worker's CPU
     time per task, and what the events measured apart (`events_us` per task, `events_cost`) are
     of the plain worker's."""
     from benchmarks.compare import cpu_seconds  # of a session: a worker starts one (see worker())
 
     plain_env = {**env, "CONVEYOR_BENCH_EVENTS": "0", "CONVEYOR_BENCH_CONTROL": "0"}
     figures: dict[tuple[str, str], list[float]] = {}
-    half = tasks // 2
+    drained = min(tasks, COST_DRAIN)
     # Each named: two workers of one name would share a control queue and a registry entry.
     with worker(env, pool, concurrency, prefetch, "-Q", "celery", "-n", "default@bench") as default, \
             worker(plain_env, pool, concurrency, prefetch, "-Q", "plain", "-n", "plain@bench") as plain, \
@@ -328,9 +331,9 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label, 
                 kind = "ignored" if ignore_result else "stored"
                 for queue, process in order:
                     before = cpu_seconds(process.pid)
-                    figures.setdefault((queue, kind), []).append(drain(app, noop.name, queue, half, ignore_result))
+                    figures.setdefault((queue, kind), []).append(drain(app, noop.name, queue, drained, ignore_result))
                     time.sleep(0.2)  # the last writes' CPU counted too
-                    cpu = (cpu_seconds(process.pid) - before) / half * 1e6
+                    cpu = (cpu_seconds(process.pid) - before) / drained * 1e6
                     figures.setdefault((queue, f"{kind} cpu"), []).append(cpu)
             for queue, _ in order:
                 trips = []
