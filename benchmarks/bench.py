@@ -247,6 +247,9 @@ def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=No
 #: Rounds of the defaults' cost: each drains on every worker, back to back, in a turning order.
 #: Many short rounds: the median of their paired changes settles where few long ones do not.
 COST_ROUNDS = 24
+#: The workers are started anew this many times in a run: a worker process can be several percent
+#: faster or slower than an identical one for its whole life, which no number of rounds evens out.
+COST_SESSIONS = 4
 #: Tasks per drain there (or `--tasks`, if fewer): a drain of less than a second or so varies
 #: too much from one to the next (two identical workers were 10-20 % apart at 5,000 on SQLite).
 COST_DRAIN = 10_000
@@ -311,7 +314,8 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label, 
 
     This machine's speed drifts by tens of percent within seconds, so each round runs the
     workers on the same load moments apart, in a turning order, and the figure is the median of
-    the rounds' paired changes, over drains of COST_DRAIN tasks. Beside the rates, the worker's CPU
+    the rounds' paired changes, over drains of COST_DRAIN tasks, with the workers started anew
+    COST_SESSIONS times. Beside the rates, the worker's CPU
     time per task, and what the events measured apart (`events_us` per task, `events_cost`) are
     of the plain worker's."""
     from benchmarks.compare import cpu_seconds  # of a session: a worker starts one (see worker())
@@ -319,29 +323,31 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label, 
     plain_env = {**env, "CONVEYOR_BENCH_EVENTS": "0", "CONVEYOR_BENCH_CONTROL": "0"}
     figures: dict[tuple[str, str], list[float]] = {}
     drained = min(tasks, COST_DRAIN)
-    # Each named: two workers of one name would share a control queue and a registry entry.
-    with worker(env, pool, concurrency, prefetch, "-Q", "celery", "-n", "default@bench") as default, \
-            worker(plain_env, pool, concurrency, prefetch, "-Q", "plain", "-n", "plain@bench") as plain, \
-            worker(plain_env, pool, concurrency, prefetch, "-Q", "twin", "-n", "twin@bench") as twin:  # fmt: skip
-        workers = [("celery", default), ("plain", plain), ("twin", twin)]
-        for round_ in range(COST_ROUNDS):
-            turn = round_ % len(workers)  # each goes first, second and last equally often: drift cancels out
-            order = workers[turn:] + workers[:turn]
-            for ignore_result in (False, True):
-                kind = "ignored" if ignore_result else "stored"
-                for queue, process in order:
-                    before = cpu_seconds(process.pid)
-                    figures.setdefault((queue, kind), []).append(drain(app, noop.name, queue, drained, ignore_result))
-                    time.sleep(0.2)  # the last writes' CPU counted too
-                    cpu = (cpu_seconds(process.pid) - before) / drained * 1e6
-                    figures.setdefault((queue, f"{kind} cpu"), []).append(cpu)
-            for queue, _ in order:
-                trips = []
-                for i in range(200):
-                    sent = time.perf_counter()
-                    noop.apply_async((i,), queue=queue).get(timeout=10)
-                    trips.append((time.perf_counter() - sent) * 1000)
-                figures.setdefault((queue, "trip"), []).append(statistics.median(trips))
+    for _ in range(COST_SESSIONS):
+        # Each named: two workers of one name would share a control queue and a registry entry.
+        with worker(env, pool, concurrency, prefetch, "-Q", "celery", "-n", "default@bench") as default, \
+                worker(plain_env, pool, concurrency, prefetch, "-Q", "plain", "-n", "plain@bench") as plain, \
+                worker(plain_env, pool, concurrency, prefetch, "-Q", "twin", "-n", "twin@bench") as twin:  # fmt: skip
+            workers = [("celery", default), ("plain", plain), ("twin", twin)]
+            for round_ in range(COST_ROUNDS // COST_SESSIONS):
+                turn = round_ % len(workers)  # each goes first, second and last equally often: drift cancels out
+                order = workers[turn:] + workers[:turn]
+                for ignore_result in (False, True):
+                    kind = "ignored" if ignore_result else "stored"
+                    for queue, process in order:
+                        before = cpu_seconds(process.pid)
+                        rate = drain(app, noop.name, queue, drained, ignore_result)
+                        figures.setdefault((queue, kind), []).append(rate)
+                        time.sleep(0.2)  # the last writes' CPU counted too
+                        cpu = (cpu_seconds(process.pid) - before) / drained * 1e6
+                        figures.setdefault((queue, f"{kind} cpu"), []).append(cpu)
+                for queue, _ in order:
+                    trips = []
+                    for i in range(200):
+                        sent = time.perf_counter()
+                        noop.apply_async((i,), queue=queue).get(timeout=10)
+                        trips.append((time.perf_counter() - sent) * 1000)
+                    figures.setdefault((queue, "trip"), []).append(statistics.median(trips))
 
     def change(kind: str, of: str = "celery") -> tuple[float, float, float]:
         """Median figures of `of` and of the plain worker, and the median of the rounds' paired changes (%)."""

@@ -8,6 +8,7 @@ Run it with ./scripts/demo.
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -19,9 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main() -> int:
     os.chdir(HERE)
-    for leftover in ("conveyor.db", "conveyor.db-wal", "conveyor.db-shm"):
-        if os.path.exists(leftover):
-            os.remove(leftover)
+    for leftover in glob.glob("conveyor.db*"):  # the store, its WAL and its events
+        os.remove(leftover)
     command = [sys.executable, "-m", "conveyor.cli", "-A", "task", "worker", "--loglevel=info", "--pool=eventlet"]
     print("$ conveyor -A task worker --loglevel=info --pool=eventlet", flush=True)
     worker = subprocess.Popen(command, start_new_session=True)
