@@ -246,10 +246,10 @@ def drain(app, name: str, queue: str, tasks: int, ignore_result: bool, during=No
 
 #: Rounds of the defaults' cost: each drains on every worker, back to back, in a turning order.
 #: Many short rounds: the median of their paired changes settles where few long ones do not.
-COST_ROUNDS = 24
+COST_ROUNDS = 36
 #: The workers are started anew this many times in a run: a worker process can be several percent
 #: faster or slower than an identical one for its whole life, which no number of rounds evens out.
-COST_SESSIONS = 4
+COST_SESSIONS = 6
 #: Tasks per drain there (or `--tasks`, if fewer): a drain of less than a second or so varies
 #: too much from one to the next (two identical workers were 10-20 % apart at 5,000 on SQLite).
 COST_DRAIN = 10_000
