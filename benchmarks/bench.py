@@ -13,6 +13,7 @@ worker (p50/p99), and the worker's resident memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import signal
@@ -308,29 +309,37 @@ def events_cost(app, tasks: int = 32_000) -> tuple[float, list[tuple[str, str]]]
 
 def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label, events_us) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     """What task events and remote control (both on by default) cost: the same drains and round
-    trips on a worker with both off, back to back with a default worker, over COST_ROUNDS rounds;
-    and, as the measure of what this comparison can resolve, a second worker with both off
-    compared with the first the same way.
+    trips on two workers as configured and two with both off, side by side, over COST_ROUNDS
+    rounds; the figure of each kind is the mean of its two workers. As the measure of what this
+    comparison can resolve, the same comparison between two mixed pairs (one worker of each kind
+    on each side), which differ by nothing.
 
     This machine's speed drifts by tens of percent within seconds, so each round runs the
     workers on the same load moments apart, in a turning order, and the figure is the median of
     the rounds' paired changes, over drains of COST_DRAIN tasks, with the workers started anew
-    COST_SESSIONS times. Beside the rates, the worker's CPU
-    time per task, and what the events measured apart (`events_us` per task, `events_cost`) are
-    of the plain worker's."""
+    COST_SESSIONS times (and two of each kind) since a worker process can be faster or slower
+    than an identical one for its whole life. Beside the rates, the workers' CPU time per task,
+    and what the events measured apart (`events_us` per task, `events_cost`) are of the plain
+    workers'."""
     from benchmarks.compare import cpu_seconds  # of a session: a worker starts one (see worker())
 
     plain_env = {**env, "CONVEYOR_BENCH_EVENTS": "0", "CONVEYOR_BENCH_CONTROL": "0"}
+    # Queue, worker name (each its own: two workers of one name would share a control queue and
+    # a registry entry) and settings.
+    arms = [("celery", "default@bench", env), ("default2", "default2@bench", env),
+            ("plain", "plain@bench", plain_env), ("plain2", "plain2@bench", plain_env)]  # fmt: skip
     figures: dict[tuple[str, str], list[float]] = {}
     drained = min(tasks, COST_DRAIN)
+    round_ = 0
     for _ in range(COST_SESSIONS):
-        # Each named: two workers of one name would share a control queue and a registry entry.
-        with worker(env, pool, concurrency, prefetch, "-Q", "celery", "-n", "default@bench") as default, \
-                worker(plain_env, pool, concurrency, prefetch, "-Q", "plain", "-n", "plain@bench") as plain, \
-                worker(plain_env, pool, concurrency, prefetch, "-Q", "twin", "-n", "twin@bench") as twin:  # fmt: skip
-            workers = [("celery", default), ("plain", plain), ("twin", twin)]
-            for round_ in range(COST_ROUNDS // COST_SESSIONS):
-                turn = round_ % len(workers)  # each goes first, second and last equally often: drift cancels out
+        with contextlib.ExitStack() as stack:
+            workers = [
+                (queue, stack.enter_context(worker(settings, pool, concurrency, prefetch, "-Q", queue, "-n", name)))
+                for queue, name, settings in arms
+            ]
+            for _ in range(COST_ROUNDS // COST_SESSIONS):
+                turn = round_ % len(workers)  # each goes first, second, ... last equally often: drift cancels out
+                round_ += 1
                 order = workers[turn:] + workers[:turn]
                 for ignore_result in (False, True):
                     kind = "ignored" if ignore_result else "stored"
@@ -349,16 +358,23 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label, 
                         trips.append((time.perf_counter() - sent) * 1000)
                     figures.setdefault((queue, "trip"), []).append(statistics.median(trips))
 
-    def change(kind: str, of: str = "celery") -> tuple[float, float, float]:
-        """Median figures of `of` and of the plain worker, and the median of the rounds' paired changes (%)."""
-        on, off = figures[(of, kind)], figures[("plain", kind)]
-        paired = statistics.median((a - b) / b * 100 for a, b in zip(on, off, strict=True))
-        return statistics.median(on), statistics.median(off), paired
+    def pair(kind: str, queues: tuple[str, str]) -> list[float]:
+        """Each round's mean figure of two workers."""
+        first, second = (figures[(queue, kind)] for queue in queues)
+        return [(a + b) / 2 for a, b in zip(first, second, strict=True)]
+
+    configured, plain = ("celery", "default2"), ("plain", "plain2")
+
+    def change(kind: str, on: tuple[str, str] = configured, off: tuple[str, str] = plain) -> tuple[float, float, float]:
+        """Median figures of the `on` and `off` pairs, and the median of the rounds' paired changes (%)."""
+        of_on, of_off = pair(kind, on), pair(kind, off)
+        paired = statistics.median((a - b) / b * 100 for a, b in zip(of_on, of_off, strict=True))
+        return statistics.median(of_on), statistics.median(of_off), paired
 
     rows = []
-    shares = [f"{events_us / statistics.median(figures[('plain', f'{kind} cpu')]) * 100:.1f} % (results {kind})"
+    shares = [f"{events_us / statistics.median(pair(kind + ' cpu', plain)) * 100:.1f} % (results {kind})"
               for kind in ("stored", "ignored")]  # fmt: skip
-    rows.append((f"task events measured apart, of the plain worker's CPU per task, {label}", ", ".join(shares)))
+    rows.append((f"task events measured apart, of the plain workers' CPU per task, {label}", ", ".join(shares)))
     for kind in ("stored", "ignored"):
         on, off, rate_change = change(kind)
         cpu_on, cpu_off, cpu_change = change(f"{kind} cpu")
@@ -368,9 +384,10 @@ def cost_of_defaults(app, noop, env, pool, concurrency, prefetch, tasks, label, 
     on, off, trip_change = change("trip")
     rows.append((f"events + remote control on (default) vs off, {label}: round trip p50",
                  f"{on:.2f} vs {off:.2f} ms ({trip_change:+.1f} %)"))  # fmt: skip
-    resolution = [f"{change(kind, 'twin')[2]:+.1f} %" for kind in ("stored", "ignored", "trip")]
-    rows.append((f"the same comparison of two plain workers (what it resolves), {label}",
-                 "drain stored {}, ignored {}; round trip {}".format(*resolution)))  # fmt: skip
+    mixed_pairs = (configured[0], plain[0]), (configured[1], plain[1])
+    mixed = [change(kind, *mixed_pairs)[2] for kind in ("stored", "ignored", "trip")]
+    rows.append((f"the same comparison of two mixed pairs (what it resolves), {label}",
+                 "drain stored {:+.1f} %, ignored {:+.1f} %; round trip {:+.1f} %".format(*mixed)))  # fmt: skip
     return rows
 
 
