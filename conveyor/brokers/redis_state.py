@@ -18,12 +18,13 @@ import time
 from collections.abc import Sequence
 
 from conveyor.brokers.redis import RedisConnection
-from conveyor.brokers.state import EVENTS_KEPT, StateStore
+from conveyor.brokers.state import EVENTS_KEPT, EventsTrim, StateStore
 
 
 class RedisStateStore(StateStore):
     def __init__(self, redis: RedisConnection) -> None:
         self.redis = redis
+        self._trim = EventsTrim()
 
     @property
     def _revoked_key(self) -> str:
@@ -86,7 +87,8 @@ class RedisStateStore(StateStore):
             # Sent without waiting, like acks (Scripts.send): events are best effort, and the
             # writer goes on to the next batch a round trip sooner.
             self.redis.scripts.send(("RPUSH", self._events_key, *events))
-            self.redis.scripts.send(("LTRIM", self._events_key, -EVENTS_KEPT, -1))
+            if self._trim.due():
+                self.redis.scripts.send(("LTRIM", self._events_key, -EVENTS_KEPT, -1))
 
     def recent_events(self, limit: int = 1000) -> list[bytes]:
         with self.redis.translate("recent_events"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from conveyor.brokers.state import EVENTS_KEPT, StateStore
+from conveyor.brokers.state import EVENTS_KEPT, EventsTrim, StateStore
 from conveyor.sqlitedb import Database
 
 
@@ -15,6 +15,7 @@ class SQLiteStateStore(StateStore):
     def __init__(self, db: Database, events: Database) -> None:
         self.db = db
         self.events = events
+        self._trim = EventsTrim()
 
     def revoke(self, task_ids: Sequence[str], info: bytes, expires_at: float) -> None:
         with self.db.transaction() as db:
@@ -80,8 +81,9 @@ class SQLiteStateStore(StateStore):
             return
         with self.events.transaction() as db:
             db.executemany("INSERT INTO conveyor_events (event) VALUES (?)", [(e,) for e in events])
-            newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-            db.execute("DELETE FROM conveyor_events WHERE id <= ?", (newest - EVENTS_KEPT,))
+            if self._trim.due():
+                newest = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+                db.execute("DELETE FROM conveyor_events WHERE id <= ?", (newest - EVENTS_KEPT,))
 
     def recent_events(self, limit: int = 1000) -> list[bytes]:
         with self.events.translate():

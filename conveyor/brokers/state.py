@@ -10,12 +10,17 @@ both in one store; RabbitMQ keeps messages only and takes the state store its
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 #: How many records of monitoring events a store keeps (a worker writes one per batch, of up to
 #: 64 events: `worker/events.py`); the dashboard reads them as they come, and keeps its own list.
 EVENTS_KEPT = 2_000
+#: A store that drops old events with a command of its own does so on its first write of events
+#: and every EVENTS_TRIM_EVERY-th after (`EventsTrim`): on Redis the trim cost as much as the
+#: write, on SQLite a fifth. A store then holds at most EVENTS_TRIM_EVERY writes more per writer.
+EVENTS_TRIM_EVERY = 32
 
 
 class StateStore(ABC):
@@ -73,7 +78,7 @@ class StateStore(ABC):
 
     @abstractmethod
     def add_events(self, events: Sequence[bytes]) -> None:
-        """Append monitoring events (the last EVENTS_KEPT are kept, older ones dropped)."""
+        """Append monitoring events (at least the last EVENTS_KEPT are kept, older ones dropped)."""
 
     @abstractmethod
     def recent_events(self, limit: int = 1000) -> list[bytes]:
@@ -81,3 +86,14 @@ class StateStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - a store that borrows the transport's connection has none of its own
         """Release connections."""
+
+
+class EventsTrim:
+    """When a store's writes of events drop the oldest: its first, and every EVENTS_TRIM_EVERY-th
+    after (a short-lived writer, such as a client sending task-sent events, trims once)."""
+
+    def __init__(self) -> None:
+        self._writes = itertools.count()  # thread-safe: next() holds the GIL
+
+    def due(self) -> bool:
+        return next(self._writes) % EVENTS_TRIM_EVERY == 0

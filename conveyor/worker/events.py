@@ -4,11 +4,17 @@ API and metrics).
 
 Cheap enough to leave on: when a task ends the hook keeps its outcome as it is; once
 `ROWS_PER_RECORD` events wait, or the oldest has waited `LINGER_SECONDS` (the worker's loop
-looks at the end of each batch, and every 50 ms after a task ended), they become one record,
-a JSON array of rows (`ROW` gives the fields in order), encoded in one call and written in
-one operation after that batch's results. So a busy worker writes one record per 64 tasks, and
-an idle one answering calls one after another does not pay a write per call. `events_of`
-turns records back into Celery's event dicts.
+looks at the end of each batch, and every 50 ms after a task ended), they become one record
+encoded in one call and written in one operation after that batch's results. So a busy worker
+writes one record per 64 tasks, and an idle one answering calls one after another does not pay
+a write per call. `events_of` turns records back into Celery's event dicts.
+
+A record is a JSON array: an object of what its rows share (the worker's hostname), then the
+rows (`ROW` gives the fields in order; null: not in this event). A row leaves out what can be
+told without it, and `events_of` puts it back: the hostname, and the root_id of a task that is
+its own root. A small JSON message's arguments go into the row as they are, rendered as
+Celery's repr strings only when read (one orjson call encodes them with the record, instead of
+a repr per task); others are rendered and cut short in the worker.
 
 A task that ends within `GRACE_SECONDS` of its start has one event, its end, which carries
 when it was received and started: under load that is one row per task, not three. One still
@@ -32,6 +38,7 @@ from conveyor.worker.hooks import Held, Hook
 from conveyor.worker.progress import STARTED_GRACE_SECONDS
 
 if TYPE_CHECKING:
+    from conveyor.messages import Message
     from conveyor.worker.worker import Worker
 
 #: A running task's received and started events wait this long to be folded into its end.
@@ -47,9 +54,13 @@ ROW = (
 ROWS_PER_RECORD = 64
 #: How long events may wait for more before they are written (fewer rows than a record holds).
 LINGER_SECONDS = 0.25
+#: A message at most this long (JSON, not compressed) has its arguments kept as they are in its
+#: row: a bound on what a row holds, since they are rendered (and cut short) only when read.
+RAW_ARGUMENTS_BYTES = 1024
 #: How often the hook looks for tasks held past their grace.
 LOOK_SECONDS = 0.025
 
+_JSON = "application/json"
 _EVENT_OF_STATE = {
     states.SUCCESS: "task-succeeded",
     states.FAILURE: "task-failed",
@@ -61,8 +72,8 @@ _EVENT_OF_STATE = {
 
 
 def events_of(records: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    """Celery's event dicts from stored records, oldest first: arrays of rows, or single events
-    as JSON objects. What is not an event is skipped."""
+    """Celery's event dicts from stored records, oldest first: arrays of rows (after an object
+    of what the rows share), or single events as JSON objects. What is not an event is skipped."""
     for record in records:
         try:
             decoded = orjson.loads(record)
@@ -71,9 +82,27 @@ def events_of(records: Iterable[bytes]) -> Iterator[dict[str, Any]]:
         if isinstance(decoded, dict):
             yield decoded
         elif isinstance(decoded, list):
+            shared = decoded[0] if decoded and isinstance(decoded[0], dict) else {}
+            hostname = shared.get("hostname")
             for row in decoded:
                 if isinstance(row, list):
-                    yield {key: value for key, value in zip(ROW, row) if value is not None}
+                    yield _event_of_row(row, hostname if isinstance(hostname, str) else None)
+
+
+def _event_of_row(row: list[Any], hostname: str | None) -> dict[str, Any]:
+    """The event a row holds; `hostname` that of the record's rows, when they leave it out."""
+    event = {key: value for key, value in zip(ROW, row) if value is not None}
+    if hostname is not None and "hostname" not in event:
+        event["hostname"] = hostname
+    if len(row) > 12:  # a row with the task's arguments, and what comes with them
+        args, kwargs = row[11], row[12]
+        if args is not None and not isinstance(args, str):
+            event["args"] = short_repr(tuple(args) if isinstance(args, list) else args)
+        if kwargs is not None and not isinstance(kwargs, str):
+            event["kwargs"] = short_repr(kwargs)
+        if len(row) > 15 and row[15] is None and "uuid" in event:
+            event["root_id"] = event["uuid"]  # its own root
+    return event
 
 
 class TaskEvents(Hook):
@@ -88,7 +117,8 @@ class TaskEvents(Hook):
 
     def start(self, worker: Worker) -> None:
         self.worker = worker
-        self.hostname = worker.hostname
+        self._shared = {"hostname": worker.hostname}
+        """What every row of a record shares, written once before them (rows leave it null)."""
         self.events = worker.ledger.progress
 
     def finished(self, held: Held, outcome: Outcome) -> None:
@@ -102,22 +132,28 @@ class TaskEvents(Hook):
         else:
             kind, result, exception = _EVENT_OF_STATE.get(state, "task-failed"), None, outcome.summary
         if self._announced and self._announced.pop(held.job.id, None) is not None:  # arrival written
-            self._rows.append((kind, message.id, message.task, self.hostname, now, None, None, None,
+            self._rows.append((kind, message.id, message.task, None, now, None, None, None,
                                outcome.runtime, result, exception))  # fmt: skip
+            return
+        # `_arguments` and `_root_id`, inline: a call would cost a third of all this method does.
+        args: Any
+        kwargs: Any
+        delivery, root_id = held.delivery, message.root_id
+        if len(delivery.body) <= RAW_ARGUMENTS_BYTES and message.content_type == _JSON and not message.compression:
+            args, kwargs = message.args, message.kwargs
         else:
-            self._rows.append((kind, message.id, message.task, self.hostname, now, held.received_at,
-                               held.started_at, held.pid, outcome.runtime, result, exception,
-                               short_repr(message.args), short_repr(message.kwargs) if message.kwargs else "{}",
-                               message.retries, held.delivery.queue, message.root_id, message.parent_id))  # fmt: skip
+            args, kwargs = short_repr(message.args), short_repr(message.kwargs)
+        self._rows.append((kind, message.id, message.task, None, now, held.received_at, held.started_at,
+                           held.pid, outcome.runtime, result, exception, args, kwargs, message.retries,
+                           delivery.queue, root_id if root_id != message.id else None, message.parent_id))  # fmt: skip
 
     def refused(self, held: Held, state: str, error: BaseException) -> None:
         now = time.time()
         self._announced.pop(held.job.id, None)
         message = held.job.message
-        self._add((_EVENT_OF_STATE.get(state, "task-failed"), message.id, message.task, self.hostname, now,
-                   held.received_at, None, None, None, None, repr(error), short_repr(message.args),
-                   short_repr(message.kwargs), message.retries, held.delivery.queue, message.root_id,
-                   message.parent_id), now)  # fmt: skip
+        self._add((_EVENT_OF_STATE.get(state, "task-failed"), message.id, message.task, None, now,
+                   held.received_at, None, None, None, None, repr(error), *_arguments(held), message.retries,
+                   held.delivery.queue, _root_id(message), message.parent_id), now)  # fmt: skip
 
     def flush(self) -> None:
         # The loop flushes after every batch it handles, a prefork pool's reports often one at a
@@ -135,8 +171,14 @@ class TaskEvents(Hook):
         if len(rows) < ROWS_PER_RECORD and now - self._since < LINGER_SECONDS and not self.worker.closing:
             return  # an idle worker's events wait for more: one write for many round trips
         self._rows = []
+        shared = self._shared
         for start in range(0, len(rows), ROWS_PER_RECORD):
-            self.events.events.append(orjson.dumps(rows[start : start + ROWS_PER_RECORD], default=repr))
+            chunk = [shared, *rows[start : start + ROWS_PER_RECORD]]
+            try:
+                record = orjson.dumps(chunk)
+            except orjson.JSONEncodeError:  # arguments orjson cannot encode (an integer past 64 bits)
+                record = orjson.dumps([_rendered(row) for row in chunk], default=repr)
+            self.events.events.append(record)
 
     def _add(self, row: Sequence[Any], now: float) -> None:
         if not self._rows:
@@ -145,9 +187,9 @@ class TaskEvents(Hook):
 
     def _arrival_row(self, held: Held) -> Sequence[Any]:
         message = held.job.message
-        return ("task-received", message.id, message.task, self.hostname, held.received_at, held.received_at, None,
-                None, None, None, None, short_repr(message.args), short_repr(message.kwargs), message.retries,
-                held.delivery.queue, message.root_id, message.parent_id)  # fmt: skip
+        return ("task-received", message.id, message.task, None, held.received_at, held.received_at, None,
+                None, None, None, None, *_arguments(held), message.retries, held.delivery.queue, _root_id(message),
+                message.parent_id)  # fmt: skip
 
     def _long(self, now: float) -> None:
         """Tasks held past their grace get their arrival (and start) written: a task running past
@@ -164,7 +206,7 @@ class TaskEvents(Hook):
                 if job_id not in announced:
                     self._add(self._arrival_row(held), now)
                 message = held.job.message
-                self._add(("task-started", message.id, message.task, self.hostname, held.started_at, None,
+                self._add(("task-started", message.id, message.task, None, held.started_at, None,
                            held.started_at, held.pid), now)  # fmt: skip
                 announced[job_id] = True
             elif held.received_at <= waiting_due:
@@ -176,3 +218,25 @@ class TaskEvents(Hook):
         if len(announced) > len(self.worker.held):
             for job_id in [j for j in announced if j not in self.worker.held]:
                 del announced[job_id]  # given back unrun (shutdown, a lost process): no end to write
+
+
+def _arguments(held: Held) -> tuple[Any, Any]:
+    """A task's arguments for its row: as they are when its message was small JSON (what they
+    hold is JSON's, so a record encodes them; a NaN among them reads back as None), else
+    rendered (cut short) here."""
+    message = held.job.message
+    if len(held.delivery.body) <= RAW_ARGUMENTS_BYTES and message.content_type == _JSON and not message.compression:
+        return message.args, message.kwargs
+    return short_repr(message.args), short_repr(message.kwargs)
+
+
+def _root_id(message: Message) -> str | None:
+    """A row's root_id: null when the task is its own root (`events_of` fills it in)."""
+    return message.root_id if message.root_id != message.id else None
+
+
+def _rendered(row: Any) -> Any:
+    """The row with its arguments rendered, as `events_of` would show them."""
+    if not isinstance(row, tuple) or len(row) <= 12 or isinstance(row[11], str):
+        return row
+    return (*row[:11], short_repr(row[11]), short_repr(row[12]), *row[13:])

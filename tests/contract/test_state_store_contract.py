@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor.brokers import StateStore, open_broker
-from conveyor.brokers.state import EVENTS_KEPT
+from conveyor.brokers.state import EVENTS_KEPT, EVENTS_TRIM_EVERY
 from tests.conftest import STATE_STORES, store_url
 
 
@@ -22,12 +22,19 @@ def state(request: pytest.FixtureRequest, tmp_path) -> Iterator[StateStore]:  # 
     broker.close()
 
 
-def test_events_keep_the_latest_in_order(state: StateStore) -> None:
-    state.add_events([b"e0", b"e1"])
-    state.add_events([f"e{i}".encode() for i in range(2, EVENTS_KEPT + 5)])
+def test_events_keep_the_latest_in_order_and_drop_the_oldest_every_few_writes(state: StateStore) -> None:
+    state.add_events([f"e{i}".encode() for i in range(EVENTS_KEPT + 5)])  # a store's first write trims
     assert state.recent_events(3) == [f"e{i}".encode() for i in range(EVENTS_KEPT + 2, EVENTS_KEPT + 5)]
     kept = state.recent_events(EVENTS_KEPT + 100)
     assert len(kept) == EVENTS_KEPT and kept[0] == b"e5"
+    later = [f"later{i}".encode() for i in range(EVENTS_TRIM_EVERY)]
+    for event in later[:-1]:
+        state.add_events([event])
+    kept = state.recent_events(EVENTS_KEPT + 100)
+    assert EVENTS_KEPT <= len(kept) < EVENTS_KEPT + EVENTS_TRIM_EVERY and kept[-3:] == later[-4:-1]
+    state.add_events([later[-1]])  # the EVENTS_TRIM_EVERY-th write after the first
+    kept = state.recent_events(EVENTS_KEPT + 100)
+    assert len(kept) == EVENTS_KEPT and kept[-EVENTS_TRIM_EVERY:] == later
 
 
 def test_workers_registry(state: StateStore) -> None:
