@@ -31,7 +31,6 @@ import platform
 import resource
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 from conveyor import __version__
 from conveyor.control import CONTROL_REPLIES, control_queue, reply_key, sealed, signal_number, trusted
 from conveyor.exceptions import BrokerError
-from conveyor.execution import Outcome
 from conveyor.urls import redacted
 from conveyor.worker.autoscale import Autoscaler
 from conveyor.worker.hooks import Held, Hook
@@ -102,7 +100,6 @@ class State:
     worker: Worker
     started: float = field(default_factory=time.monotonic)
     clock: int = 0
-    totals: Counter[str] = field(default_factory=Counter)
 
     @property
     def app(self) -> Any:
@@ -140,9 +137,6 @@ class RemoteControl(Hook):
         # Ready means answering: a probe sent as the worker starts is not left to wait out its
         # timeout while the control connection is still being opened (a RabbitMQ one takes a while).
         self.connected.wait(CONNECT_SECONDS)
-
-    def finished(self, held: Held, outcome: Outcome) -> None:
-        self.state.totals[held.job.message.task] += 1
 
     def stop(self) -> None:
         # Not joined: the thread ends within a fetch's timeout, and closes its connection.
@@ -281,7 +275,7 @@ def stats(state: State) -> dict[str, Any]:
     return {
         "broker": {"url": redacted(state.app.broker_url), "transport": state.app.broker_url.split(":", 1)[0]},
         "clock": str(state.clock), "pid": os.getpid(), "uptime": int(time.monotonic() - state.started),
-        "prefetch_count": worker.prefetch, "total": dict(state.totals),
+        "prefetch_count": worker.prefetch, "total": dict(worker.totals),
         "pool": {
             "implementation": worker.pool_name, "max-concurrency": worker.concurrency,
             "processes": worker.pool.processes(), "max-tasks-per-child": conf.worker_max_tasks_per_child,

@@ -54,6 +54,8 @@ class Ledger:
         self.progress = Progress(app.backend, hostname)
         self.held: dict[int, Held] = {}
         self.processed = 0
+        self.totals: dict[str, int] = {}
+        """Tasks that ended here, by name (Celery's `stats()["total"]`)."""
         self.last_finished = 0.0  # time.monotonic() of the latest task's end
         self.freed = 0
         """Prefetch slots given up since the fetcher was last told (once per batch: one wake-up)."""
@@ -216,6 +218,8 @@ class Ledger:
         return replace(outcome, state=states.REVOKED, summary="TaskRevokedError('terminated')", updates=(update,))
 
     def _end(self, held: Held, outcome: Outcome) -> None:
+        name = held.job.message.task
+        self.totals[name] = self.totals.get(name, 0) + 1
         self.hooks.finished(held, outcome)
         self.progress.final(outcome.updates)
         self.progress.forget(held.job.message.id)  # ignored results leave no STARTED behind
