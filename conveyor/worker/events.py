@@ -55,8 +55,10 @@ ROWS_PER_RECORD = 64
 #: How long events may wait for more before they are written (fewer rows than a record holds).
 LINGER_SECONDS = 0.25
 #: A message at most this long (JSON, not compressed) has its arguments kept as they are in its
-#: row: a bound on what a row holds, since they are rendered (and cut short) only when read.
-RAW_ARGUMENTS_BYTES = 1024
+#: row, since they are rendered (and cut short) only when read: a row holds no more of them
+#: than the two reprs of 200 characters it held before (a compact message is 60 bytes and its
+#: arguments; a Celery-format one, 650 and more, is rendered).
+RAW_ARGUMENTS_BYTES = 512
 #: How often the hook looks for tasks held past their grace.
 LOOK_SECONDS = 0.025
 
