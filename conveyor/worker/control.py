@@ -275,7 +275,7 @@ def stats(state: State) -> dict[str, Any]:
     return {
         "broker": {"url": redacted(state.app.broker_url), "transport": state.app.broker_url.split(":", 1)[0]},
         "clock": str(state.clock), "pid": os.getpid(), "uptime": int(time.monotonic() - state.started),
-        "prefetch_count": worker.prefetch, "total": dict(worker.totals),
+        "prefetch_count": worker.prefetch, "total": dict(worker.ledger.totals),
         "pool": {
             "implementation": worker.pool_name, "max-concurrency": worker.concurrency,
             "processes": worker.pool.processes(), "max-tasks-per-child": conf.worker_max_tasks_per_child,

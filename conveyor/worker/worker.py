@@ -141,11 +141,6 @@ class Worker:
         """How many tasks this worker has run."""
         return self.ledger.processed
 
-    @property
-    def totals(self) -> dict[str, int]:
-        """How many tasks of each name this worker has run."""
-        return self.ledger.totals
-
     def resize(self, concurrency: int) -> None:
         """Run up to `concurrency` tasks at once, and prefetch for as many (thread-safe)."""
         if concurrency < 1:
