@@ -72,6 +72,7 @@ def test_rows_leave_out_the_hostname_and_a_tasks_own_root_and_reading_puts_them_
     assert first["root_id"] == own.id and "parent_id" not in first
     assert second["root_id"] == second["parent_id"] == own.id
     assert first["args"] == "(1, 2)" and first["kwargs"] == "{}" and second["args"] == "(3,)"
+    assert orjson.loads(record)[1][11:13] == [[1, 2], {}]  # kept as they are, rendered when read
 
 
 def test_a_busy_workers_events_make_one_record_per_rows_per_record(hook: TaskEvents) -> None:
@@ -94,9 +95,14 @@ def test_any_json_arguments_read_as_celerys_repr_strings(
     assert event["args"] == short_repr(tuple(args)) and event["kwargs"] == short_repr(kwargs)
 
 
-def test_a_large_or_not_json_message_has_its_arguments_rendered_and_cut_short_by_the_worker(hook: TaskEvents) -> None:
+def test_a_large_compressed_or_not_json_message_has_its_arguments_rendered_and_cut_short_by_the_worker(
+    hook: TaskEvents,
+) -> None:
     big = Message(task="t.big", args=("x" * RAW_ARGUMENTS_BYTES * 4,), kwargs={"n": 1})
     as_msgpack = Message(task="t.add", args=(b"\x00bytes",), content_type="application/x-msgpack")
+    # Arguments a record could hold as they are: only the message's encoding says they are rendered.
+    compressed = Message(task="t.add", args=(1, [2, 3]), compression="zlib")
+    msgpack_json_like = Message(task="t.add", args=(1, [2, 3]), content_type="application/x-msgpack")
     ended(hook, big)
     ended(hook, as_msgpack, body=b"small")
     (record,) = written(hook)
@@ -104,3 +110,9 @@ def test_a_large_or_not_json_message_has_its_arguments_rendered_and_cut_short_by
     first, second = events_of([record])
     assert first["args"] == short_repr(big.args) and len(first["args"]) == 200 and first["kwargs"] == "{'n': 1}"
     assert second["args"] == "(b'\\x00bytes',)"
+    ended(hook, compressed, body=b"small")
+    ended(hook, msgpack_json_like, body=b"small")
+    (record,) = written(hook)  # one orjson could write whole: each row's arguments were rendered before
+    assert all(isinstance(row[11], str) and isinstance(row[12], str) for row in orjson.loads(record)[1:])
+    third, fourth = events_of([record])
+    assert third["args"] == fourth["args"] == "(1, [2, 3])" and third["kwargs"] == "{}"
